@@ -1,0 +1,1 @@
+//! Overlay snapshotter and layer application. Filled in by the snapshotter issue.
