@@ -1,1 +1,11 @@
+//! berthd as a library: the daemon's modules, so tests and the benchmarks can
+//! drive them directly.
 
+pub mod config;
+pub mod hosts;
+pub mod images;
+pub mod metadata;
+pub mod oci;
+pub mod reference;
+pub mod registry;
+pub mod server;

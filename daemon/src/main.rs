@@ -1,1 +1,127 @@
-fn main() {}
+//! berthd: berth's daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use berthd::config::{Config, DEFAULT_CONFIG_PATH};
+use berthd::server::Daemon;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "berthd",
+    version,
+    about = "berth: a Kubernetes container runtime daemon"
+)]
+struct Cli {
+    /// TOML config file (a missing file means defaults).
+    #[arg(long, default_value = DEFAULT_CONFIG_PATH, global = true)]
+    config: PathBuf,
+    /// Persistent data directory [default: /var/lib/berth].
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
+    /// Runtime state directory [default: /run/berth].
+    #[arg(long, global = true)]
+    state: Option<PathBuf>,
+    /// gRPC socket path [default: <state>/berth.sock].
+    #[arg(long, global = true)]
+    address: Option<PathBuf>,
+    /// Log filter, e.g. info, debug, berthd=trace.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print configuration.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// The built-in defaults, as TOML.
+    Default,
+    /// The effective configuration (file plus flags), as TOML.
+    Dump,
+}
+
+fn effective_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(&cli.config)?;
+    if let Some(r) = &cli.root {
+        cfg.root = r.clone();
+    }
+    if let Some(s) = &cli.state {
+        cfg.state = s.clone();
+    }
+    if let Some(a) = &cli.address {
+        cfg.address = a.clone();
+    }
+    if let Some(l) = &cli.log_level {
+        cfg.log_level = l.clone();
+    }
+    // Resolve the default so `config dump` shows the real socket.
+    cfg.address = cfg.socket_path();
+    Ok(cfg)
+}
+
+fn init_logging(cfg: &Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
+        .with_context(|| format!("invalid log level {:?}", cfg.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cfg.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = effective_config(&cli)?;
+    match cli.command {
+        Some(Command::Config {
+            what: ConfigCommand::Default,
+        }) => {
+            print!("{}", Config::default().to_toml());
+            return Ok(());
+        }
+        Some(Command::Config {
+            what: ConfigCommand::Dump,
+        }) => {
+            print!("{}", cfg.to_toml());
+            return Ok(());
+        }
+        None => {}
+    }
+    init_logging(&cfg)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("berthd")
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let daemon = tokio::task::spawn_blocking(move || Daemon::open(cfg))
+            .await
+            .context("opening the daemon")??;
+        daemon.serve().await
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berthd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Command-line grammar (clap derive). Parsing helpers here are pure so they
+//! can be unit-tested without a daemon.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub const DEFAULT_ADDRESS: &str = "/run/berth/berth.sock";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "berthctl",
+    version,
+    about = "Command-line client for berthd",
+    propagate_version = true,
+    infer_subcommands = false
+)]
+pub struct Cli {
+    /// Path of berthd's gRPC socket
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_ADDRESS",
+        default_value = DEFAULT_ADDRESS,
+        value_name = "SOCK"
+    )]
+    pub address: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage images
+    #[command(subcommand, visible_aliases = ["image", "i"])]
+    Images(ImagesCommand),
+    /// Manage blobs in the content store
+    #[command(subcommand)]
+    Content(ContentCommand),
+    /// Show client and daemon versions
+    Version,
+    /// Print a shell completion script
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// Fetch an image from a registry
+    Pull(PullArgs),
+    /// List images
+    #[command(visible_alias = "list")]
+    Ls(ListArgs),
+    /// Show an image record with its manifest and config
+    Inspect {
+        /// Image name
+        reference: String,
+    },
+    /// Remove image names (content nothing else uses is collected)
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// Wait for garbage collection before returning
+        #[arg(long)]
+        sync: bool,
+        #[arg(required = true, value_name = "REF")]
+        references: Vec<String>,
+    },
+    /// Give an image another name
+    Tag { source: String, target: String },
+    /// Upload an image to a registry
+    Push(PushArgs),
+    /// Import an OCI layout or docker-save tar archive
+    Import {
+        /// Name for images whose archive carries none
+        #[arg(long, value_name = "NAME")]
+        base_name: Option<String>,
+        /// Archive to read, or - for standard input
+        #[arg(value_name = "FILE|-")]
+        file: String,
+    },
+    /// Export images as an OCI layout tar archive
+    Export {
+        /// File to write, or - for standard output
+        #[arg(short, long, value_name = "FILE|-", default_value = "-")]
+        output: String,
+        /// Include every platform of multi-platform images
+        #[arg(long)]
+        all_platforms: bool,
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// Talk plain HTTP to the registry
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Skip TLS certificate verification
+    #[arg(long)]
+    pub skip_verify: bool,
+    /// Registry credentials; prompts for the password when it is left out
+    #[arg(long, short = 'u', value_name = "USER[:PASSWORD]", value_parser = parse_user)]
+    pub user: Option<User>,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Platform to pull, as os/arch[/variant] (default: the daemon's)
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", value_parser = parse_platform)]
+    pub platform: Option<String>,
+    /// Image reference, e.g. docker.io/library/busybox:latest
+    pub reference: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Local image name
+    pub reference: String,
+    /// Remote reference (default: the local name)
+    pub destination: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Print names only
+    #[arg(short, long, conflicts_with = "format")]
+    pub quiet: bool,
+    /// Exact names, or prefixes ending in '*'
+    #[arg(value_name = "FILTER")]
+    pub filters: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContentCommand {
+    /// List blobs and in-progress ingests
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Print digests only
+        #[arg(short, long, conflicts_with = "format")]
+        quiet: bool,
+    },
+    /// Delete blobs
+    #[command(visible_alias = "remove")]
+    Rm {
+        #[arg(required = true, value_name = "DIGEST")]
+        digests: Vec<String>,
+    },
+    /// Collect unreferenced blobs now
+    Prune,
+    /// Show how much the content store holds
+    Usage {
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// Registry credentials from `--user`; the password may be prompted for later.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    pub username: String,
+    pub password: Option<String>,
+}
+
+// Hand-written so a password never lands in a debug print.
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+pub fn parse_user(s: &str) -> Result<User, String> {
+    // Split on the first ':' only: passwords may contain colons.
+    let (username, password) = match s.split_once(':') {
+        Some((u, p)) => (u, Some(p.to_string())),
+        None => (s, None),
+    };
+    if username.is_empty() {
+        return Err("the user name is empty".into());
+    }
+    Ok(User {
+        username: username.to_string(),
+        password,
+    })
+}
+
+pub fn parse_platform(s: &str) -> Result<String, String> {
+    let parts: Vec<&str> = s.split('/').collect();
+    if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
+        return Err(format!(
+            "{s:?} is not a platform: expected os/arch or os/arch/variant, e.g. linux/arm64/v8"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("berthctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn user_splits_on_first_colon() {
+        assert_eq!(
+            parse_user("alice:se:cret").unwrap(),
+            User {
+                username: "alice".into(),
+                password: Some("se:cret".into())
+            }
+        );
+        assert_eq!(parse_user("bob").unwrap().password, None);
+        assert_eq!(parse_user("bob:").unwrap().password, Some(String::new()));
+        assert!(parse_user(":pw").is_err());
+        assert!(parse_user("").is_err());
+    }
+
+    #[test]
+    fn user_debug_hides_password() {
+        let u = parse_user("alice:hunter2").unwrap();
+        assert!(!format!("{u:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn platform_validation() {
+        assert!(parse_platform("linux/amd64").is_ok());
+        assert!(parse_platform("linux/arm64/v8").is_ok());
+        assert!(parse_platform("linux").is_err());
+        assert!(parse_platform("linux/").is_err());
+        assert!(parse_platform("a/b/c/d").is_err());
+    }
+
+    #[test]
+    fn pull_flags() {
+        let cli = parse(&[
+            "--address",
+            "/tmp/b.sock",
+            "images",
+            "pull",
+            "--plain-http",
+            "--skip-verify",
+            "--user",
+            "u:p",
+            "--platform",
+            "linux/arm64",
+            "busybox",
+        ])
+        .unwrap();
+        assert_eq!(cli.address, "/tmp/b.sock");
+        let Command::Images(ImagesCommand::Pull(p)) = cli.command else {
+            panic!("not a pull: {:?}", cli.command)
+        };
+        assert!(p.registry.plain_http && p.registry.skip_verify);
+        assert_eq!(p.registry.user.unwrap().username, "u");
+        assert_eq!(p.platform.as_deref(), Some("linux/arm64"));
+        assert_eq!(p.reference, "busybox");
+    }
+
+    #[test]
+    fn aliases() {
+        for args in [
+            &["image", "ls"][..],
+            &["i", "list"],
+            &["images", "ls", "-q"],
+        ] {
+            let cli = parse(args).unwrap();
+            assert!(matches!(cli.command, Command::Images(ImagesCommand::Ls(_))));
+        }
+        let cli = parse(&["i", "remove", "--sync", "a", "b"]).unwrap();
+        let Command::Images(ImagesCommand::Rm { sync, references }) = cli.command else {
+            panic!("not rm")
+        };
+        assert!(sync);
+        assert_eq!(references, ["a", "b"]);
+        assert!(matches!(
+            parse(&["content", "list"]).unwrap().command,
+            Command::Content(ContentCommand::Ls { .. })
+        ));
+    }
+
+    #[test]
+    fn address_flag_is_global_and_defaults() {
+        // The env var would override the default; only check when unset.
+        if std::env::var_os("BERTH_ADDRESS").is_none() {
+            assert_eq!(parse(&["version"]).unwrap().address, DEFAULT_ADDRESS);
+        }
+        let cli = parse(&["images", "ls", "--address", "/x.sock"]).unwrap();
+        assert_eq!(cli.address, "/x.sock");
+    }
+
+    #[test]
+    fn required_arguments() {
+        assert!(parse(&["images", "rm"]).is_err());
+        assert!(parse(&["images", "export", "-o", "x.tar"]).is_err());
+        assert!(parse(&["content", "rm"]).is_err());
+        assert!(parse(&["images", "ls", "-q", "--format", "json"]).is_err());
+        assert!(parse(&["images", "pull", "--platform", "linux", "x"]).is_err());
+    }
+
+    #[test]
+    fn export_defaults_to_stdout() {
+        let cli = parse(&["images", "export", "a", "b"]).unwrap();
+        let Command::Images(ImagesCommand::Export { output, names, .. }) = cli.command else {
+            panic!("not export")
+        };
+        assert_eq!(output, "-");
+        assert_eq!(names, ["a", "b"]);
+    }
+}

@@ -1,0 +1,238 @@
+//! berthd's configuration: a TOML file whose every field has a default, so a
+//! missing file or an empty one both mean "defaults". Command-line flags are
+//! applied on top by `main`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/config.toml";
+pub const DEFAULT_ROOT: &str = "/var/lib/berth";
+pub const DEFAULT_STATE: &str = "/run/berth";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing config {}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid config {}: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Persistent data: content, snapshots, metadata.
+    pub root: PathBuf,
+    /// Runtime state (tmpfs): socket, pods, bundles.
+    pub state: PathBuf,
+    /// gRPC socket; empty means `<state>/berth.sock`.
+    pub address: PathBuf,
+    /// tracing filter, e.g. "info" or "berthd=debug,info".
+    pub log_level: String,
+    /// "text" or "json".
+    pub log_format: String,
+    pub registry: RegistryConfig,
+    pub pull: PullConfig,
+    pub gc: GcConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Directory of containerd-style `<host>/hosts.toml` files.
+    pub config_path: PathBuf,
+    /// Credentials per registry host (e.g. "127.0.0.1:5000" or "docker.io").
+    pub auths: BTreeMap<String, AuthConfig>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub username: String,
+    pub password: String,
+    /// Identity or bearer token, used instead of username/password.
+    pub identity_token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PullConfig {
+    /// Layers fetched at once per pull.
+    pub max_concurrent_downloads: usize,
+    /// A transfer that makes no progress for this long fails (seconds).
+    pub no_progress_timeout_secs: u64,
+    /// Connecting to a registry gives up after this long (seconds).
+    pub connect_timeout_secs: u64,
+    /// Manifests and indexes larger than this are refused (bytes).
+    pub max_manifest_bytes: u64,
+    /// Image configs larger than this are refused (bytes).
+    pub max_config_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcConfig {
+    /// Ingests untouched for this long are removed at start (seconds).
+    pub stale_ingest_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: PathBuf::from(DEFAULT_ROOT),
+            state: PathBuf::from(DEFAULT_STATE),
+            address: PathBuf::new(),
+            log_level: "info".into(),
+            log_format: "text".into(),
+            registry: RegistryConfig::default(),
+            pull: PullConfig::default(),
+            gc: GcConfig::default(),
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            config_path: PathBuf::from("/etc/berth/certs.d"),
+            auths: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for PullConfig {
+    fn default() -> Self {
+        PullConfig {
+            max_concurrent_downloads: 3,
+            no_progress_timeout_secs: 30,
+            connect_timeout_secs: 10,
+            max_manifest_bytes: 4 << 20,
+            max_config_bytes: 8 << 20,
+        }
+    }
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            stale_ingest_secs: 24 * 3600,
+        }
+    }
+}
+
+impl PullConfig {
+    pub fn no_progress_timeout(&self) -> Duration {
+        Duration::from_secs(self.no_progress_timeout_secs.max(1))
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs.max(1))
+    }
+}
+
+impl Config {
+    /// Loads the file at `path`; a missing file means defaults, as the issue asks.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.into(),
+                    source,
+                })
+            }
+        };
+        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source: Box::new(source),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |reason: &str| ConfigError::Invalid {
+            path: path.into(),
+            reason: reason.into(),
+        };
+        if self.pull.max_concurrent_downloads == 0 {
+            return Err(invalid("pull.max_concurrent_downloads must be at least 1"));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(invalid("log_format must be \"text\" or \"json\""));
+        }
+        Ok(())
+    }
+
+    /// The socket path, defaulting to `<state>/berth.sock`.
+    pub fn socket_path(&self) -> PathBuf {
+        if self.address.as_os_str().is_empty() {
+            self.state.join("berth.sock")
+        } else {
+            self.address.clone()
+        }
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_file_is_defaults() {
+        let cfg = Config::load(Path::new("/nonexistent/berth.toml")).unwrap();
+        assert_eq!(cfg, Config::default());
+        assert_eq!(cfg.socket_path(), PathBuf::from("/run/berth/berth.sock"));
+    }
+
+    #[test]
+    fn default_round_trips() {
+        let text = Config::default().to_toml();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, Config::default());
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "root = \"/x\"\n[pull]\nmax_concurrent_downloads = 5\n[registry.auths.\"127.0.0.1:5000\"]\nusername = \"u\"\npassword = \"p\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load(&p).unwrap();
+        assert_eq!(cfg.root, PathBuf::from("/x"));
+        assert_eq!(cfg.pull.max_concurrent_downloads, 5);
+        assert_eq!(cfg.pull.no_progress_timeout_secs, 30);
+        assert_eq!(cfg.registry.auths["127.0.0.1:5000"].username, "u");
+    }
+
+    #[test]
+    fn unknown_field_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "rooot = \"/x\"\n").unwrap();
+        let err = format!("{:#}", anyhow::Error::from(Config::load(&p).unwrap_err()));
+        assert!(err.contains("rooot"), "{err}");
+        std::fs::write(&p, "[pull]\nmax_concurrent_downloads = 0\n").unwrap();
+        let err = Config::load(&p).unwrap_err().to_string();
+        assert!(err.contains("max_concurrent_downloads"), "{err}");
+    }
+}

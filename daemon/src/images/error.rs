@@ -1,0 +1,97 @@
+//! Errors of the image service, each naming the image and the cause, with the
+//! gRPC code a client should see.
+
+use crate::registry::RegistryError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("image {0}: not found")]
+    NotFound(String),
+    #[error("{image}: {source}")]
+    Registry {
+        image: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("{image}: unsupported media type {media_type} for {what}")]
+    UnsupportedMediaType {
+        image: String,
+        what: String,
+        media_type: String,
+    },
+    #[error("{image}: {reason}")]
+    BadImage { image: String, reason: String },
+    #[error("{image}: {source}")]
+    Content {
+        image: String,
+        #[source]
+        source: content_store::Error,
+    },
+    #[error("{image}: pull cancelled")]
+    Cancelled { image: String },
+    #[error("metadata: {0}")]
+    Meta(#[from] crate::metadata::MetaError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ImageError {
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            ImageError::InvalidArgument(_) => Code::InvalidArgument,
+            ImageError::NotFound(_) => Code::NotFound,
+            ImageError::Registry { source, .. } => match source {
+                RegistryError::Unauthorized { .. } => Code::Unauthenticated,
+                RegistryError::NotFound { .. } => Code::NotFound,
+                RegistryError::Timeout { .. } => Code::DeadlineExceeded,
+                RegistryError::Connect { .. } => Code::Unavailable,
+                RegistryError::Config(_) => Code::FailedPrecondition,
+                RegistryError::TooLarge { .. }
+                | RegistryError::DigestMismatch { .. }
+                | RegistryError::Protocol { .. } => Code::DataLoss,
+                RegistryError::Status { status, .. } if status.is_server_error() => {
+                    Code::Unavailable
+                }
+                RegistryError::Status { .. } => Code::FailedPrecondition,
+            },
+            ImageError::UnsupportedMediaType { .. } => Code::FailedPrecondition,
+            ImageError::BadImage { .. } => Code::DataLoss,
+            ImageError::Content { source, .. } => match source {
+                content_store::Error::DigestMismatch { .. }
+                | content_store::Error::SizeMismatch { .. } => Code::DataLoss,
+                content_store::Error::NotFound { .. } => Code::NotFound,
+                content_store::Error::InvalidDigest { .. } => Code::InvalidArgument,
+                _ => Code::Internal,
+            },
+            ImageError::Cancelled { .. } => Code::Cancelled,
+            ImageError::Meta(_) | ImageError::Internal(_) => Code::Internal,
+        }
+    }
+
+    pub fn content(image: &str) -> impl FnOnce(content_store::Error) -> ImageError + '_ {
+        move |source| ImageError::Content {
+            image: image.to_string(),
+            source,
+        }
+    }
+}
+
+impl From<ImageError> for tonic::Status {
+    fn from(e: ImageError) -> tonic::Status {
+        tonic::Status::new(e.code(), e.to_string())
+    }
+}
+
+/// Runs blocking store work off the async workers.
+pub async fn blocking<T, F>(f: F) -> Result<T, ImageError>
+where
+    F: FnOnce() -> Result<T, ImageError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ImageError::Internal(format!("blocking task failed: {e}")))?
+}

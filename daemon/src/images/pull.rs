@@ -1,0 +1,650 @@
+//! Pulling an image: resolve, pick the platform, fetch config and layers
+//! concurrently into the content store (verified while streaming, resumable),
+//! then record the image. Concurrent pulls of the same reference share one
+//! task; the task is cancelled when its last subscriber goes away.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use content_store::{Digest, Expected};
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::error::{blocking, ImageError};
+use super::gc::Lease;
+use super::store::{now_nanos, ImageRecord};
+use super::ImageService;
+use crate::oci::{self, Descriptor, Platform};
+use crate::reference::Reference;
+use crate::registry::{Credentials, RegistryError, Repository};
+
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    pub creds: Option<Credentials>,
+    pub plain_http: bool,
+    pub skip_verify: bool,
+    pub platform: Option<Platform>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerStage {
+    Waiting,
+    Downloading,
+    Exists,
+    Done,
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerState {
+    pub digest: String,
+    pub media_type: String,
+    pub done: u64,
+    pub total: u64,
+    pub stage: LayerStage,
+}
+
+/// What subscribers of a pull see: the latest progress, then the result.
+#[derive(Debug, Clone, Default)]
+pub struct PullSnapshot {
+    pub reference: String,
+    pub status: String,
+    pub layers: Vec<LayerState>,
+    pub result: Option<Result<ImageRecord, (tonic::Code, String)>>,
+}
+
+pub(super) struct InflightPull {
+    tx: watch::Sender<PullSnapshot>,
+    subscribers: AtomicUsize,
+    cancel: CancellationToken,
+}
+
+/// A subscription to a (possibly shared) pull.
+pub struct PullHandle {
+    pub rx: watch::Receiver<PullSnapshot>,
+    inflight: Arc<InflightPull>,
+}
+
+impl Drop for PullHandle {
+    fn drop(&mut self) {
+        if self.inflight.subscribers.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.inflight.cancel.cancel();
+        }
+    }
+}
+
+impl PullHandle {
+    /// Waits for the pull to finish.
+    pub async fn wait(mut self) -> Result<ImageRecord, tonic::Status> {
+        loop {
+            if let Some(res) = self.rx.borrow_and_update().result.clone() {
+                return res.map_err(|(code, msg)| tonic::Status::new(code, msg));
+            }
+            if self.rx.changed().await.is_err() {
+                return Err(tonic::Status::internal("pull task ended without a result"));
+            }
+        }
+    }
+}
+
+type Progress = Arc<Mutex<Vec<LayerState>>>;
+
+fn set_layer(progress: &Progress, idx: usize, f: impl FnOnce(&mut LayerState)) {
+    let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(l) = p.get_mut(idx) {
+        f(l);
+    }
+}
+
+impl ImageService {
+    /// Starts (or joins) a pull of `reference`.
+    pub fn pull(
+        self: &Arc<Self>,
+        reference: &str,
+        opts: PullOptions,
+    ) -> Result<PullHandle, ImageError> {
+        let r = Reference::parse_normalized(reference)
+            .map_err(|e| ImageError::InvalidArgument(e.to_string()))?;
+        let platform = opts.platform.clone().unwrap_or_else(oci::host_platform);
+        let key = format!(
+            "{r}|{}/{}|{}|{}",
+            platform.os, platform.architecture, opts.plain_http, opts.skip_verify
+        );
+        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(inflight) = map.get(&key) {
+            if !inflight.cancel.is_cancelled() {
+                inflight.subscribers.fetch_add(1, Ordering::SeqCst);
+                debug!(image = %r, "joining a pull already under way");
+                return Ok(PullHandle {
+                    rx: inflight.tx.subscribe(),
+                    inflight: inflight.clone(),
+                });
+            }
+        }
+        let (tx, rx) = watch::channel(PullSnapshot {
+            reference: r.to_string(),
+            status: "resolving".into(),
+            ..Default::default()
+        });
+        let inflight = Arc::new(InflightPull {
+            tx,
+            subscribers: AtomicUsize::new(1),
+            cancel: CancellationToken::new(),
+        });
+        map.insert(key.clone(), inflight.clone());
+        drop(map);
+
+        let svc = self.clone();
+        let task_inflight = inflight.clone();
+        tokio::spawn(async move {
+            let progress: Progress = Arc::new(Mutex::new(Vec::new()));
+            let name = r.to_string();
+            let work = svc.do_pull(&r, &opts, platform, &progress, &task_inflight.tx);
+            tokio::pin!(work);
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let result = loop {
+                tokio::select! {
+                    res = &mut work => break res,
+                    _ = task_inflight.cancel.cancelled() => break Err(ImageError::Cancelled { image: name.clone() }),
+                    _ = tick.tick() => {
+                        let layers = progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        task_inflight.tx.send_modify(|s| s.layers = layers);
+                    }
+                }
+            };
+            // Forget the pull before publishing, so a later call starts afresh.
+            {
+                let mut map = svc.inflight.lock().unwrap_or_else(|e| e.into_inner());
+                if map
+                    .get(&key)
+                    .is_some_and(|p| Arc::ptr_eq(p, &task_inflight))
+                {
+                    map.remove(&key);
+                }
+            }
+            match &result {
+                Ok(img) => info!(image = %img.name, digest = %img.target.digest, "pulled image"),
+                Err(e) => warn!(image = %name, error = %e, "pull failed"),
+            }
+            let layers = progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            task_inflight.tx.send_modify(|s| {
+                s.layers = layers;
+                s.status = if result.is_ok() { "done" } else { "failed" }.into();
+                s.result = Some(result.map_err(|e| (e.code(), e.to_string())));
+            });
+        });
+        Ok(PullHandle { rx, inflight })
+    }
+
+    pub(super) fn repository_for(
+        &self,
+        r: &Reference,
+        opts: &PullOptions,
+        push: bool,
+    ) -> Result<Repository, ImageError> {
+        let cfg = &self.config.registry;
+        let config_path =
+            (!cfg.config_path.as_os_str().is_empty()).then_some(cfg.config_path.as_path());
+        let mut hosts = crate::hosts::load_hosts(config_path, r.domain())
+            .map_err(|e| ImageError::InvalidArgument(format!("{r}: {e}")))?;
+        for h in &mut hosts {
+            if opts.plain_http {
+                h.scheme = "http".into();
+            }
+            if opts.skip_verify {
+                h.skip_verify = true;
+            }
+        }
+        let creds = opts.creds.clone().filter(|c| !c.is_empty()).or_else(|| {
+            cfg.auths.get(r.domain()).map(|a| Credentials {
+                username: a.username.clone(),
+                password: a.password.clone(),
+                identity_token: a.identity_token.clone(),
+            })
+        });
+        Ok(self
+            .registry
+            .repository(hosts, r.path(), creds.unwrap_or_default(), push))
+    }
+
+    async fn do_pull(
+        self: &Arc<Self>,
+        r: &Reference,
+        opts: &PullOptions,
+        platform: Platform,
+        progress: &Progress,
+        tx: &watch::Sender<PullSnapshot>,
+    ) -> Result<ImageRecord, ImageError> {
+        let name = r.to_string();
+        let reg_err = |source: RegistryError| ImageError::Registry {
+            image: name.clone(),
+            source,
+        };
+        let repo = self.repository_for(r, opts, false)?;
+        let lease = self.leases.create("pull");
+
+        let (media_type, digest, body) = repo
+            .get_manifest(r.object(), &name)
+            .await
+            .map_err(reg_err)?;
+        if !oci::is_index(&media_type) && !oci::is_manifest(&media_type) {
+            return Err(ImageError::UnsupportedMediaType {
+                image: name.clone(),
+                what: "the manifest".into(),
+                media_type,
+            });
+        }
+        let top = Descriptor {
+            media_type: media_type.clone(),
+            digest: digest.clone(),
+            size: body.len() as i64,
+            urls: None,
+            annotations: None,
+            platform: None,
+        };
+        self.store_document(&lease, &name, &digest, body.clone())
+            .await?;
+
+        let (manifest_desc, manifest_body) = if oci::is_index(&media_type) {
+            let index: oci::Index =
+                serde_json::from_slice(&body).map_err(|e| ImageError::BadImage {
+                    image: name.clone(),
+                    reason: format!("index {digest} is not valid JSON: {e}"),
+                })?;
+            let chosen = select_platform(&index, &platform).ok_or_else(|| {
+                let available: Vec<String> = index
+                    .manifests
+                    .iter()
+                    .filter_map(|m| m.platform.as_ref())
+                    .map(|p| format!("{}/{}", p.os, p.architecture))
+                    .collect();
+                ImageError::NotFound(format!(
+                    "{name}: no manifest for platform {}/{} (index has: {})",
+                    platform.os,
+                    platform.architecture,
+                    available.join(", ")
+                ))
+            })?;
+            if !oci::is_manifest(&chosen.media_type) {
+                return Err(ImageError::UnsupportedMediaType {
+                    image: name.clone(),
+                    what: format!("index entry {}", chosen.digest),
+                    media_type: chosen.media_type.clone(),
+                });
+            }
+            let body = self.fetch_document(&repo, &lease, &name, &chosen).await?;
+            (chosen, body)
+        } else {
+            (top.clone(), body)
+        };
+
+        let manifest: oci::Manifest =
+            serde_json::from_slice(&manifest_body).map_err(|e| ImageError::BadImage {
+                image: name.clone(),
+                reason: format!("manifest {} is not valid: {e}", manifest_desc.digest),
+            })?;
+        if !oci::is_config(&manifest.config.media_type) {
+            return Err(ImageError::UnsupportedMediaType {
+                image: name.clone(),
+                what: "the image config".into(),
+                media_type: manifest.config.media_type.clone(),
+            });
+        }
+        for l in &manifest.layers {
+            if oci::layer_compression(&l.media_type).is_none() {
+                return Err(ImageError::UnsupportedMediaType {
+                    image: name.clone(),
+                    what: format!("layer {}", l.digest),
+                    media_type: l.media_type.clone(),
+                });
+            }
+        }
+
+        tx.send_modify(|s| s.status = "fetching".into());
+        let config_body = self
+            .fetch_document(&repo, &lease, &name, &manifest.config)
+            .await?;
+        let config: oci::ImageConfig =
+            serde_json::from_slice(&config_body).map_err(|e| ImageError::BadImage {
+                image: name.clone(),
+                reason: format!("config {} is not valid: {e}", manifest.config.digest),
+            })?;
+        let diff_ids = config
+            .rootfs
+            .as_ref()
+            .map(|r| r.diff_ids.len())
+            .unwrap_or(0);
+        if diff_ids != manifest.layers.len() {
+            return Err(ImageError::BadImage {
+                image: name.clone(),
+                reason: format!(
+                    "config {} lists {diff_ids} diff_ids for {} layers",
+                    manifest.config.digest,
+                    manifest.layers.len()
+                ),
+            });
+        }
+
+        {
+            let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+            *p = manifest
+                .layers
+                .iter()
+                .map(|l| LayerState {
+                    digest: l.digest.clone(),
+                    media_type: l.media_type.clone(),
+                    done: 0,
+                    total: l.size.max(0) as u64,
+                    stage: LayerStage::Waiting,
+                })
+                .collect();
+        }
+        let limit = self.config.pull.max_concurrent_downloads.max(1);
+        let fetches: Vec<_> = manifest
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(idx, layer)| {
+                let repo = &repo;
+                let lease = &lease;
+                let name = &name;
+                async move {
+                    let res = self
+                        .fetch_blob(repo, lease, name, layer, Some((progress, idx)))
+                        .await;
+                    if res.is_err() {
+                        set_layer(progress, idx, |l| l.stage = LayerStage::Failed);
+                    }
+                    res
+                }
+            })
+            .collect();
+        let results: Vec<Result<(), ImageError>> = futures::stream::iter(fetches)
+            .buffer_unordered(limit)
+            .collect()
+            .await;
+        for r in results {
+            r?;
+        }
+
+        let size = manifest_desc.size
+            + manifest.config.size
+            + manifest.layers.iter().map(|l| l.size).sum::<i64>();
+        let now = now_nanos();
+        let record = ImageRecord {
+            name: name.clone(),
+            target: top,
+            labels: HashMap::new(),
+            created_at: now,
+            updated_at: now,
+            size,
+            config_digest: manifest.config.digest.clone(),
+        };
+        let images = self.images.clone();
+        let record = blocking(move || images.put(record).map_err(ImageError::from)).await?;
+        drop(lease);
+        Ok(record)
+    }
+
+    /// Writes a small document (already fetched and verified) to the store.
+    async fn store_document(
+        &self,
+        lease: &Lease,
+        name: &str,
+        digest: &str,
+        body: Bytes,
+    ) -> Result<(), ImageError> {
+        lease.add(digest).await;
+        let d = Digest::parse(digest).map_err(ImageError::content(name))?;
+        let content = self.content.clone();
+        let image = name.to_string();
+        blocking(move || {
+            content
+                .write_blob(&body, Some(&d))
+                .map(|_| ())
+                .map_err(ImageError::content(&image))
+        })
+        .await
+    }
+
+    /// Fetches a manifest or config by descriptor (local copy first), verified
+    /// and size-limited.
+    async fn fetch_document(
+        &self,
+        repo: &Repository,
+        lease: &Lease,
+        name: &str,
+        desc: &Descriptor,
+    ) -> Result<Bytes, ImageError> {
+        let limit = if oci::is_config(&desc.media_type) {
+            self.config.pull.max_config_bytes
+        } else {
+            self.config.pull.max_manifest_bytes
+        };
+        if desc.size < 0 || desc.size as u64 > limit {
+            return Err(ImageError::BadImage {
+                image: name.into(),
+                reason: format!(
+                    "{} of {} bytes is larger than the limit of {limit}",
+                    desc.digest, desc.size
+                ),
+            });
+        }
+        let d = Digest::parse(&desc.digest).map_err(ImageError::content(name))?;
+        lease.add(&desc.digest).await;
+        if !self.content.exists(&d) {
+            if oci::is_config(&desc.media_type) {
+                self.fetch_blob(repo, lease, name, desc, None).await?;
+            } else {
+                let (_, digest, body) =
+                    repo.get_manifest(&desc.digest, name)
+                        .await
+                        .map_err(|source| ImageError::Registry {
+                            image: name.into(),
+                            source,
+                        })?;
+                self.store_document(lease, name, &digest, body).await?;
+            }
+        }
+        let content = self.content.clone();
+        let image = name.to_string();
+        let body = blocking(move || {
+            content
+                .read_all(&d, limit)
+                .map_err(ImageError::content(&image))
+        })
+        .await?;
+        Ok(Bytes::from(body))
+    }
+
+    /// Streams one blob into the content store, resuming a previous partial
+    /// ingest where the registry allows ranges. Retries a transfer that broke
+    /// after making progress; one that stalls from the start fails.
+    async fn fetch_blob(
+        &self,
+        repo: &Repository,
+        lease: &Lease,
+        name: &str,
+        desc: &Descriptor,
+        progress: Option<(&Progress, usize)>,
+    ) -> Result<(), ImageError> {
+        let what = format!("{name}: blob {}", desc.digest);
+        let digest = Digest::parse(&desc.digest).map_err(ImageError::content(name))?;
+        lease.add(&desc.digest).await;
+        let size = u64::try_from(desc.size).ok();
+        let ingest_ref = format!("fetch-{}", desc.digest);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let content = self.content.clone();
+            let (r, d) = (ingest_ref.clone(), digest.clone());
+            let opened = tokio::task::spawn_blocking(move || {
+                content.writer(&r, Some(Expected::new(d, size)))
+            })
+            .await
+            .map_err(|e| ImageError::Internal(e.to_string()))?;
+            let mut writer = match opened {
+                Ok(w) => w,
+                Err(content_store::Error::AlreadyExists { .. }) => {
+                    if let Some((p, i)) = progress {
+                        set_layer(p, i, |l| {
+                            l.stage = LayerStage::Exists;
+                            l.done = l.total;
+                        });
+                    }
+                    return Ok(());
+                }
+                Err(content_store::Error::Locked { .. }) => {
+                    // Another pull is writing the same blob: wait for it.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    attempts -= 1;
+                    continue;
+                }
+                Err(e) => return Err(ImageError::content(name)(e)),
+            };
+            let offset = writer.offset();
+            let body = match repo.get_blob(&desc.digest, offset, &what).await {
+                Ok(b) => b,
+                Err(source) => {
+                    return Err(ImageError::Registry {
+                        image: name.into(),
+                        source,
+                    })
+                }
+            };
+            let start = body.offset;
+            if start == 0 && offset > 0 {
+                debug!(digest = %desc.digest, "registry ignored the range; fetching from 0");
+            }
+            if let Some((p, i)) = progress {
+                set_layer(p, i, |l| {
+                    l.stage = LayerStage::Downloading;
+                    l.done = start;
+                    if let Some(t) = body.total {
+                        l.total = t;
+                    }
+                });
+            }
+            // The writer lives on a blocking thread fed through a bounded
+            // channel: backpressure without blocking async workers.
+            let (chunk_tx, mut chunk_rx) = mpsc::channel::<Option<Bytes>>(16);
+            let writer_task = tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                if start == 0 && writer.offset() > 0 {
+                    writer.truncate(0)?;
+                }
+                while let Some(msg) = chunk_rx.blocking_recv() {
+                    match msg {
+                        Some(b) => writer.write_all(&b).map_err(|e| content_store::Error::Io {
+                            context: "writing ingest".into(),
+                            path: std::path::PathBuf::from(writer.reference()),
+                            source: e,
+                        })?,
+                        None => return writer.commit(None, None).map(Some),
+                    }
+                }
+                // Sender went away without finishing: keep the ingest to resume.
+                Ok(None)
+            });
+            let mut stream = body.stream;
+            let mut done = start;
+            let mut stream_err = None;
+            let mut last = Instant::now();
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(b) => {
+                        done += b.len() as u64;
+                        if chunk_tx.send(Some(b)).await.is_err() {
+                            break;
+                        }
+                        if let Some((p, i)) = progress {
+                            if last.elapsed() > Duration::from_millis(50) {
+                                last = Instant::now();
+                                set_layer(p, i, |l| l.done = done);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        stream_err = Some(e);
+                        break;
+                    }
+                }
+            }
+            if stream_err.is_none() {
+                let _ = chunk_tx.send(None).await;
+            }
+            drop(chunk_tx);
+            let written = writer_task
+                .await
+                .map_err(|e| ImageError::Internal(e.to_string()))?;
+            match (stream_err, written) {
+                (None, Ok(Some(_))) => {
+                    if let Some((p, i)) = progress {
+                        set_layer(p, i, |l| {
+                            l.stage = LayerStage::Done;
+                            l.done = done;
+                        });
+                    }
+                    return Ok(());
+                }
+                (Some(e), _) => {
+                    let progressed = done > start;
+                    if progressed
+                        && attempts < 3
+                        && !matches!(e, RegistryError::DigestMismatch { .. })
+                    {
+                        warn!(digest = %desc.digest, error = %e, "transfer broke; resuming");
+                        continue;
+                    }
+                    return Err(ImageError::Registry {
+                        image: name.into(),
+                        source: e,
+                    });
+                }
+                (None, Ok(None)) => {
+                    return Err(ImageError::Internal(format!(
+                        "{what}: writer stopped early"
+                    )))
+                }
+                (None, Err(e)) => {
+                    return Err(match e {
+                        content_store::Error::DigestMismatch {
+                            expected, actual, ..
+                        } => ImageError::Registry {
+                            image: name.into(),
+                            source: RegistryError::DigestMismatch {
+                                what: format!("blob {}", desc.digest),
+                                expected: expected.to_string(),
+                                actual: actual.to_string(),
+                            },
+                        },
+                        other => ImageError::content(name)(other),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// Picks the index entry for a platform: an exact variant match first.
+pub fn select_platform(index: &oci::Index, want: &Platform) -> Option<Descriptor> {
+    let candidates: Vec<&Descriptor> = index
+        .manifests
+        .iter()
+        .filter(|m| {
+            m.platform
+                .as_ref()
+                .is_some_and(|p| oci::platform_matches(want, p))
+        })
+        .collect();
+    candidates
+        .iter()
+        .find(|m| m.platform.as_ref().and_then(|p| p.variant.as_ref()) == want.variant.as_ref())
+        .or_else(|| candidates.first())
+        .map(|d| (*d).clone())
+}

@@ -1,0 +1,197 @@
+//! Starting and stopping berthd: directories, the root lock, the socket, the
+//! gRPC services, and an orderly shutdown on SIGTERM/SIGINT.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use berth_api::content::v1::content_server::ContentServer;
+use berth_api::images::v1::images_server::ImagesServer;
+use berth_api::system::v1 as syspb;
+use berth_api::system::v1::system_server::SystemServer;
+use content_store::ContentStore;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::images::gc::Leases;
+use crate::images::grpc::{ContentApi, ImagesApi};
+use crate::images::store::ImageStore;
+use crate::images::ImageService;
+use crate::metadata::{MetaStore, SledStore};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// An exclusive lock on the root, held for the daemon's lifetime: a second
+/// berthd on the same root must refuse to start rather than share sled.
+pub struct RootLock {
+    _file: File,
+}
+
+impl RootLock {
+    pub fn acquire(root: &Path) -> Result<RootLock> {
+        use fs2::FileExt;
+        let path = root.join("berthd.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening lock file {}", path.display()))?;
+        if file.try_lock_exclusive().is_err() {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "another berthd is already running on root {} (pid {}); refusing to start",
+                root.display(),
+                holder.trim()
+            );
+        }
+        file.set_len(0).ok();
+        write!(file, "{}", std::process::id()).ok();
+        Ok(RootLock { _file: file })
+    }
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .with_context(|| format!("creating {}", path.display()))
+}
+
+/// Binds the socket, replacing a stale one left by a crash, but never one a
+/// live daemon is still serving.
+pub fn bind_socket(path: &Path) -> Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        make_dir(parent, 0o711)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "socket {} is in use by a running daemon; refusing to replace it",
+                path.display()
+            );
+        }
+        warn!(socket = %path.display(), "removing stale socket");
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("setting mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+struct SystemApi {
+    root: PathBuf,
+    state: PathBuf,
+}
+
+#[tonic::async_trait]
+impl syspb::system_server::System for SystemApi {
+    async fn version(
+        &self,
+        _req: tonic::Request<syspb::VersionRequest>,
+    ) -> Result<tonic::Response<syspb::VersionResponse>, tonic::Status> {
+        Ok(tonic::Response::new(syspb::VersionResponse {
+            version: VERSION.into(),
+            revision: option_env!("BERTH_REVISION").unwrap_or("").into(),
+            root: self.root.display().to_string(),
+            state: self.state.display().to_string(),
+        }))
+    }
+}
+
+/// Everything berthd holds open while it runs.
+pub struct Daemon {
+    pub config: Arc<Config>,
+    pub meta: Arc<dyn MetaStore>,
+    pub images: Arc<ImageService>,
+    _lock: RootLock,
+}
+
+impl Daemon {
+    /// Opens the stores and recovers from a previous run. Blocking.
+    pub fn open(config: Config) -> Result<Daemon> {
+        make_dir(&config.root, 0o711)?;
+        make_dir(&config.state, 0o711)?;
+        let lock = RootLock::acquire(&config.root)?;
+        let meta: Arc<dyn MetaStore> = Arc::new(
+            SledStore::open(&config.root.join("meta")).context("opening the metadata database")?,
+        );
+        let content =
+            ContentStore::open(config.root.join("content")).context("opening the content store")?;
+        let stale = std::time::Duration::from_secs(config.gc.stale_ingest_secs);
+        match content.cleanup_ingests(stale) {
+            Ok(0) => {}
+            Ok(n) => info!(count = n, "removed stale ingests"),
+            Err(e) => warn!(error = %e, "cannot sweep stale ingests"),
+        }
+        let images = ImageStore::load(meta.clone()).context("loading image records")?;
+        let leases = Leases::load(meta.clone());
+        let config = Arc::new(config);
+        let images = ImageService::new(config.clone(), content, images, leases);
+        Ok(Daemon {
+            config,
+            meta,
+            images,
+            _lock: lock,
+        })
+    }
+
+    /// Serves until SIGTERM/SIGINT, then stops accepting, lets in-flight
+    /// calls finish and flushes the metadata.
+    pub async fn serve(self) -> Result<()> {
+        let socket = self.config.socket_path();
+        let listener = bind_socket(&socket)?;
+        self.images.spawn_gc_loop();
+        info!(socket = %socket.display(), root = %self.config.root.display(), version = VERSION, "berthd serving");
+        let incoming = UnixListenerStream::new(listener);
+        let max = 64 << 20;
+        let result = tonic::transport::Server::builder()
+            .add_service(
+                ImagesServer::new(ImagesApi {
+                    svc: self.images.clone(),
+                })
+                .max_decoding_message_size(max),
+            )
+            .add_service(ContentServer::new(ContentApi {
+                svc: self.images.clone(),
+            }))
+            .add_service(SystemServer::new(SystemApi {
+                root: self.config.root.clone(),
+                state: self.config.state.clone(),
+            }))
+            .serve_with_incoming_shutdown(incoming, shutdown_signal())
+            .await;
+        info!("berthd stopping");
+        let flushed = self.meta.flush();
+        let _ = std::fs::remove_file(&socket);
+        result.context("serving gRPC")?;
+        flushed.context("flushing the metadata database")?;
+        info!("berthd stopped");
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}
