@@ -1,0 +1,57 @@
+# berth: the two commands are `make run` and `make test` (as root, Debian).
+SHELL := /bin/bash
+CARGO ?= cargo
+PREFIX ?= /usr/local
+
+# Debian packages berthd needs at run time.
+RUN_PKGS := runc containernetworking-plugins iproute2 iptables
+# Extra packages the tests and benchmarks use (all real parts, no mocks).
+TEST_PKGS := $(RUN_PKGS) crun docker-registry skopeo umoci busybox-static catatonit \
+	apache2-utils attr jq containerd python3-websocket
+
+.PHONY: run test build build-debug deps-run deps-test lint bench-pull install clean
+
+# Installs only what is missing, so repeated runs are quick and offline-safe.
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+endef
+
+deps-run:
+	$(call apt_install,$(RUN_PKGS))
+
+deps-test:
+	$(call apt_install,$(TEST_PKGS))
+
+build:
+	$(CARGO) build --release --workspace --bins
+
+build-debug:
+	$(CARGO) build --workspace --bins
+
+# Sets up and runs the main job: berthd in the foreground with its default
+# config (/etc/berth/config.toml if present) and socket (/run/berth/berth.sock).
+run: deps-run build
+	./target/release/berthd
+
+# Sets up and passes the tests: unit tests beside the code, end-to-end tests in
+# integration/ (real registry, real berthd over its socket).
+test: deps-test build-debug
+	$(CARGO) test --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Pull throughput against skopeo and containerd (see README, Performance).
+bench-pull: deps-test build
+	$(CARGO) run --release -p integration --bin bench-pull -- $(BENCH_ARGS)
+
+install: build
+	install -m 0755 target/release/berthd target/release/berthctl target/release/berth-shim $(PREFIX)/bin/
+
+clean:
+	$(CARGO) clean
