@@ -9,7 +9,8 @@ pub enum ImageError {
     InvalidArgument(String),
     #[error("image {0}: not found")]
     NotFound(String),
-    #[error("{image}: {source}")]
+    /// The registry error's own message already names the image.
+    #[error("{source}")]
     Registry {
         image: String,
         #[source]

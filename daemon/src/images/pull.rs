@@ -618,7 +618,7 @@ impl ImageService {
                         } => ImageError::Registry {
                             image: name.into(),
                             source: RegistryError::DigestMismatch {
-                                what: format!("blob {}", desc.digest),
+                                what: format!("{name}: blob {}", desc.digest),
                                 expected: expected.to_string(),
                                 actual: actual.to_string(),
                             },

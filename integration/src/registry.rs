@@ -1,0 +1,473 @@
+//! A real local registry: Debian's `docker-registry` (distribution 2.8) on a free
+//! 127.0.0.1 port with temporary storage, optionally behind htpasswd basic auth.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::fixtures::{Image, ManifestDesc};
+use crate::util::{
+    basic_auth, free_port, http_request, wait_for, write_file, HttpResponse, MANIFEST_ACCEPT,
+};
+
+pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+/// Options for [`Registry::start`].
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOpts {
+    /// Require HTTP basic auth with these credentials (htpasswd, bcrypt).
+    pub auth: Option<(String, String)>,
+}
+
+impl RegistryOpts {
+    pub fn with_auth(user: &str, pass: &str) -> Self {
+        Self {
+            auth: Some((user.to_string(), pass.to_string())),
+        }
+    }
+}
+
+/// A running `docker-registry serve`; killed (and its storage removed) on drop.
+pub struct Registry {
+    child: Child,
+    addr: String,
+    auth: Option<(String, String)>,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts a registry and waits (deadline 30 s) until `GET /v2/` answers.
+    pub fn start(opts: RegistryOpts) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-registry-")
+            .tempdir()?;
+        let storage = dir.path().join("storage");
+        std::fs::create_dir_all(&storage)?;
+        let mut auth_yaml = String::new();
+        if let Some((user, pass)) = &opts.auth {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, pass])
+                .output()
+                .context("run htpasswd (apt-get install apache2-utils)")?;
+            if !out.status.success() {
+                bail!("htpasswd failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let htpasswd = dir.path().join("htpasswd");
+            write_file(&htpasswd, &out.stdout)?;
+            auth_yaml = format!(
+                "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+                htpasswd.display()
+            );
+        }
+        // The port may be taken between free_port() and the registry's bind: retry.
+        let mut last_err = anyhow!("registry did not start");
+        for _ in 0..5 {
+            let port = free_port()?;
+            let addr = format!("127.0.0.1:{port}");
+            let config = format!(
+                "version: 0.1\n\
+                 log:\n  level: error\n  accesslog:\n    disabled: true\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: {addr}\n{auth_yaml}",
+                storage.display()
+            );
+            let cfg_path = dir.path().join("config.yml");
+            write_file(&cfg_path, config.as_bytes())?;
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.path().join("registry.log"))?;
+            let child = Command::new(REGISTRY_BIN)
+                .arg("serve")
+                .arg(&cfg_path)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("spawn docker-registry (apt-get install docker-registry)")?;
+            let mut child = child;
+            match wait_ready(&mut child, &addr) {
+                Ok(()) => {
+                    return Ok(Registry {
+                        child,
+                        addr,
+                        auth: opts.auth.clone(),
+                        dir,
+                    })
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = std::fs::read_to_string(dir.path().join("registry.log"))
+                        .unwrap_or_default();
+                    last_err = e.context(format!("registry log:\n{log}"));
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    /// Starts a registry without auth.
+    pub fn start_default() -> Result<Self> {
+        Self::start(RegistryOpts::default())
+    }
+
+    /// "127.0.0.1:PORT".
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Credentials the registry was started with.
+    pub fn creds(&self) -> Option<(&str, &str)> {
+        self.auth.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
+    }
+
+    /// "127.0.0.1:PORT/NAME:TAG" for `name_tag` = "NAME:TAG".
+    pub fn reference(&self, name_tag: &str) -> String {
+        format!("{}/{}", self.addr, name_tag)
+    }
+
+    /// The registry's storage root directory.
+    pub fn storage_dir(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// The registry's stdout/stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// One request with the registry's credentials (if any) added.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<HttpResponse> {
+        let auth = self.auth.as_ref().map(|(u, p)| basic_auth(u, p));
+        let mut h: Vec<(&str, &str)> = headers.to_vec();
+        if let Some(a) = &auth {
+            h.push(("Authorization", a));
+        }
+        http_request(method, &self.addr, path, &h, body)
+    }
+
+    /// `GET /v2/NAME/manifests/REFERENCE` with the full Accept list.
+    pub fn get_manifest(&self, name: &str, reference: &str) -> Result<HttpResponse> {
+        self.request(
+            "GET",
+            &format!("/v2/{name}/manifests/{reference}"),
+            &[("Accept", MANIFEST_ACCEPT)],
+            &[],
+        )
+    }
+
+    /// `GET /v2/NAME/blobs/DIGEST`.
+    pub fn get_blob(&self, name: &str, digest: &str) -> Result<HttpResponse> {
+        self.request("GET", &format!("/v2/{name}/blobs/{digest}"), &[], &[])
+    }
+
+    /// `DELETE /v2/NAME/manifests/DIGEST` (storage.delete is enabled).
+    pub fn delete_manifest(&self, name: &str, digest: &str) -> Result<()> {
+        let r = self.request(
+            "DELETE",
+            &format!("/v2/{name}/manifests/{digest}"),
+            &[],
+            &[],
+        )?;
+        if r.status != 202 {
+            bail!("DELETE manifest {digest}: {} {}", r.status, r.text());
+        }
+        Ok(())
+    }
+
+    /// Uploads one blob (monolithic POST + PUT), skipping it if already present.
+    pub fn push_blob(&self, name: &str, digest: &str, data: &[u8]) -> Result<()> {
+        let head = self.request("HEAD", &format!("/v2/{name}/blobs/{digest}"), &[], &[])?;
+        if head.status == 200 {
+            return Ok(());
+        }
+        let r = self.request("POST", &format!("/v2/{name}/blobs/uploads/"), &[], &[])?;
+        if r.status != 202 {
+            bail!("start upload of {digest}: {} {}", r.status, r.text());
+        }
+        let loc = r
+            .header("location")
+            .ok_or_else(|| anyhow!("upload without Location"))?;
+        // Location may be absolute ("http://127.0.0.1:PORT/v2/...").
+        let path = match loc.find("/v2/") {
+            Some(i) => &loc[i..],
+            None => loc,
+        };
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let put_path = format!("{path}{sep}digest={digest}");
+        let r = self.request(
+            "PUT",
+            &put_path,
+            &[("Content-Type", "application/octet-stream")],
+            data,
+        )?;
+        if r.status != 201 {
+            bail!("upload of {digest}: {} {}", r.status, r.text());
+        }
+        Ok(())
+    }
+
+    /// Uploads manifest bytes under `reference` (a tag or digest).
+    pub fn push_manifest(
+        &self,
+        name: &str,
+        reference: &str,
+        media_type: &str,
+        data: &[u8],
+    ) -> Result<()> {
+        let r = self.request(
+            "PUT",
+            &format!("/v2/{name}/manifests/{reference}"),
+            &[("Content-Type", media_type)],
+            data,
+        )?;
+        if r.status != 201 {
+            bail!("put manifest {name}:{reference}: {} {}", r.status, r.text());
+        }
+        Ok(())
+    }
+
+    fn push_image_manifest(
+        &self,
+        img: &Image,
+        name: &str,
+        m: &ManifestDesc,
+        reference: &str,
+    ) -> Result<()> {
+        for l in &m.layers {
+            self.push_blob(name, &l.digest, &img.blob(&l.digest)?)?;
+        }
+        self.push_blob(name, &m.config_digest, &img.blob(&m.config_digest)?)?;
+        self.push_manifest(name, reference, &m.media_type, &img.blob(&m.digest)?)
+    }
+
+    /// Pushes a fixture byte-for-byte with plain HTTP (blobs, then manifests; for an
+    /// index its platform manifests by digest, then the index under the tag). Digests
+    /// and media types (OCI or Docker schema2) are served exactly as in the fixture.
+    /// `name_tag` is "NAME:TAG" (or just "NAME" for the fixture's tag).
+    pub fn push_layout(&self, img: &Image, name_tag: &str) -> Result<()> {
+        let (name, tag) = split_name_tag(name_tag, &img.tag);
+        if img.is_index() {
+            for m in &img.manifests {
+                self.push_image_manifest(img, name, m, &m.digest)?;
+            }
+            self.push_manifest(name, tag, &img.media_type, &img.manifest_bytes()?)
+        } else {
+            let m = ManifestDesc {
+                digest: img.manifest_digest.clone(),
+                size: img.manifest_size,
+                media_type: img.media_type.clone(),
+                os: String::new(),
+                architecture: String::new(),
+                config_digest: img.config_digest.clone(),
+                config_size: 0,
+                config_media_type: String::new(),
+                layers: img.layers.clone(),
+            };
+            self.push_image_manifest(img, name, &m, tag)
+        }
+    }
+
+    /// Pushes the fixture's OCI layout with `skopeo copy` (`--all` for an index).
+    /// Only for OCI fixtures; use [`Registry::push_layout`] for the Docker one.
+    pub fn push_with_skopeo(&self, img: &Image, name_tag: &str) -> Result<()> {
+        let (name, tag) = split_name_tag(name_tag, &img.tag);
+        let mut cmd = Command::new("skopeo");
+        cmd.args([
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+        ]);
+        if let Some((u, p)) = &self.auth {
+            cmd.arg(format!("--dest-creds={u}:{p}"));
+        }
+        if img.is_index() {
+            cmd.arg("--all");
+        }
+        cmd.arg(format!("oci:{}:{}", img.layout_dir.display(), img.tag));
+        cmd.arg(format!("docker://{}/{}:{}", self.addr, name, tag));
+        run_checked(&mut cmd)
+    }
+}
+
+/// Splits "name:tag" (a ':' after the last '/'), defaulting the tag.
+pub fn split_name_tag<'a>(name_tag: &'a str, default_tag: &'a str) -> (&'a str, &'a str) {
+    let slash = name_tag.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match name_tag[slash..].rfind(':') {
+        Some(i) => (&name_tag[..slash + i], &name_tag[slash + i + 1..]),
+        None => (name_tag, default_tag),
+    }
+}
+
+fn wait_ready(child: &mut Child, addr: &str) -> Result<()> {
+    wait_for("docker-registry GET /v2/", Duration::from_secs(30), || {
+        if let Some(st) = child.try_wait()? {
+            bail!("docker-registry exited early: {st}");
+        }
+        match http_request("GET", addr, "/v2/", &[], &[]) {
+            Ok(r) if r.status == 200 || r.status == 401 => Ok(Some(())),
+            _ => Ok(None),
+        }
+    })
+}
+
+fn run_checked(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Path helper for tests that want the registry's blob data dir.
+pub fn blob_data_path(storage: &Path, digest: &str) -> PathBuf {
+    let hex = crate::util::digest_hex(digest);
+    storage
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{self, MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST};
+    use crate::util::sha256_digest;
+
+    fn assert_serves(reg: &Registry, name: &str, reference: &str, img: &Image) {
+        let r = reg.get_manifest(name, reference).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("content-type"), Some(img.media_type.as_str()));
+        assert_eq!(
+            r.header("docker-content-digest"),
+            Some(img.manifest_digest.as_str())
+        );
+        assert_eq!(sha256_digest(&r.body), img.manifest_digest);
+        for l in &img.layers {
+            let b = reg.get_blob(name, &l.digest).unwrap();
+            assert_eq!(b.status, 200);
+            assert_eq!(sha256_digest(&b.body), l.digest);
+        }
+    }
+
+    #[test]
+    fn split_names() {
+        assert_eq!(split_name_tag("busybox:1", "latest"), ("busybox", "1"));
+        assert_eq!(split_name_tag("a/b", "latest"), ("a/b", "latest"));
+        assert_eq!(split_name_tag("a/b:x", "latest"), ("a/b", "x"));
+    }
+
+    #[test]
+    fn push_http_and_skopeo() {
+        let reg = Registry::start_default().unwrap();
+        assert!(reg.addr().starts_with("127.0.0.1:"));
+        let bb = fixtures::busybox().unwrap();
+        reg.push_layout(bb, "library/busybox:latest").unwrap();
+        assert_serves(&reg, "library/busybox", "latest", bb);
+        assert_serves(&reg, "library/busybox", &bb.manifest_digest, bb);
+
+        // Range requests on blobs work.
+        let l = &bb.layers[0];
+        let r = reg
+            .request(
+                "GET",
+                &format!("/v2/library/busybox/blobs/{}", l.digest),
+                &[("Range", "bytes=100-")],
+                &[],
+            )
+            .unwrap();
+        assert_eq!(r.status, 206);
+        assert_eq!(r.body.len() as u64, l.size - 100);
+
+        // Docker schema2 is served with Docker media types.
+        let dk = fixtures::busybox_docker().unwrap();
+        reg.push_layout(dk, "docker/busybox:v2").unwrap();
+        assert_serves(&reg, "docker/busybox", "v2", dk);
+        assert_eq!(dk.media_type, MT_DOCKER_MANIFEST);
+
+        // Index via HTTP: index under the tag, children by digest.
+        let mp = fixtures::multiplatform().unwrap();
+        reg.push_layout(mp, "multi:latest").unwrap();
+        let r = reg.get_manifest("multi", "latest").unwrap();
+        assert_eq!(r.header("content-type"), Some(MT_OCI_INDEX));
+        assert_eq!(sha256_digest(&r.body), mp.manifest_digest);
+        for m in &mp.manifests {
+            let r = reg.get_manifest("multi", &m.digest).unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(r.header("content-type"), Some(MT_OCI_MANIFEST));
+        }
+
+        // skopeo keeps the digests (no conversion), for single images and an index.
+        let ml = fixtures::multilayer().unwrap();
+        reg.push_with_skopeo(ml, "sk/multilayer:1").unwrap();
+        assert_serves(&reg, "sk/multilayer", "1", ml);
+        reg.push_with_skopeo(mp, "sk/multi:1").unwrap();
+        let r = reg.get_manifest("sk/multi", "1").unwrap();
+        assert_eq!(sha256_digest(&r.body), mp.manifest_digest);
+        let r = reg
+            .get_manifest("sk/multi", &mp.manifests[1].digest)
+            .unwrap();
+        assert_eq!(r.status, 200);
+
+        // Delete works (storage.delete.enabled).
+        reg.delete_manifest("sk/multilayer", &ml.manifest_digest)
+            .unwrap();
+        assert_eq!(reg.get_manifest("sk/multilayer", "1").unwrap().status, 404);
+
+        assert!(blob_data_path(&reg.storage_dir(), &bb.layers[0].digest).exists());
+    }
+
+    #[test]
+    fn basic_auth_registry() {
+        let reg = Registry::start(RegistryOpts::with_auth("alice", "s3cret")).unwrap();
+        let anon = http_request("GET", reg.addr(), "/v2/", &[], &[]).unwrap();
+        assert_eq!(anon.status, 401);
+        assert!(anon
+            .header("www-authenticate")
+            .unwrap()
+            .starts_with("Basic"));
+        assert_eq!(reg.request("GET", "/v2/", &[], &[]).unwrap().status, 200);
+        let bb = fixtures::busybox().unwrap();
+        reg.push_with_skopeo(bb, "busybox:latest").unwrap();
+        assert_serves(&reg, "busybox", "latest", bb);
+        let wrong = http_request(
+            "GET",
+            reg.addr(),
+            "/v2/busybox/manifests/latest",
+            &[
+                ("Accept", MANIFEST_ACCEPT),
+                ("Authorization", &basic_auth("alice", "nope")),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(wrong.status, 401);
+    }
+}
