@@ -638,3 +638,55 @@ fn config_commands_and_hosts_toml_mirror() -> Result<()> {
     ensure!(image_names(&d)? == vec!["docker.io/library/busybox:latest".to_string()]);
     Ok(())
 }
+
+#[test]
+fn cancelled_client_cancels_its_pull() -> Result<()> {
+    let d = Daemon::start()?;
+    // The layer stalls mid-transfer; the no-progress timeout (30 s by
+    // default) is far away, so only the cancellation can end the pull.
+    let fake = FakeRegistry::start(Behavior::HangMidBlob)?;
+    let layer = fixtures::busybox()?.layers[0].digest.clone();
+    let mut pull = std::process::Command::new(integration::daemon::bin_path("berthctl")?)
+        .arg("--address")
+        .arg(d.socket_path())
+        .args(["images", "pull", &fake.reference("busybox")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    wait_for("layer request", Duration::from_secs(10), || {
+        Ok((!fake.requests_to(&format!("/blobs/{layer}")).is_empty()).then_some(()))
+    })?;
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(pull.id() as i32, libc::SIGINT) };
+    let status = pull.wait()?;
+    ensure!(!status.success(), "berthctl was not interrupted");
+    wait_for(
+        "pull cancelled in the daemon",
+        Duration::from_secs(10),
+        || Ok(d.log().contains("pull cancelled").then_some(())),
+    )?;
+    // The bytes received stay as a resumable ingest, and the daemon is fine.
+    ensure!(image_names(&d)?.is_empty());
+    d.ctl_ok(["version"])?;
+    Ok(())
+}
+
+#[test]
+fn socket_and_directory_modes() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Daemon::start()?;
+    let mode =
+        |p: &Path| -> Result<u32> { Ok(std::fs::metadata(p)?.permissions().mode() & 0o7777) };
+    ensure!(
+        mode(&d.socket_path())? == 0o660,
+        "socket mode {:o}",
+        mode(&d.socket_path())?
+    );
+    ensure!(mode(&d.root().join("content"))? & 0o077 <= 0o011);
+    let version = d.ctl_ok(["version"])?;
+    ensure!(
+        version.contains(&d.root().display().to_string()),
+        "{version}"
+    );
+    Ok(())
+}
