@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/berth/images/v1/images.proto",
         "proto/berth/content/v1/content.proto",
         "proto/berth/system/v1/system.proto",
+        "proto/berth/snapshots/v1/snapshots.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

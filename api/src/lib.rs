@@ -18,3 +18,9 @@ pub mod system {
         tonic::include_proto!("berth.system.v1");
     }
 }
+
+pub mod snapshots {
+    pub mod v1 {
+        tonic::include_proto!("berth.snapshots.v1");
+    }
+}

@@ -36,6 +36,9 @@ pub enum Command {
     /// Manage blobs in the content store
     #[command(subcommand)]
     Content(ContentCommand),
+    /// Manage the snapshots layers are unpacked into
+    #[command(subcommand, visible_alias = "snapshot")]
+    Snapshots(SnapshotsCommand),
     /// Show client and daemon versions
     Version,
     /// Print a shell completion script
@@ -87,6 +90,52 @@ pub enum ImagesCommand {
         /// Include every platform of multi-platform images
         #[arg(long)]
         all_platforms: bool,
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Mount an image's root filesystem read-only on a directory
+    Mount {
+        /// Image name
+        reference: String,
+        /// Existing directory to mount on
+        target: String,
+    },
+    /// Unmount a directory `images mount` mounted
+    Unmount { target: String },
+    /// Show unpacked size per image, unique and shared with other images
+    Usage {
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Images to show (default: all)
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotsCommand {
+    /// List snapshots
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Print names only
+        #[arg(short, long, conflicts_with = "format")]
+        quiet: bool,
+    },
+    /// Show one snapshot as JSON
+    Info { name: String },
+    /// Show how much the snapshots hold
+    Usage {
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Remove snapshots no image uses
+    #[command(visible_alias = "remove")]
+    Rm {
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },

@@ -132,12 +132,25 @@ pub fn list_json(blobs: &[Info], ingests: &[Ingest]) -> Value {
 
 pub fn prune_report(resp: &PruneResponse) -> String {
     let mut lines = resp.removed.clone();
+    lines.extend(
+        resp.snapshots_removed
+            .iter()
+            .map(|s| format!("snapshot {s}")),
+    );
     let n = resp.removed.len();
-    lines.push(format!(
+    let mut summary = format!(
         "removed {n} blob{}, freed {}",
         if n == 1 { "" } else { "s" },
         human_size(resp.bytes_freed)
-    ));
+    );
+    let s = resp.snapshots_removed.len();
+    if s > 0 {
+        summary.push_str(&format!(
+            ", and {s} snapshot{}",
+            if s == 1 { "" } else { "s" }
+        ));
+    }
+    lines.push(summary);
     lines.join("\n")
 }
 
@@ -213,10 +226,20 @@ sha256:aa   1.5 kB   2 minutes ago   yes"
         let resp = PruneResponse {
             removed: vec!["sha256:aa".into(), "sha256:bb".into()],
             bytes_freed: 2_100_000,
+            snapshots_removed: vec![],
         };
         assert_eq!(
             prune_report(&resp),
             "sha256:aa\nsha256:bb\nremoved 2 blobs, freed 2.1 MB"
+        );
+        let resp = PruneResponse {
+            removed: vec![],
+            bytes_freed: 0,
+            snapshots_removed: vec!["sha256:cc".into()],
+        };
+        assert_eq!(
+            prune_report(&resp),
+            "snapshot sha256:cc\nremoved 0 blobs, freed 0 B, and 1 snapshot"
         );
         assert_eq!(
             prune_report(&PruneResponse::default()),

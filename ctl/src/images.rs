@@ -5,8 +5,8 @@ use std::io::{self, IsTerminal, Write};
 use anyhow::{anyhow, Context, Result};
 use berth_api::images::v1::images_client::ImagesClient;
 use berth_api::images::v1::{
-    Credentials, ExportRequest, GetImageRequest, ListImagesRequest, PullRequest, PushRequest,
-    RemoveImageRequest, TagImageRequest,
+    Credentials, ExportRequest, GetImageRequest, ImageUsage, ImageUsageRequest, ListImagesRequest,
+    MountRequest, PullRequest, PushRequest, RemoveImageRequest, TagImageRequest, UnmountRequest,
 };
 use serde_json::json;
 use tokio::io::AsyncRead;
@@ -16,7 +16,7 @@ use crate::archive::{self, Output, CHUNK_SIZE};
 use crate::cli::{Format, ImagesCommand, ListArgs, PullArgs, PushArgs, RegistryArgs, User};
 use crate::connect::{connect, MAX_MESSAGE};
 use crate::error::{render, Exit};
-use crate::format::{image_json, images_table, now_nanos, raw_json};
+use crate::format::{human_size, image_json, images_table, now_nanos, raw_json, table};
 use crate::output::{print, print_json};
 use crate::progress::{Op, View};
 
@@ -59,7 +59,73 @@ pub async fn run(address: &str, cmd: ImagesCommand) -> Result<()> {
             let out = Output::open(&output)?;
             export(client(address).await?, names, all_platforms, out).await
         }
+        ImagesCommand::Mount { reference, target } => {
+            // The daemon mounts on its host: send an absolute path.
+            let target = std::path::absolute(&target)
+                .with_context(|| format!("cannot resolve {target}"))?
+                .display()
+                .to_string();
+            client(address)
+                .await?
+                .mount(MountRequest {
+                    name: reference,
+                    target: target.clone(),
+                    platform: String::new(),
+                })
+                .await?;
+            print(target)
+        }
+        ImagesCommand::Unmount { target } => {
+            let target = std::path::absolute(&target)
+                .with_context(|| format!("cannot resolve {target}"))?
+                .display()
+                .to_string();
+            client(address)
+                .await?
+                .unmount(UnmountRequest {
+                    target: target.clone(),
+                })
+                .await?;
+            print(target)
+        }
+        ImagesCommand::Usage { format, names } => {
+            let resp = client(address)
+                .await?
+                .usage(ImageUsageRequest { names })
+                .await?
+                .into_inner();
+            match format {
+                Format::Json => print_json(&json!(resp
+                    .images
+                    .iter()
+                    .map(|u| json!({
+                        "name": u.name,
+                        "size": u.size,
+                        "unique": u.unique,
+                        "shared": u.shared,
+                        "unpacked": u.unpacked,
+                    }))
+                    .collect::<Vec<_>>())),
+                Format::Table => print(usage_table(&resp.images)),
+            }
+        }
     }
+}
+
+fn usage_table(images: &[ImageUsage]) -> String {
+    let rows = images
+        .iter()
+        .map(|u| {
+            vec![
+                u.name.clone(),
+                human_size(u.size),
+                human_size(u.unique),
+                human_size(u.shared),
+                if u.unpacked { "yes" } else { "no" }.to_string(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "SIZE", "UNIQUE", "SHARED", "UNPACKED"], rows)
 }
 
 /// Credentials for the request; the password must already have been

@@ -9,6 +9,7 @@ mod format;
 mod images;
 mod output;
 mod progress;
+mod snapshots;
 mod version;
 
 use std::io::{self, IsTerminal, Write};
@@ -67,6 +68,7 @@ async fn dispatch(address: &str, command: Command) -> Result<()> {
     match command {
         Command::Images(cmd) => images::run(address, cmd).await,
         Command::Content(cmd) => content::run(address, cmd).await,
+        Command::Snapshots(cmd) => snapshots::run(address, cmd).await,
         Command::Version => version::run(address).await,
         Command::Completion { shell } => completion(shell),
     }

@@ -311,6 +311,29 @@ impl Images for Fake {
         });
         Ok(Response::new(Box::pin(futures::stream::iter(items))))
     }
+
+    async fn mount(&self, req: Request<MountRequest>) -> Result<Response<MountResponse>, Status> {
+        if req.get_ref().name != "busybox" {
+            return Err(Status::not_found("image not found"));
+        }
+        Ok(Response::new(MountResponse {
+            snapshot: "mount-1".into(),
+        }))
+    }
+
+    async fn unmount(
+        &self,
+        _: Request<UnmountRequest>,
+    ) -> Result<Response<UnmountResponse>, Status> {
+        Ok(Response::new(UnmountResponse {}))
+    }
+
+    async fn usage(
+        &self,
+        _: Request<ImageUsageRequest>,
+    ) -> Result<Response<ImageUsageResponse>, Status> {
+        Ok(Response::new(ImageUsageResponse { images: vec![] }))
+    }
 }
 
 #[tonic::async_trait]
@@ -352,6 +375,7 @@ impl Content for Fake {
         Ok(Response::new(PruneResponse {
             removed: vec![LAYER_A.into()],
             bytes_freed: 2_100_000,
+            snapshots_removed: vec![],
         }))
     }
 }

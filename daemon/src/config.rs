@@ -46,6 +46,35 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub pull: PullConfig,
     pub gc: GcConfig,
+    pub snapshotter: SnapshotterConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotterConfig {
+    /// "overlayfs" (default) or "native" (plain copies, for filesystems
+    /// where overlayfs cannot run).
+    pub backend: String,
+    /// Whether layers may create character/block device nodes.
+    pub allow_device_nodes: bool,
+    /// Largest single file a layer may create (bytes).
+    pub max_file_bytes: u64,
+    /// Largest uncompressed layer (bytes).
+    pub max_layer_bytes: u64,
+    /// Most entries in one layer.
+    pub max_layer_entries: u64,
+}
+
+impl Default for SnapshotterConfig {
+    fn default() -> Self {
+        SnapshotterConfig {
+            backend: "overlayfs".into(),
+            allow_device_nodes: true,
+            max_file_bytes: 64 << 30,
+            max_layer_bytes: 256 << 30,
+            max_layer_entries: 10_000_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -99,6 +128,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             pull: PullConfig::default(),
             gc: GcConfig::default(),
+            snapshotter: SnapshotterConfig::default(),
         }
     }
 }
@@ -169,6 +199,11 @@ impl Config {
         };
         if self.pull.max_concurrent_downloads == 0 {
             return Err(invalid("pull.max_concurrent_downloads must be at least 1"));
+        }
+        if !matches!(self.snapshotter.backend.as_str(), "overlayfs" | "native") {
+            return Err(invalid(
+                "snapshotter.backend must be \"overlayfs\" or \"native\"",
+            ));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(invalid("log_format must be \"text\" or \"json\""));

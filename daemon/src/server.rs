@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use berth_api::content::v1::content_server::ContentServer;
 use berth_api::images::v1::images_server::ImagesServer;
+use berth_api::snapshots::v1::snapshots_server::SnapshotsServer;
 use berth_api::system::v1 as syspb;
 use berth_api::system::v1::system_server::SystemServer;
 use content_store::ContentStore;
@@ -20,7 +21,9 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::images::gc::Leases;
 use crate::images::grpc::{ContentApi, ImagesApi};
+use crate::images::snapshots::SnapshotsApi;
 use crate::images::store::ImageStore;
+use crate::images::unpack::Unpacker;
 use crate::images::ImageService;
 use crate::metadata::{MetaStore, SledStore};
 
@@ -136,8 +139,10 @@ impl Daemon {
         }
         let images = ImageStore::load(meta.clone()).context("loading image records")?;
         let leases = Leases::load(meta.clone());
+        let unpacker = open_unpacker(&config, content.clone())?;
         let config = Arc::new(config);
-        let images = ImageService::new(config.clone(), content, images, leases);
+        let images = ImageService::new(config.clone(), content, images, leases, unpacker);
+        images.sweep_stale_views();
         Ok(Daemon {
             config,
             meta,
@@ -165,6 +170,9 @@ impl Daemon {
             .add_service(ContentServer::new(ContentApi {
                 svc: self.images.clone(),
             }))
+            .add_service(SnapshotsServer::new(SnapshotsApi {
+                svc: self.images.clone(),
+            }))
             .add_service(SystemServer::new(SystemApi {
                 root: self.config.root.clone(),
                 state: self.config.state.clone(),
@@ -179,6 +187,46 @@ impl Daemon {
         info!("berthd stopped");
         Ok(())
     }
+}
+
+/// Opens the snapshotter and recovers it from a crash: leftover directories
+/// and records, half-done unpacks.
+fn open_unpacker(config: &Config, content: ContentStore) -> Result<Arc<Unpacker>> {
+    let backend: snapshotter::Backend = config
+        .snapshotter
+        .backend
+        .parse()
+        .context("snapshotter.backend")?;
+    let root = config.root.join("snapshotter").join(backend.to_string());
+    make_dir(&root, 0o700)?;
+    let snap: Arc<dyn snapshotter::Snapshotter> = Arc::from(
+        snapshotter::open(&root, backend)
+            .with_context(|| format!("opening the {backend} snapshotter at {}", root.display()))?,
+    );
+    match snap.cleanup() {
+        Ok(report) => info!(?report, "snapshotter recovered"),
+        Err(e) => warn!(error = %e, "snapshotter cleanup failed"),
+    }
+    let work = config.state.join("unpack");
+    make_dir(&work, 0o700)?;
+    let s = &config.snapshotter;
+    let options = snapshotter::apply::ApplyOptions {
+        whiteouts: snapshotter::apply::WhiteoutMode::Remove,
+        allow_devices: s.allow_device_nodes,
+        max_file_size: s.max_file_bytes,
+        max_total_size: s.max_layer_bytes,
+        max_entries: s.max_layer_entries,
+        preserve_ownership: true,
+    };
+    let unpacker = Arc::new(Unpacker::new(
+        snap,
+        content,
+        work,
+        backend == snapshotter::Backend::Overlay,
+        options,
+    ));
+    unpacker.sweep_interrupted();
+    Ok(unpacker)
 }
 
 async fn shutdown_signal() {

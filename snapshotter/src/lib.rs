@@ -20,6 +20,7 @@
 //! Every mutating call leaves either the old or the new state after a
 //! crash, modulo leftovers that [`Snapshotter::cleanup`] removes on start.
 
+pub mod apply;
 mod error;
 mod fsutil;
 mod meta;

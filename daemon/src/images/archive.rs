@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::path::{Component, Path};
 use std::pin::Pin;
+use std::sync::Arc;
 
 use berth_api::images::v1 as pb;
 use content_store::{ContentStore, Digest, Expected};
@@ -355,7 +356,7 @@ fn docker_images(
 
 impl ImageService {
     pub async fn import(
-        &self,
+        self: &Arc<Self>,
         mut chunks: Streaming<pb::ImportChunk>,
     ) -> Result<Vec<ImageRecord>, ImageError> {
         let tmp_dir = self.config.root.join("tmp");
@@ -389,6 +390,7 @@ impl ImageService {
         let file = file.into_std().await;
         let content = self.content.clone();
         let lease = self.leases.create("import");
+        let svc = self.clone();
         let found = blocking(move || {
             use std::io::Seek;
             let mut file = file;
@@ -423,6 +425,13 @@ impl ImageService {
             let mut records = Vec::new();
             for (name, target) in named {
                 let (size, config_digest) = summarize(&content, &target)?;
+                // Unpack before recording: an image is usable once listed.
+                for chain in super::snapshots::image_chains(&content, &target, MAX_METADATA) {
+                    for c in &chain {
+                        lease.add_blocking(&format!("{}{}", super::gc::SNAPSHOT_LEASE_PREFIX, c.chain_id));
+                    }
+                    svc.unpack_chain(&name, &chain)?;
+                }
                 records.push(ImageRecord {
                     name,
                     target,

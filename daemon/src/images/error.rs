@@ -30,6 +30,12 @@ pub enum ImageError {
         #[source]
         source: content_store::Error,
     },
+    #[error("{image}: {source}")]
+    Snapshot {
+        image: String,
+        #[source]
+        source: snapshotter::Error,
+    },
     #[error("{image}: pull cancelled")]
     Cancelled { image: String },
     #[error("metadata: {0}")]
@@ -65,6 +71,13 @@ impl ImageError {
                 | content_store::Error::SizeMismatch { .. } => Code::DataLoss,
                 content_store::Error::NotFound { .. } => Code::NotFound,
                 content_store::Error::InvalidDigest { .. } => Code::InvalidArgument,
+                _ => Code::Internal,
+            },
+            ImageError::Snapshot { source, .. } => match source {
+                snapshotter::Error::NotFound { .. } => Code::NotFound,
+                snapshotter::Error::AlreadyExists { .. } => Code::AlreadyExists,
+                snapshotter::Error::FailedPrecondition { .. } => Code::FailedPrecondition,
+                snapshotter::Error::InvalidArgument { .. } => Code::InvalidArgument,
                 _ => Code::Internal,
             },
             ImageError::Cancelled { .. } => Code::Cancelled,

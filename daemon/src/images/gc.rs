@@ -21,6 +21,9 @@ use crate::oci::{self, Descriptor};
 
 /// How long a lease left by a crashed daemon still protects its content, so
 /// that a re-pull after a crash can reuse the layers already committed.
+/// Lease entries for snapshots carry this prefix; the rest are digests.
+pub const SNAPSHOT_LEASE_PREFIX: &str = "snapshot:";
+
 const ORPHAN_LEASE_TTL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,7 +106,7 @@ impl Leases {
         }
     }
 
-    fn protected(&self) -> HashSet<String> {
+    pub fn protected(&self) -> HashSet<String> {
         self.lock_live()
             .values()
             .flat_map(|r| r.digests.iter().cloned())
@@ -150,6 +153,7 @@ impl Drop for Lease {
 pub struct GcReport {
     pub removed: Vec<String>,
     pub bytes_freed: u64,
+    pub snapshots_removed: Vec<String>,
 }
 
 /// The children a manifest or index references (empty for other blobs, and
@@ -181,11 +185,23 @@ pub fn collect(
     content: &ContentStore,
     images: &ImageStore,
     leases: &Leases,
+    snapshotter: &dyn snapshotter::Snapshotter,
     manifest_limit: u64,
 ) -> Result<GcReport, content_store::Error> {
     let _g = leases.gc_lock.blocking_write();
+    // Snapshots first: which ones images need is read from their content.
+    let keep = super::snapshots::referenced_snapshots(
+        content,
+        images,
+        &leases.protected(),
+        manifest_limit,
+    );
+    let snapshots_removed = super::snapshots::collect_snapshots(snapshotter, &keep);
     let marked = referenced(content, images, leases, manifest_limit);
-    let mut report = GcReport::default();
+    let mut report = GcReport {
+        snapshots_removed,
+        ..Default::default()
+    };
     for info in content.list()? {
         if marked.contains(info.digest.as_str()) {
             continue;
@@ -199,8 +215,9 @@ pub fn collect(
             Err(e) => warn!(digest = %info.digest, error = %e, "cannot remove blob"),
         }
     }
-    if !report.removed.is_empty() {
+    if !report.removed.is_empty() || !report.snapshots_removed.is_empty() {
         info!(
+            snapshots = report.snapshots_removed.len(),
             blobs = report.removed.len(),
             bytes = report.bytes_freed,
             "garbage collection removed content"

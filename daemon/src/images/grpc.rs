@@ -216,6 +216,34 @@ impl pb::images_server::Images for ImagesApi {
         let stream = self.svc.export(req.names, req.all_platforms).await?;
         Ok(Response::new(stream))
     }
+
+    async fn mount(
+        &self,
+        req: Request<pb::MountRequest>,
+    ) -> Result<Response<pb::MountResponse>, Status> {
+        let req = req.into_inner();
+        if !req.platform.is_empty() {
+            platform_from_pb(&req.platform)?;
+        }
+        let snapshot = self.svc.mount_image(&req.name, &req.target).await?;
+        Ok(Response::new(pb::MountResponse { snapshot }))
+    }
+
+    async fn unmount(
+        &self,
+        req: Request<pb::UnmountRequest>,
+    ) -> Result<Response<pb::UnmountResponse>, Status> {
+        self.svc.unmount_image(&req.into_inner().target).await?;
+        Ok(Response::new(pb::UnmountResponse {}))
+    }
+
+    async fn usage(
+        &self,
+        req: Request<pb::ImageUsageRequest>,
+    ) -> Result<Response<pb::ImageUsageResponse>, Status> {
+        let images = self.svc.image_usage(&req.into_inner().names).await?;
+        Ok(Response::new(pb::ImageUsageResponse { images }))
+    }
 }
 
 fn nanos(t: std::time::SystemTime) -> i64 {
@@ -353,6 +381,7 @@ impl cpb::content_server::Content for ContentApi {
         Ok(Response::new(cpb::PruneResponse {
             removed: report.removed,
             bytes_freed: report.bytes_freed as i64,
+            snapshots_removed: report.snapshots_removed,
         }))
     }
 }

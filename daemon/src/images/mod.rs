@@ -8,7 +8,9 @@ pub mod gc;
 pub mod grpc;
 pub mod pull;
 pub mod push;
+pub mod snapshots;
 pub mod store;
+pub mod unpack;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +35,7 @@ pub struct ImageService {
     pub images: ImageStore,
     pub leases: Arc<Leases>,
     pub registry: Arc<RegistryClient>,
+    pub unpacker: Arc<unpack::Unpacker>,
     inflight: Mutex<HashMap<String, Arc<pull::InflightPull>>>,
     gc_wanted: Notify,
 }
@@ -52,6 +55,7 @@ impl ImageService {
         content: ContentStore,
         images: ImageStore,
         leases: Arc<Leases>,
+        unpacker: Arc<unpack::Unpacker>,
     ) -> Arc<ImageService> {
         let registry = Arc::new(RegistryClient::new(
             config.pull.connect_timeout(),
@@ -64,6 +68,7 @@ impl ImageService {
             images,
             leases,
             registry,
+            unpacker,
             inflight: Mutex::new(HashMap::new()),
             gc_wanted: Notify::new(),
         })
@@ -231,9 +236,11 @@ impl ImageService {
         let content = self.content.clone();
         let images = self.images.clone();
         let leases = self.leases.clone();
+        let snapshotter = self.unpacker.snapshotter.clone();
         let limit = self.config.pull.max_manifest_bytes;
         blocking(move || {
-            gc::collect(&content, &images, &leases, limit).map_err(ImageError::content("gc"))
+            gc::collect(&content, &images, &leases, snapshotter.as_ref(), limit)
+                .map_err(ImageError::content("gc"))
         })
         .await
     }

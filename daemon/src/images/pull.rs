@@ -16,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::error::{blocking, ImageError};
-use super::gc::Lease;
+use super::gc::{Lease, SNAPSHOT_LEASE_PREFIX};
+use super::snapshots::ChainLayer;
 use super::store::{now_nanos, ImageRecord};
+use super::unpack::chain_ids;
 use super::ImageService;
 use crate::oci::{self, Descriptor, Platform};
 use crate::reference::Reference;
@@ -344,7 +346,28 @@ impl ImageService {
                 })
                 .collect();
         }
+        let diff_ids: Vec<String> = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
+        let chain: Vec<ChainLayer> = manifest
+            .layers
+            .iter()
+            .zip(diff_ids.iter())
+            .zip(chain_ids(&diff_ids))
+            .map(|((layer, diff_id), chain_id)| ChainLayer {
+                layer: layer.clone(),
+                diff_id: diff_id.clone(),
+                chain_id,
+            })
+            .collect();
+        for c in &chain {
+            lease
+                .add(&format!("{SNAPSHOT_LEASE_PREFIX}{}", c.chain_id))
+                .await;
+        }
+
+        // Layers download concurrently; each is unpacked as soon as it and
+        // every layer below it are in: a layer needs its parent committed.
         let limit = self.config.pull.max_concurrent_downloads.max(1);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<usize>();
         let fetches: Vec<_> = manifest
             .layers
             .iter()
@@ -353,24 +376,63 @@ impl ImageService {
                 let repo = &repo;
                 let lease = &lease;
                 let name = &name;
+                let done_tx = done_tx.clone();
                 async move {
                     let res = self
                         .fetch_blob(repo, lease, name, layer, Some((progress, idx)))
                         .await;
                     if res.is_err() {
                         set_layer(progress, idx, |l| l.stage = LayerStage::Failed);
+                    } else {
+                        let _ = done_tx.send(idx);
                     }
                     res
                 }
             })
             .collect();
-        let results: Vec<Result<(), ImageError>> = futures::stream::iter(fetches)
-            .buffer_unordered(limit)
-            .collect()
-            .await;
-        for r in results {
-            r?;
-        }
+        drop(done_tx);
+        let fetch_all = async {
+            let results: Vec<Result<(), ImageError>> = futures::stream::iter(fetches)
+                .buffer_unordered(limit)
+                .collect()
+                .await;
+            results.into_iter().collect::<Result<Vec<()>, ImageError>>()
+        };
+        let unpack_all = async {
+            let mut fetched = vec![false; chain.len()];
+            let mut next = 0;
+            while next < chain.len() {
+                match done_rx.recv().await {
+                    Some(i) => fetched[i] = true,
+                    None => {
+                        return Err(ImageError::Internal(format!(
+                            "{name}: layer {next} was never fetched"
+                        )))
+                    }
+                }
+                while next < chain.len() && fetched[next] {
+                    let svc = self.clone();
+                    let image = name.clone();
+                    let c = chain[next].clone();
+                    let parent = next.checked_sub(1).map(|p| chain[p].chain_id.clone());
+                    blocking(move || {
+                        svc.unpacker
+                            .unpack_layer(
+                                &image,
+                                &c.layer,
+                                &c.diff_id,
+                                &c.chain_id,
+                                parent.as_deref(),
+                            )
+                            .map(|_| ())
+                    })
+                    .await?;
+                    next += 1;
+                }
+            }
+            Ok(())
+        };
+        tokio::try_join!(fetch_all, unpack_all)?;
 
         let size = manifest_desc.size
             + manifest.config.size

@@ -1,0 +1,74 @@
+use std::io;
+use std::path::PathBuf;
+
+/// Why applying a layer failed. Entry-level variants name the entry as it
+/// appears in the tar stream (lossily decoded), before normalisation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The root directory could not be opened.
+    #[error("opening layer root {root:?}: {source}")]
+    Root {
+        root: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// A filesystem operation for an entry failed.
+    #[error("layer entry {path:?}: {op}: {source}")]
+    Io {
+        path: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    /// A character or block device entry while `allow_devices` is false.
+    #[error("layer entry {path:?}: device nodes are not allowed")]
+    DeviceNotAllowed { path: String },
+
+    /// An entry declares more data than `max_file_size`.
+    #[error("layer entry {path:?}: size {size} exceeds the limit of {limit} bytes")]
+    EntryTooLarge { path: String, size: u64, limit: u64 },
+
+    /// An entry would take the uncompressed layer past `max_total_size`.
+    #[error(
+        "layer entry {path:?}: size {size} would take the layer past its limit of {limit} bytes"
+    )]
+    LayerTooLarge { path: String, size: u64, limit: u64 },
+
+    /// The uncompressed stream itself grew past `max_total_size`.
+    #[error("uncompressed layer stream exceeds the limit of {limit} bytes")]
+    StreamTooLarge { limit: u64 },
+
+    /// The header(s) of a single entry (PAX records, long names, sparse maps)
+    /// are larger than the tar reader is allowed to buffer.
+    #[error("tar metadata of a single entry exceeds {limit} bytes")]
+    MetadataTooLarge { limit: u64 },
+
+    /// More entries than `max_entries`.
+    #[error("layer has more than {limit} entries")]
+    TooManyEntries { limit: u64 },
+
+    /// An entry type the applier does not handle (GNU volume headers, ...).
+    #[error("layer entry {path:?}: unsupported tar entry type {kind:?}")]
+    UnsupportedType { path: String, kind: char },
+
+    /// A malformed entry (bad whiteout name, NUL in a name, id out of range...).
+    #[error("layer entry {path:?}: {reason}")]
+    InvalidEntry { path: String, reason: String },
+
+    /// A hardlink whose target is not in the root. When applying into a bare
+    /// overlay upper dir, files of lower layers are not visible: apply through
+    /// a mounted snapshot instead.
+    #[error("layer entry {path:?}: hardlink target {target:?} does not exist in the root")]
+    HardlinkTargetMissing { path: String, target: String },
+
+    /// Reading or decompressing the blob failed.
+    #[error("decompressing layer: {0}")]
+    Decompress(#[source] io::Error),
+
+    /// The tar stream is malformed or truncated.
+    #[error("reading layer tar: {0}")]
+    Tar(#[source] io::Error),
+}

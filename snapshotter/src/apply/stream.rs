@@ -1,0 +1,216 @@
+//! Decompression plus a hashing, size-limiting reader over the uncompressed
+//! tar stream.
+
+use std::cell::Cell;
+use std::io::{self, BufReader, Read};
+use std::rc::Rc;
+
+use sha2::{Digest, Sha256};
+
+/// Input buffer in front of the decompressor (the compressed blob).
+const INPUT_BUFFER: usize = 256 << 10;
+
+/// Upper bound on the bytes the tar reader may consume between two entries:
+/// the header block(s), GNU long name / long link data, PAX extended headers
+/// and GNU sparse maps, all of which the `tar` crate buffers in memory. Go's
+/// archive/tar caps each of those at 1 MiB; this leaves room for all of them.
+pub(crate) const METADATA_BUDGET: u64 = 4 << 20;
+
+/// Layer compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Compression {
+    /// A plain tar stream.
+    None,
+    /// gzip (single or multi-member).
+    Gzip,
+    /// zstd (one or more frames).
+    Zstd,
+}
+
+impl Compression {
+    /// Guesses the compression from the first bytes of a blob (4 are enough):
+    /// gzip and zstd (including skippable frames) by magic number, anything
+    /// else is taken to be an uncompressed tar.
+    pub fn detect(prefix: &[u8]) -> Compression {
+        match prefix {
+            [0x1f, 0x8b, ..] => Compression::Gzip,
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => Compression::Zstd,
+            // Skippable frames: magic 0x184D2A50..=0x184D2A5F, little endian.
+            [b0, 0x2a, 0x4d, 0x18, ..] if b0 & 0xf0 == 0x50 => Compression::Zstd,
+            _ => Compression::None,
+        }
+    }
+
+    /// Maps an OCI or Docker layer media type to its compression, `None` for
+    /// media types that are not tar layers.
+    pub fn from_media_type(media_type: &str) -> Option<Compression> {
+        match media_type {
+            "application/vnd.oci.image.layer.v1.tar"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+            | "application/vnd.docker.image.rootfs.diff.tar" => Some(Compression::None),
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
+                Some(Compression::Gzip)
+            }
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => {
+                Some(Compression::Zstd)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Why the stream reader failed; the tar crate only sees an opaque io::Error,
+/// the applier picks the real cause up from here.
+#[derive(Debug)]
+pub(crate) enum Fault {
+    Decompress(io::Error),
+    StreamLimit { limit: u64 },
+    MetadataLimit { limit: u64 },
+}
+
+/// State shared between the reader (owned by the tar archive) and the
+/// applier loop. Single-threaded, hence `Cell`.
+pub(crate) struct StreamState {
+    total: Cell<u64>,
+    hard_limit: u64,
+    /// When set, the absolute stream offset the metadata phase may not pass.
+    metadata_limit: Cell<Option<u64>>,
+    fault: Cell<Option<Fault>>,
+}
+
+impl StreamState {
+    pub(crate) fn new(hard_limit: u64) -> Rc<Self> {
+        Rc::new(StreamState {
+            total: Cell::new(0),
+            hard_limit,
+            metadata_limit: Cell::new(None),
+            fault: Cell::new(None),
+        })
+    }
+
+    /// Uncompressed bytes consumed so far.
+    pub(crate) fn total(&self) -> u64 {
+        self.total.get()
+    }
+
+    /// The tar reader is about to parse the next header(s).
+    pub(crate) fn begin_metadata(&self) {
+        self.metadata_limit
+            .set(Some(self.total.get().saturating_add(METADATA_BUDGET)));
+    }
+
+    /// The applier is about to read an entry's data (or the trailer).
+    pub(crate) fn begin_data(&self) {
+        self.metadata_limit.set(None);
+    }
+
+    pub(crate) fn take_fault(&self) -> Option<Fault> {
+        self.fault.take()
+    }
+}
+
+/// The decompressor for one blob, without dynamic dispatch.
+enum Decoder<R: Read> {
+    Plain(BufReader<R>),
+    Gzip(Box<flate2::bufread::MultiGzDecoder<BufReader<R>>>),
+    Zstd(zstd::stream::read::Decoder<'static, BufReader<R>>),
+}
+
+impl<R: Read> Read for Decoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoder::Plain(r) => r.read(buf),
+            Decoder::Gzip(r) => r.read(buf),
+            Decoder::Zstd(r) => r.read(buf),
+        }
+    }
+}
+
+/// Reads the uncompressed layer stream, hashing (sha256) and counting every
+/// byte and enforcing the size limits.
+pub(crate) struct LayerStream<R: Read> {
+    inner: Decoder<R>,
+    hasher: Sha256,
+    state: Rc<StreamState>,
+}
+
+impl<R: Read> LayerStream<R> {
+    pub(crate) fn new(
+        reader: R,
+        compression: Compression,
+        state: Rc<StreamState>,
+    ) -> io::Result<Self> {
+        let input = BufReader::with_capacity(INPUT_BUFFER, reader);
+        let inner = match compression {
+            Compression::None => Decoder::Plain(input),
+            Compression::Gzip => {
+                Decoder::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(input)))
+            }
+            Compression::Zstd => Decoder::Zstd(zstd::stream::read::Decoder::with_buffer(input)?),
+        };
+        Ok(LayerStream {
+            inner,
+            hasher: Sha256::new(),
+            state,
+        })
+    }
+
+    /// Reads the rest of the stream (end-of-archive blocks, record padding,
+    /// anything after) so that the digest covers all of it.
+    pub(crate) fn drain(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        loop {
+            match self.read(buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// `sha256:<hex>` of everything read, and its length.
+    pub(crate) fn finish(self) -> (String, u64) {
+        let digest = self.hasher.finalize();
+        (
+            format!("sha256:{}", hex::encode(digest)),
+            self.state.total.get(),
+        )
+    }
+}
+
+impl<R: Read> Read for LayerStream<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                let out = io::Error::new(e.kind(), "layer stream failed");
+                self.state.fault.set(Some(Fault::Decompress(e)));
+                return Err(out);
+            }
+        };
+        let chunk = buf.get(..n).unwrap_or_default();
+        self.hasher.update(chunk);
+        let total = self.state.total.get().saturating_add(n as u64);
+        self.state.total.set(total);
+        if let Some(limit) = self.state.metadata_limit.get() {
+            if total > limit {
+                self.state.fault.set(Some(Fault::MetadataLimit {
+                    limit: METADATA_BUDGET,
+                }));
+                return Err(io::Error::other("tar metadata too large"));
+            }
+        }
+        if total > self.state.hard_limit {
+            self.state.fault.set(Some(Fault::StreamLimit {
+                limit: self.state.hard_limit,
+            }));
+            return Err(io::Error::other("layer stream too large"));
+        }
+        Ok(n)
+    }
+}
