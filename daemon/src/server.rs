@@ -157,6 +157,8 @@ impl Daemon {
         let socket = self.config.socket_path();
         let listener = bind_socket(&socket)?;
         self.images.spawn_gc_loop();
+        // Unreferenced content and snapshots a crash left behind go now.
+        self.images.request_gc();
         info!(socket = %socket.display(), root = %self.config.root.display(), version = VERSION, "berthd serving");
         let incoming = UnixListenerStream::new(listener);
         let max = 64 << 20;

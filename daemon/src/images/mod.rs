@@ -245,6 +245,12 @@ impl ImageService {
         .await
     }
 
+    /// Asks the background collector for a run (e.g. at start, to sweep
+    /// what a crash left unreferenced).
+    pub fn request_gc(&self) {
+        self.gc_wanted.notify_one();
+    }
+
     /// The background collector: runs after removals, coalescing bursts.
     pub fn spawn_gc_loop(self: &Arc<Self>) {
         let svc = Arc::downgrade(self);
