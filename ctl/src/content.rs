@@ -10,9 +10,8 @@ use serde_json::{json, Value};
 
 use crate::cli::{ContentCommand, Format};
 use crate::connect::{connect, MAX_MESSAGE};
-use crate::error::{render, Exit};
 use crate::format::{human_size, now_nanos, relative_time, rfc3339, table};
-use crate::output::{print, print_json};
+use crate::output::{for_each_name, print, print_json};
 
 pub async fn run(address: &str, cmd: ContentCommand) -> Result<()> {
     let mut c = ContentClient::new(connect(address).await?).max_decoding_message_size(MAX_MESSAGE);
@@ -35,26 +34,14 @@ pub async fn run(address: &str, cmd: ContentCommand) -> Result<()> {
             }
         }
         ContentCommand::Rm { digests } => {
-            let mut failed = false;
-            for digest in digests {
-                match c
-                    .delete(DeleteContentRequest {
-                        digest: digest.clone(),
-                    })
-                    .await
-                {
-                    Ok(_) => print(&digest)?,
-                    // Keep going: one bad digest should not spare the rest.
-                    Err(status) => {
-                        failed = true;
-                        eprintln!("berthctl: {}", render(&status.into()));
-                    }
+            for_each_name(digests, |digest| {
+                let mut c = c.clone();
+                async move {
+                    c.delete(DeleteContentRequest { digest }).await?;
+                    Ok(())
                 }
-            }
-            if failed {
-                return Err(Exit(1).into());
-            }
-            Ok(())
+            })
+            .await
         }
         ContentCommand::Prune => {
             let resp = c.prune(PruneRequest {}).await?.into_inner();

@@ -15,9 +15,8 @@ use tonic::transport::Channel;
 use crate::archive::{self, Output, CHUNK_SIZE};
 use crate::cli::{Format, ImagesCommand, ListArgs, PullArgs, PushArgs, RegistryArgs, User};
 use crate::connect::{connect, MAX_MESSAGE};
-use crate::error::{render, Exit};
 use crate::format::{human_size, image_json, images_table, now_nanos, raw_json, table};
-use crate::output::{print, print_json};
+use crate::output::{for_each_name, print, print_json};
 use crate::progress::{Op, View};
 
 async fn client(address: &str) -> Result<ImagesClient<Channel>> {
@@ -258,27 +257,15 @@ async fn inspect(mut c: ImagesClient<Channel>, reference: String) -> Result<()> 
     }))
 }
 
-async fn remove(mut c: ImagesClient<Channel>, references: Vec<String>, sync: bool) -> Result<()> {
-    let mut failed = false;
-    for name in references {
-        match c
-            .remove(RemoveImageRequest {
-                name: name.clone(),
-                sync,
-            })
-            .await
-        {
-            Ok(_) => print(&name)?,
-            Err(status) => {
-                failed = true;
-                eprintln!("berthctl: {}", render(&status.into()));
-            }
+async fn remove(c: ImagesClient<Channel>, references: Vec<String>, sync: bool) -> Result<()> {
+    for_each_name(references, |name| {
+        let mut c = c.clone();
+        async move {
+            c.remove(RemoveImageRequest { name, sync }).await?;
+            Ok(())
         }
-    }
-    if failed {
-        return Err(Exit(1).into());
-    }
-    Ok(())
+    })
+    .await
 }
 
 async fn import(

@@ -11,9 +11,8 @@ use serde_json::{json, Value};
 
 use crate::cli::{Format, SnapshotsCommand};
 use crate::connect::{connect, MAX_MESSAGE};
-use crate::error::{render, Exit};
 use crate::format::{human_size, now_nanos, relative_time, rfc3339, short_digest, table};
-use crate::output::{print, print_json};
+use crate::output::{for_each_name, print, print_json};
 
 pub async fn run(address: &str, cmd: SnapshotsCommand) -> Result<()> {
     let mut c =
@@ -62,21 +61,14 @@ pub async fn run(address: &str, cmd: SnapshotsCommand) -> Result<()> {
             }
         }
         SnapshotsCommand::Rm { names } => {
-            let mut failed = false;
-            for name in names {
-                match c.remove(RemoveSnapshotRequest { name: name.clone() }).await {
-                    Ok(_) => print(&name)?,
-                    // Keep going: one refusal should not spare the rest.
-                    Err(status) => {
-                        failed = true;
-                        eprintln!("berthctl: {}", render(&status.into()));
-                    }
+            for_each_name(names, |name| {
+                let mut c = c.clone();
+                async move {
+                    c.remove(RemoveSnapshotRequest { name }).await?;
+                    Ok(())
                 }
-            }
-            if failed {
-                return Err(Exit(1).into());
-            }
-            Ok(())
+            })
+            .await
         }
     }
 }

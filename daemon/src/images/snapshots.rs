@@ -160,6 +160,16 @@ impl ImageService {
         }
     }
 
+    /// Snapshot names images and running pulls need right now. Blocking.
+    pub fn referenced_snapshots(&self) -> HashSet<String> {
+        referenced_snapshots(
+            &self.content,
+            &self.images,
+            &self.leases.protected(),
+            self.config.pull.max_manifest_bytes,
+        )
+    }
+
     /// The host-platform layer chain of an image.
     pub async fn platform_chain(&self, rec: &ImageRecord) -> Result<Vec<ChainLayer>, ImageError> {
         let resolved = self.resolve(rec.clone(), None).await?;
@@ -392,12 +402,7 @@ fn snapshot_to_pb(
 impl SnapshotsApi {
     /// Names an image, a lease or a child keeps, plus views and actives.
     fn in_use(svc: &ImageService, all: &[snapshotter::Info]) -> HashSet<String> {
-        let mut keep = referenced_snapshots(
-            &svc.content,
-            &svc.images,
-            &svc.leases.protected(),
-            svc.config.pull.max_manifest_bytes,
-        );
+        let mut keep = svc.referenced_snapshots();
         keep.extend(all.iter().filter_map(|i| i.parent.clone()));
         keep.extend(
             all.iter()
@@ -491,12 +496,7 @@ impl pb::snapshots_server::Snapshots for SnapshotsApi {
         let name = req.into_inner().name;
         let svc = self.svc.clone();
         blocking(move || {
-            let keep = referenced_snapshots(
-                &svc.content,
-                &svc.images,
-                &svc.leases.protected(),
-                svc.config.pull.max_manifest_bytes,
-            );
+            let keep = svc.referenced_snapshots();
             if keep.contains(&name) {
                 return Err(ImageError::InvalidArgument(format!(
                     "snapshot {name} is in use by an image or a running pull; remove the image first"
