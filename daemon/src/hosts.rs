@@ -112,9 +112,11 @@ pub struct RegistryHost {
     pub client: Vec<(PathBuf, Option<PathBuf>)>,
     /// Extra headers to send, in file order; a name may repeat.
     pub header: Vec<(String, String)>,
-    /// `scheme` is `https`, but when the TLS handshake fails because the
-    /// server speaks plain HTTP (or the handshake times out) the request is to
-    /// be retried over `http`, and that host kept on `http` afterwards.
+    /// `scheme` is `https`, but when the https attempt fails because the server
+    /// does not speak TLS (it answers in plain HTTP, hangs up or times out) the
+    /// request is retried over `http`. A server that does speak TLS (it shows a
+    /// certificate that is rejected, or sends an alert) gets no plain-HTTP
+    /// retry: its TLS error is reported.
     pub fallback_http: bool,
 }
 

@@ -1,5 +1,6 @@
 //! A real local registry: Debian's `docker-registry` (distribution 2.8) on a free
-//! 127.0.0.1 port with temporary storage, optionally behind htpasswd basic auth.
+//! 127.0.0.1 port with temporary storage, optionally behind htpasswd basic auth and
+//! optionally serving HTTPS with a certificate from a throwaway CA.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -9,7 +10,8 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::fixtures::{Image, ManifestDesc};
 use crate::util::{
-    basic_auth, free_port, http_request, wait_for, write_file, HttpResponse, MANIFEST_ACCEPT,
+    basic_auth, free_port, http_request, https_request, wait_for, write_file, HttpResponse,
+    MANIFEST_ACCEPT,
 };
 
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
@@ -19,14 +21,120 @@ pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 pub struct RegistryOpts {
     /// Require HTTP basic auth with these credentials (htpasswd, bcrypt).
     pub auth: Option<(String, String)>,
+    /// Serve HTTPS only, with a server certificate (IP SAN 127.0.0.1) issued by a
+    /// throwaway CA generated in the registry's temp dir: see [`Registry::ca_path`].
+    pub tls: bool,
 }
 
 impl RegistryOpts {
     pub fn with_auth(user: &str, pass: &str) -> Self {
         Self {
             auth: Some((user.to_string(), pass.to_string())),
+            ..Self::default()
         }
     }
+
+    /// HTTPS with a throwaway CA, no auth.
+    pub fn with_tls() -> Self {
+        Self {
+            tls: true,
+            ..Self::default()
+        }
+    }
+}
+
+/// Files of a throwaway PKI made by [`generate_tls`].
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA certificate (PEM), alone in [`TlsFiles::cert_dir`].
+    pub ca_cert: PathBuf,
+    /// A directory holding only `ca.crt`: usable as a docker/containers `certs.d`
+    /// directory (`skopeo --dest-cert-dir`).
+    pub cert_dir: PathBuf,
+    /// Server certificate (PEM), issued by the CA.
+    pub server_cert: PathBuf,
+    /// The server certificate's private key (PEM, PKCS#8).
+    pub server_key: PathBuf,
+}
+
+/// Generates, with the `openssl` CLI, a CA (P-256, valid for two days) and a server
+/// certificate it signs for `ip_sans` (IP subject alternative names; serverAuth), in
+/// `dir` (created). The CA key stays in `dir/ca.key`; the CA certificate is alone in
+/// `dir/certs/ca.crt`.
+pub fn generate_tls(dir: &Path, ip_sans: &[&str]) -> Result<TlsFiles> {
+    let cert_dir = dir.join("certs");
+    std::fs::create_dir_all(&cert_dir).with_context(|| format!("mkdir {}", cert_dir.display()))?;
+    let files = TlsFiles {
+        ca_cert: cert_dir.join("ca.crt"),
+        cert_dir,
+        server_cert: dir.join("server.crt"),
+        server_key: dir.join("server.key"),
+    };
+    let (ca_key, csr, ext, serial) = (
+        dir.join("ca.key"),
+        dir.join("server.csr"),
+        dir.join("server.ext"),
+        dir.join("ca.srl"),
+    );
+    let sans: Vec<String> = ip_sans.iter().map(|ip| format!("IP:{ip}")).collect();
+    let ext_text = format!(
+        "basicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=serverAuth\n\
+         subjectAltName={}\n",
+        sans.join(",")
+    );
+    write_file(&ext, ext_text.as_bytes())?;
+    let openssl = |args: &[&str], paths: &[(&str, &Path)]| {
+        let mut cmd = Command::new("openssl");
+        cmd.args(args);
+        for (flag, path) in paths {
+            cmd.arg(flag).arg(path);
+        }
+        run_checked(&mut cmd).context("openssl failed (is the CLI installed? `openssl version`)")
+    };
+    let new_key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &[
+                "req",
+                "-x509",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=berth throwaway test CA",
+            ][..],
+            &new_key,
+            &["-addext", "basicConstraints=critical,CA:TRUE"],
+            &["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ]
+        .concat(),
+        &[("-keyout", &ca_key), ("-out", &files.ca_cert)],
+    )?;
+    let cn = format!("/CN={}", ip_sans.first().copied().unwrap_or("localhost"));
+    openssl(
+        &[&["req", "-new", "-subj", &cn][..], &new_key].concat(),
+        &[("-keyout", &files.server_key), ("-out", &csr)],
+    )?;
+    // -CAcreateserial: a random serial, so two throwaway CAs never look alike.
+    openssl(
+        &["x509", "-req", "-days", "2", "-CAcreateserial"],
+        &[
+            ("-in", &csr),
+            ("-CA", &files.ca_cert),
+            ("-CAkey", &ca_key),
+            ("-CAserial", &serial),
+            ("-extfile", &ext),
+            ("-out", &files.server_cert),
+        ],
+    )?;
+    Ok(files)
 }
 
 /// A running `docker-registry serve`; killed (and its storage removed) on drop.
@@ -34,11 +142,13 @@ pub struct Registry {
     child: Child,
     addr: String,
     auth: Option<(String, String)>,
+    tls: Option<TlsFiles>,
     dir: tempfile::TempDir,
 }
 
 impl Registry {
-    /// Starts a registry and waits (deadline 30 s) until `GET /v2/` answers.
+    /// Starts a registry and waits (deadline 30 s) until `GET /v2/` answers (over
+    /// verified TLS for a TLS registry).
     pub fn start(opts: RegistryOpts) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("berth-registry-")
@@ -61,6 +171,18 @@ impl Registry {
                 htpasswd.display()
             );
         }
+        let mut tls_yaml = String::new();
+        let tls = if opts.tls {
+            let files = generate_tls(&dir.path().join("tls"), &["127.0.0.1"])?;
+            tls_yaml = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                files.server_cert.display(),
+                files.server_key.display()
+            );
+            Some(files)
+        } else {
+            None
+        };
         // The port may be taken between free_port() and the registry's bind: retry.
         let mut last_err = anyhow!("registry did not start");
         for _ in 0..5 {
@@ -70,7 +192,7 @@ impl Registry {
                 "version: 0.1\n\
                  log:\n  level: error\n  accesslog:\n    disabled: true\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: {addr}\n{auth_yaml}",
+                 http:\n  addr: {addr}\n{tls_yaml}{auth_yaml}",
                 storage.display()
             );
             let cfg_path = dir.path().join("config.yml");
@@ -88,12 +210,14 @@ impl Registry {
                 .spawn()
                 .context("spawn docker-registry (apt-get install docker-registry)")?;
             let mut child = child;
-            match wait_ready(&mut child, &addr) {
+            let ca = tls.as_ref().map(|t| t.ca_cert.as_path());
+            match wait_ready(&mut child, &addr, ca) {
                 Ok(()) => {
                     return Ok(Registry {
                         child,
                         addr,
                         auth: opts.auth.clone(),
+                        tls,
                         dir,
                     })
                 }
@@ -119,6 +243,31 @@ impl Registry {
         &self.addr
     }
 
+    /// "https" for a TLS registry, else "http".
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// "http(s)://127.0.0.1:PORT".
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme(), self.addr)
+    }
+
+    /// The CA certificate (PEM) that issued a TLS registry's server certificate; `None`
+    /// for a plain-HTTP registry.
+    pub fn ca_path(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|t| t.ca_cert.as_path())
+    }
+
+    /// All generated TLS files of a TLS registry.
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
     /// Credentials the registry was started with.
     pub fn creds(&self) -> Option<(&str, &str)> {
         self.auth.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
@@ -139,7 +288,8 @@ impl Registry {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
 
-    /// One request with the registry's credentials (if any) added.
+    /// One request with the registry's credentials (if any) added; over TLS, verified
+    /// against the registry's CA, for a TLS registry.
     pub fn request(
         &self,
         method: &str,
@@ -152,7 +302,10 @@ impl Registry {
         if let Some(a) = &auth {
             h.push(("Authorization", a));
         }
-        http_request(method, &self.addr, path, &h, body)
+        match &self.tls {
+            Some(t) => https_request(method, &self.addr, path, &h, body, &t.ca_cert),
+            None => http_request(method, &self.addr, path, &h, body),
+        }
     }
 
     /// `GET /v2/NAME/manifests/REFERENCE` with the full Accept list.
@@ -250,7 +403,7 @@ impl Registry {
         self.push_manifest(name, reference, &m.media_type, &img.blob(&m.digest)?)
     }
 
-    /// Pushes a fixture byte-for-byte with plain HTTP (blobs, then manifests; for an
+    /// Pushes a fixture byte-for-byte with [`Registry::request`] (blobs, then manifests; for an
     /// index its platform manifests by digest, then the index under the tag). Digests
     /// and media types (OCI or Docker schema2) are served exactly as in the fixture.
     /// `name_tag` is "NAME:TAG" (or just "NAME" for the fixture's tag).
@@ -282,13 +435,15 @@ impl Registry {
     pub fn push_with_skopeo(&self, img: &Image, name_tag: &str) -> Result<()> {
         let (name, tag) = split_name_tag(name_tag, &img.tag);
         let mut cmd = Command::new("skopeo");
-        cmd.args([
-            "--insecure-policy",
-            "copy",
-            "--quiet",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-        ]);
+        cmd.args(["--insecure-policy", "copy", "--quiet", "--preserve-digests"]);
+        match &self.tls {
+            // Verified TLS: the throwaway CA is trusted for this copy only.
+            Some(t) => cmd
+                .arg("--dest-tls-verify=true")
+                .arg("--dest-cert-dir")
+                .arg(&t.cert_dir),
+            None => cmd.arg("--dest-tls-verify=false"),
+        };
         if let Some((u, p)) = &self.auth {
             cmd.arg(format!("--dest-creds={u}:{p}"));
         }
@@ -310,16 +465,32 @@ pub fn split_name_tag<'a>(name_tag: &'a str, default_tag: &'a str) -> (&'a str, 
     }
 }
 
-fn wait_ready(child: &mut Child, addr: &str) -> Result<()> {
+fn wait_ready(child: &mut Child, addr: &str, ca: Option<&Path>) -> Result<()> {
+    let mut last = String::new();
     wait_for("docker-registry GET /v2/", Duration::from_secs(30), || {
         if let Some(st) = child.try_wait()? {
             bail!("docker-registry exited early: {st}");
         }
-        match http_request("GET", addr, "/v2/", &[], &[]) {
+        if std::net::TcpStream::connect(addr).is_err() {
+            return Ok(None);
+        }
+        let r = match ca {
+            Some(ca) => https_request("GET", addr, "/v2/", &[], &[], ca),
+            None => http_request("GET", addr, "/v2/", &[], &[]),
+        };
+        match r {
             Ok(r) if r.status == 200 || r.status == 401 => Ok(Some(())),
-            _ => Ok(None),
+            Ok(r) => {
+                last = format!("{} {}", r.status, r.text());
+                Ok(None)
+            }
+            Err(e) => {
+                last = format!("{e:#}");
+                Ok(None)
+            }
         }
     })
+    .with_context(|| format!("last answer: {last}"))
 }
 
 fn run_checked(cmd: &mut Command) -> Result<()> {
@@ -442,6 +613,57 @@ mod tests {
         assert_eq!(reg.get_manifest("sk/multilayer", "1").unwrap().status, 404);
 
         assert!(blob_data_path(&reg.storage_dir(), &bb.layers[0].digest).exists());
+    }
+
+    #[test]
+    fn tls_registry() {
+        let reg = Registry::start(RegistryOpts::with_tls()).unwrap();
+        assert_eq!(reg.scheme(), "https");
+        assert_eq!(reg.url(), format!("https://{}", reg.addr()));
+        let ca = reg.ca_path().unwrap();
+        let files = reg.tls_files().unwrap();
+        // The certs dir holds the CA alone (a docker certs.d dir must not hold keys).
+        let in_cert_dir: Vec<_> = std::fs::read_dir(&files.cert_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(in_cert_dir, ["ca.crt"]);
+        assert!(std::fs::read_to_string(ca)
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----"));
+
+        // Plain HTTP is refused; TLS verified against the CA works.
+        let plain = http_request("GET", reg.addr(), "/v2/", &[], &[]).unwrap();
+        assert_eq!(plain.status, 400, "{}", plain.text());
+        assert_eq!(reg.request("GET", "/v2/", &[], &[]).unwrap().status, 200);
+
+        // Another CA does not vouch for this registry.
+        let other = tempfile::tempdir().unwrap();
+        let other = generate_tls(other.path(), &["127.0.0.1"]).unwrap();
+        let err = https_request("GET", reg.addr(), "/v2/", &[], &[], &other.ca_cert)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("certificate verify failed"), "{err}");
+
+        // Byte-for-byte pushes over TLS and skopeo with the CA trusted both work.
+        let bb = fixtures::busybox().unwrap();
+        reg.push_layout(bb, "library/busybox:latest").unwrap();
+        assert_serves(&reg, "library/busybox", "latest", bb);
+        let dk = fixtures::busybox_docker().unwrap();
+        reg.push_layout(dk, "docker/busybox:v2").unwrap();
+        assert_serves(&reg, "docker/busybox", "v2", dk);
+        let ml = fixtures::multilayer().unwrap();
+        reg.push_with_skopeo(ml, "sk/multilayer:1").unwrap();
+        assert_serves(&reg, "sk/multilayer", "1", ml);
+        let r = reg
+            .request(
+                "HEAD",
+                &format!("/v2/sk/multilayer/blobs/{}", ml.layers[0].digest),
+                &[],
+                &[],
+            )
+            .unwrap();
+        assert_eq!(r.status, 200);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Small helpers shared by the harnesses: digests, ports, polling, base64 and a
 //! tiny blocking HTTP/1.1 client (enough to talk to a registry without extra deps).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -154,6 +155,85 @@ pub fn http_request(
     let mut stream = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     stream.set_write_timeout(Some(Duration::from_secs(60)))?;
+    stream.write_all(&request_head(method, addr, path, headers, body))?;
+    stream.write_all(body)?;
+    stream.flush()?;
+    read_response(method, path, BufReader::new(stream))
+}
+
+/// Like [`http_request`], but over TLS through `openssl s_client`, verifying the
+/// server's chain against `ca_file` and its name (or IP SAN) against `addr`'s host.
+/// A verification failure is an error carrying openssl's reason.
+pub fn https_request(
+    method: &str,
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    ca_file: &Path,
+) -> Result<HttpResponse> {
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let verify_name = if host.parse::<std::net::IpAddr>().is_ok() {
+        "-verify_ip"
+    } else {
+        "-verify_hostname"
+    };
+    // -quiet: only the server's bytes on stdout, and stdin EOF does not end the
+    // session (the server closes it after the response: `Connection: close`).
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-verify_return_error",
+            "-connect",
+            addr,
+        ])
+        .arg("-CAfile")
+        .arg(ca_file)
+        .args([verify_name, host])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawn openssl s_client")?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("openssl s_client without stdin"))?;
+    let mut request = request_head(method, addr, path, headers, body);
+    request.extend_from_slice(body);
+    // Written from a thread so a server answering early cannot deadlock us; a write
+    // error then shows up as a failed or short response.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&request);
+    });
+    let out = child
+        .wait_with_output()
+        .context("wait for openssl s_client")?;
+    let _ = writer.join();
+    if !out.status.success() && out.stdout.is_empty() {
+        bail!(
+            "{method} https://{addr}{path}: openssl s_client failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    read_response(method, path, BufReader::new(&out.stdout[..]))
+}
+
+/// Request line and headers (with a Content-Length when there is a body or the
+/// method usually has one), ending in the blank line.
+fn request_head(
+    method: &str,
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     let mut has_len = false;
     for (k, v) in headers {
@@ -166,11 +246,11 @@ pub fn http_request(
         req.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     req.push_str("\r\n");
-    stream.write_all(req.as_bytes())?;
-    stream.write_all(body)?;
-    stream.flush()?;
+    req.into_bytes()
+}
 
-    let mut r = BufReader::new(stream);
+/// Parses one HTTP/1.1 response from `r`.
+fn read_response(method: &str, path: &str, mut r: impl BufRead) -> Result<HttpResponse> {
     let mut line = String::new();
     r.read_line(&mut line)
         .with_context(|| format!("{method} {path}: reading status line"))?;

@@ -55,6 +55,7 @@ impl ImageError {
                 RegistryError::NotFound { .. } => Code::NotFound,
                 RegistryError::Timeout { .. } => Code::DeadlineExceeded,
                 RegistryError::Connect { .. } => Code::Unavailable,
+                RegistryError::Tls { .. } => Code::FailedPrecondition,
                 RegistryError::Config(_) => Code::FailedPrecondition,
                 RegistryError::TooLarge { .. }
                 | RegistryError::DigestMismatch { .. }

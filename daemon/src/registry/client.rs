@@ -1,5 +1,4 @@
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +28,12 @@ pub enum RegistryError {
         what: String,
         status: StatusCode,
         detail: String,
+    },
+    #[error("{what}: TLS handshake with registry {host} failed: {cause}")]
+    Tls {
+        host: String,
+        what: String,
+        cause: String,
     },
     #[error("{what}: cannot reach registry {host}: {cause}")]
     Connect {
@@ -82,7 +87,9 @@ impl Endpoint {
     }
 }
 
-type ClientKey = (bool, Vec<PathBuf>, Vec<(PathBuf, Option<PathBuf>)>);
+/// `skip_verify`, the CA files' contents, the client certificates' contents (cert
+/// and key PEM).
+type ClientKey = (bool, Vec<Vec<u8>>, Vec<Vec<u8>>);
 
 /// Shared HTTP machinery: one reqwest client per TLS setup, one token cache.
 pub struct RegistryClient {
@@ -126,8 +133,32 @@ impl RegistryClient {
         }
     }
 
-    fn http(&self, host: &RegistryHost) -> Result<reqwest::Client, RegistryError> {
-        let key: ClientKey = (host.skip_verify, host.ca.clone(), host.client.clone());
+    /// The HTTP client for `host`'s TLS settings. Cached by the certificate files'
+    /// contents, not their paths: hosts.toml is re-read for every pull, and a CA or
+    /// client certificate replaced in place must take effect just as promptly.
+    fn http(&self, host: &RegistryHost, what: &str) -> Result<reqwest::Client, RegistryError> {
+        let config_err =
+            |m: String| RegistryError::Config(format!("{what}: registry {}: {m}", host.host));
+        let mut cas = Vec::with_capacity(host.ca.len());
+        for ca in &host.ca {
+            let pem = std::fs::read(ca)
+                .map_err(|e| config_err(format!("reading CA {}: {e}", ca.display())))?;
+            cas.push(pem);
+        }
+        let mut identities = Vec::with_capacity(host.client.len());
+        for (cert, key) in &host.client {
+            let mut pem = std::fs::read(cert)
+                .map_err(|e| config_err(format!("reading client cert {}: {e}", cert.display())))?;
+            if let Some(key) = key {
+                let k = std::fs::read(key).map_err(|e| {
+                    config_err(format!("reading client key {}: {e}", key.display()))
+                })?;
+                pem.extend_from_slice(b"\n");
+                pem.extend_from_slice(&k);
+            }
+            identities.push(pem);
+        }
+        let key: ClientKey = (host.skip_verify, cas, identities);
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get(&key) {
             return Ok(c.clone());
@@ -137,34 +168,21 @@ impl RegistryClient {
             .read_timeout(self.no_progress)
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
             .tls_danger_accept_invalid_certs(host.skip_verify);
-        for ca in &host.ca {
-            let pem = std::fs::read(ca)
-                .map_err(|e| RegistryError::Config(format!("reading CA {}: {e}", ca.display())))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| RegistryError::Config(format!("CA {}: {e}", ca.display())))?
+        for (pem, ca) in key.1.iter().zip(&host.ca) {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| config_err(format!("CA {}: {e}", ca.display())))?
             {
                 b = b.add_root_certificate(cert);
             }
         }
-        for (cert, key) in &host.client {
-            let mut pem = std::fs::read(cert).map_err(|e| {
-                RegistryError::Config(format!("reading client cert {}: {e}", cert.display()))
-            })?;
-            if let Some(key) = key {
-                let k = std::fs::read(key).map_err(|e| {
-                    RegistryError::Config(format!("reading client key {}: {e}", key.display()))
-                })?;
-                pem.extend_from_slice(b"\n");
-                pem.extend_from_slice(&k);
-            }
-            let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                RegistryError::Config(format!("client cert {}: {e}", cert.display()))
-            })?;
+        for (pem, (cert, _)) in key.2.iter().zip(&host.client) {
+            let id = reqwest::Identity::from_pem(pem)
+                .map_err(|e| config_err(format!("client cert {}: {e}", cert.display())))?;
             b = b.identity(id);
         }
         let c = b
             .build()
-            .map_err(|e| RegistryError::Config(format!("building HTTP client: {e}")))?;
+            .map_err(|e| config_err(format!("building HTTP client: {e}")))?;
         clients.insert(key, c.clone());
         Ok(c)
     }
@@ -206,11 +224,34 @@ fn connect_error(
         cause = format!("{cause}: {s}");
         src = s.source();
     }
+    // The registry was reached; its certificate (or TLS setup) was refused.
+    if server_speaks_tls(e) {
+        return RegistryError::Tls {
+            host: host.into(),
+            what: what.into(),
+            cause,
+        };
+    }
     RegistryError::Connect {
         host: host.into(),
         what: what.into(),
         cause,
     }
+}
+
+/// Did the request fail in a TLS handshake with a server that evidently speaks
+/// TLS: it presented a certificate that was rejected, or sent a TLS alert?
+/// (rustls: "invalid peer certificate: …", "received fatal alert: …".)
+fn server_speaks_tls(e: &reqwest::Error) -> bool {
+    let mut src: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = src {
+        let msg = s.to_string();
+        if msg.contains("invalid peer certificate") || msg.contains("received fatal alert") {
+            return true;
+        }
+        src = s.source();
+    }
+    false
 }
 
 async fn error_detail(resp: reqwest::Response) -> String {
@@ -247,14 +288,14 @@ impl Repository {
         body: Option<Bytes>,
         what: &str,
     ) -> Result<reqwest::Response, RegistryError> {
-        let http = self.client.http(&ep.host)?;
+        let http = self.client.http(&ep.host, what)?;
         let host = ep.host.host.clone();
         let mut schemes = vec![ep.host.scheme.clone()];
         if ep.host.fallback_http && ep.host.scheme == "https" {
             schemes.push("http".into());
         }
         let mut last_err = None;
-        for scheme in schemes {
+        'schemes: for scheme in schemes {
             let url = format!("{}{}", ep.base(&scheme), suffix);
             let token_key = (host.clone(), self.scope());
             let mut auth = self.cached_auth(&token_key);
@@ -283,6 +324,13 @@ impl Repository {
                     }
                     Ok(Err(e)) => {
                         last_err = Some(connect_error(&host, what, &e, self.client.no_progress));
+                        // The http fallback is for servers that do not speak TLS. One
+                        // that does (it showed a certificate we rejected, or sent an
+                        // alert) gets that error reported, not a plain-HTTP retry that
+                        // its TLS port can only answer with a 400.
+                        if server_speaks_tls(&e) {
+                            break 'schemes;
+                        }
                         break;
                     }
                     Ok(Ok(r)) => r,
@@ -637,7 +685,7 @@ impl Repository {
             })?
             .to_string();
         let sep = if location.contains('?') { '&' } else { '?' };
-        let http = self.client.http(&ep.host)?;
+        let http = self.client.http(&ep.host, what)?;
         let url = if location.starts_with("http://") || location.starts_with("https://") {
             format!("{location}{sep}digest={digest}")
         } else {
@@ -758,6 +806,37 @@ fn base64_encode(input: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Errors from https requests to fake servers: answering the ClientHello in
+    /// plain HTTP or hanging up do not show a TLS server (the http fallback
+    /// applies); a TLS alert does.
+    #[tokio::test]
+    async fn tls_server_evidence() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        async fn fail_with(answer: &'static [u8]) -> reqwest::Error {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                if let Ok((mut conn, _)) = listener.accept().await {
+                    let mut buf = [0u8; 512];
+                    let _ = conn.read(&mut buf).await;
+                    let _ = conn.write_all(answer).await;
+                }
+            });
+            reqwest::Client::new()
+                .get(format!("https://{addr}/v2/"))
+                .send()
+                .await
+                .unwrap_err()
+        }
+        let plain = fail_with(b"HTTP/1.0 400 Bad Request\r\n\r\nnot TLS\n").await;
+        assert!(!server_speaks_tls(&plain), "{plain:?}");
+        let hangup = fail_with(b"").await;
+        assert!(!server_speaks_tls(&hangup), "{hangup:?}");
+        // TLS 1.2 record: alert, fatal, handshake_failure.
+        let alert = fail_with(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]).await;
+        assert!(server_speaks_tls(&alert), "{alert:?}");
+    }
 
     #[test]
     fn base64_matches_rfc4648() {
