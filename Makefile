@@ -9,7 +9,7 @@ RUN_PKGS := runc containernetworking-plugins iproute2 iptables
 TEST_PKGS := $(RUN_PKGS) crun docker-registry skopeo umoci busybox-static catatonit \
 	apache2-utils attr jq containerd python3-websocket
 
-.PHONY: run test build build-debug deps-run deps-test lint bench-pull install clean
+.PHONY: run test build build-debug deps-run deps-test lint bench-pull bench-unpack install clean
 
 # Installs only what is missing, so repeated runs are quick and offline-safe.
 define apt_install
@@ -46,9 +46,14 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Pull throughput against skopeo and containerd (see README, Performance).
+# Pull (fetch+unpack) throughput against containerd, plus fetch-only references
+# (skopeo, ctr content fetch); see README, Performance.
 bench-pull: deps-test build
 	$(CARGO) run --release -p integration --bin bench-pull -- $(BENCH_ARGS)
+
+# Import/pull + unpack into snapshots against containerd, and umoci's unpack alone.
+bench-unpack: deps-test build
+	$(CARGO) run --release -p integration --bin bench-unpack -- $(BENCH_ARGS)
 
 install: build
 	install -m 0755 target/release/berthd target/release/berthctl target/release/berth-shim $(PREFIX)/bin/

@@ -47,6 +47,9 @@ pub struct ContainerdOpts {
     pub extra_config: String,
     /// Plugins disabled in addition to [`DISABLED_PLUGINS`].
     pub disabled_plugins: Vec<String>,
+    /// Extra environment variables for the containerd process (and so for the shims it
+    /// starts), e.g. a `PATH` with a directory holding `containerd-shim-berth-v2`.
+    pub env: Vec<(String, String)>,
 }
 
 /// A running containerd. On drop: SIGTERM, SIGKILL after [`STOP_TIMEOUT`], then any
@@ -89,6 +92,9 @@ impl Containerd {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
         let child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
         c.child = Some(child);
         if let Err(e) = c.wait_ready() {

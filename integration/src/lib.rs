@@ -1,6 +1,7 @@
 //! Test support for berth's end-to-end tests: offline OCI image fixtures, a real local
 //! registry (docker-registry), a misbehaving fake registry and a berthd process harness.
 
+pub mod bench;
 pub mod containerd;
 pub mod daemon;
 pub mod fake_registry;
