@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/berth/content/v1/content.proto",
         "proto/berth/system/v1/system.proto",
         "proto/berth/snapshots/v1/snapshots.proto",
+        "proto/berth/tasks/v1/tasks.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

@@ -39,6 +39,11 @@ pub enum Command {
     /// Manage the snapshots layers are unpacked into
     #[command(subcommand, visible_alias = "snapshot")]
     Snapshots(SnapshotsCommand),
+    /// Run a command in a new task (a container) from an image
+    Run(RunArgs),
+    /// Manage tasks (containers `run` started)
+    #[command(subcommand, visible_alias = "task")]
+    Tasks(TasksCommand),
     /// Show client and daemon versions
     Version,
     /// Print a shell completion script
@@ -136,6 +141,74 @@ pub enum SnapshotsCommand {
     /// Remove snapshots no image uses
     #[command(visible_alias = "remove")]
     Rm {
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Run in the background and print the task's id
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Remove the task once it has exited
+    #[arg(long)]
+    pub rm: bool,
+    /// Give the task a terminal
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Task name (default: generated from the image name)
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Set an environment variable
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Image name
+    pub image: String,
+    /// Command and arguments, replacing the image's Cmd (after `--` when they
+    /// start with a dash)
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TasksCommand {
+    /// List tasks
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Print names only
+        #[arg(short, long, conflicts_with = "format")]
+        quiet: bool,
+    },
+    /// Send a signal to running tasks
+    Kill {
+        /// Signal name or number
+        #[arg(short, long, default_value = "TERM", value_parser = crate::tasks::parse_signal)]
+        signal: u32,
+        /// Signal every process of the task, not only its first
+        #[arg(short, long)]
+        all: bool,
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Remove tasks that have exited
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// Kill running tasks first
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Wait for tasks to exit and print their exit codes
+    Wait {
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
@@ -373,6 +446,43 @@ mod tests {
         assert!(parse(&["content", "rm"]).is_err());
         assert!(parse(&["images", "ls", "-q", "--format", "json"]).is_err());
         assert!(parse(&["images", "pull", "--platform", "linux", "x"]).is_err());
+    }
+
+    #[test]
+    fn run_and_tasks_grammar() {
+        let cli = parse(&[
+            "run", "-d", "--rm", "--name", "x", "busybox", "--", "sleep", "-n", "9",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        assert!(r.detach && r.rm && !r.tty);
+        assert_eq!(r.name.as_deref(), Some("x"));
+        assert_eq!(r.image, "busybox");
+        assert_eq!(r.command, ["sleep", "-n", "9"]);
+        let cli = parse(&["run", "busybox", "echo", "hi"]).unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.command, ["echo", "hi"]);
+        let cli = parse(&["tasks", "kill", "-s", "KILL", "a", "b"]).unwrap();
+        let Command::Tasks(TasksCommand::Kill { signal, names, .. }) = cli.command else {
+            panic!("not kill")
+        };
+        assert_eq!(signal, 9);
+        assert_eq!(names, ["a", "b"]);
+        assert!(parse(&["tasks", "kill", "-s", "BOGUS", "a"]).is_err());
+        assert!(parse(&["tasks", "rm"]).is_err());
+        assert!(matches!(
+            parse(&["task", "list", "--format", "json"])
+                .unwrap()
+                .command,
+            Command::Tasks(TasksCommand::Ls {
+                format: Format::Json,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod images;
 mod output;
 mod progress;
 mod snapshots;
+mod tasks;
 mod version;
 
 use std::io::{self, IsTerminal, Write};
@@ -69,6 +70,8 @@ async fn dispatch(address: &str, command: Command) -> Result<()> {
         Command::Images(cmd) => images::run(address, cmd).await,
         Command::Content(cmd) => content::run(address, cmd).await,
         Command::Snapshots(cmd) => snapshots::run(address, cmd).await,
+        Command::Run(args) => tasks::run(address, args).await,
+        Command::Tasks(cmd) => tasks::tasks(address, cmd).await,
         Command::Version => version::run(address).await,
         Command::Completion { shell } => completion(shell),
     }

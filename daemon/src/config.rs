@@ -47,6 +47,53 @@ pub struct Config {
     pub pull: PullConfig,
     pub gc: GcConfig,
     pub snapshotter: SnapshotterConfig,
+    pub shim: ShimConfig,
+}
+
+/// How berthd starts and talks to the per-pod shims.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShimConfig {
+    /// The shim binary: a path, or a name looked up in PATH. Empty means
+    /// `berth-shim` next to berthd's own executable, else in PATH. Debian's
+    /// `containerd-shim-runc-v2` works too.
+    pub binary: String,
+    /// The OCI runtime the shim drives ("runc", "crun", or a path).
+    pub runtime: String,
+    /// The OCI runtime's state root; empty means `<state>/runc`. The shim
+    /// keeps each namespace under `<runtime_root>/berth`.
+    pub runtime_root: PathBuf,
+    /// Where a shim that supports it (bootstrap protocol) puts its socket;
+    /// empty means `<state>/s`.
+    pub socket_dir: PathBuf,
+    /// How the shim writes a task's stdout/stderr: "file" (raw output, the
+    /// `file://` scheme containerd's runc shim understands), "cri-log" (CRI log
+    /// format, written by berth-shim) or "auto" (file for containerd's shims,
+    /// cri-log otherwise).
+    pub stdio: String,
+    /// Whether `start` gets containerd 2.3's bootstrap parameters on stdin:
+    /// "auto" (all but containerd's own shims), "always" or "never".
+    pub bootstrap: String,
+    /// Starting a shim (its `start` or `delete` command) gives up after this
+    /// long (seconds).
+    pub start_timeout_secs: u64,
+    /// Calls to a shim other than Wait give up after this long (seconds).
+    pub rpc_timeout_secs: u64,
+}
+
+impl Default for ShimConfig {
+    fn default() -> Self {
+        ShimConfig {
+            binary: String::new(),
+            runtime: "runc".into(),
+            runtime_root: PathBuf::new(),
+            socket_dir: PathBuf::new(),
+            stdio: "auto".into(),
+            bootstrap: "auto".into(),
+            start_timeout_secs: 10,
+            rpc_timeout_secs: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -129,6 +176,7 @@ impl Default for Config {
             pull: PullConfig::default(),
             gc: GcConfig::default(),
             snapshotter: SnapshotterConfig::default(),
+            shim: ShimConfig::default(),
         }
     }
 }
@@ -205,6 +253,19 @@ impl Config {
                 "snapshotter.backend must be \"overlayfs\" or \"native\"",
             ));
         }
+        if !matches!(self.shim.stdio.as_str(), "auto" | "file" | "cri-log") {
+            return Err(invalid(
+                "shim.stdio must be \"auto\", \"file\" or \"cri-log\"",
+            ));
+        }
+        if !matches!(self.shim.bootstrap.as_str(), "auto" | "always" | "never") {
+            return Err(invalid(
+                "shim.bootstrap must be \"auto\", \"always\" or \"never\"",
+            ));
+        }
+        if self.shim.runtime.trim().is_empty() {
+            return Err(invalid("shim.runtime must name an OCI runtime"));
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(invalid("log_format must be \"text\" or \"json\""));
         }
@@ -217,6 +278,24 @@ impl Config {
             self.state.join("berth.sock")
         } else {
             self.address.clone()
+        }
+    }
+
+    /// The OCI runtime's state root, defaulting to `<state>/runc`.
+    pub fn runtime_root(&self) -> PathBuf {
+        if self.shim.runtime_root.as_os_str().is_empty() {
+            self.state.join("runc")
+        } else {
+            self.shim.runtime_root.clone()
+        }
+    }
+
+    /// The shim socket directory, defaulting to `<state>/s`.
+    pub fn shim_socket_dir(&self) -> PathBuf {
+        if self.shim.socket_dir.as_os_str().is_empty() {
+            self.state.join("s")
+        } else {
+            self.shim.socket_dir.clone()
         }
     }
 
@@ -269,5 +348,24 @@ mod tests {
         std::fs::write(&p, "[pull]\nmax_concurrent_downloads = 0\n").unwrap();
         let err = Config::load(&p).unwrap_err().to_string();
         assert!(err.contains("max_concurrent_downloads"), "{err}");
+        std::fs::write(&p, "[shim]\nstdio = \"fifo\"\n").unwrap();
+        let err = Config::load(&p).unwrap_err().to_string();
+        assert!(err.contains("shim.stdio"), "{err}");
+    }
+
+    #[test]
+    fn shim_section_and_derived_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "state = \"/s\"\n[shim]\nbinary = \"containerd-shim-runc-v2\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load(&p).unwrap();
+        assert_eq!(cfg.shim.binary, "containerd-shim-runc-v2");
+        assert_eq!(cfg.shim.runtime, "runc");
+        assert_eq!(cfg.runtime_root(), PathBuf::from("/s/runc"));
+        assert_eq!(cfg.shim_socket_dir(), PathBuf::from("/s/s"));
     }
 }

@@ -9,3 +9,5 @@ pub mod oci;
 pub mod reference;
 pub mod registry;
 pub mod server;
+pub mod shim;
+pub mod tasks;

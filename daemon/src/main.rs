@@ -41,6 +41,18 @@ enum Command {
         #[command(subcommand)]
         what: ConfigCommand,
     },
+    /// Accept an event from a shim (shims exec `-publish-binary` with
+    /// `publish --topic T --namespace N` and the event on stdin). berthd
+    /// learns of exits through the task API, so the event is read and dropped.
+    #[command(hide = true)]
+    Publish {
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long)]
+        namespace: Option<String>,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        rest: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -84,7 +96,19 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Drains an event a shim publishes; never fails, so a shim never blocks on it.
+fn publish() -> anyhow::Result<()> {
+    use std::io::Read;
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().take(16 << 20).read_to_end(&mut sink);
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // Before the config: a shim's event must be taken whatever the config says.
+    if matches!(cli.command, Some(Command::Publish { .. })) {
+        return publish();
+    }
     let cfg = effective_config(&cli)?;
     match cli.command {
         Some(Command::Config {
@@ -99,6 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", cfg.to_toml());
             return Ok(());
         }
+        Some(Command::Publish { .. }) => return publish(),
         None => {}
     }
     init_logging(&cfg)?;

@@ -30,6 +30,8 @@ pub struct Bucket(pub &'static str);
 
 pub const IMAGES: Bucket = Bucket("images");
 pub const LEASES: Bucket = Bucket("leases");
+/// Task records (`berthctl run`): one per container, keyed by its id.
+pub const TASKS: Bucket = Bucket("tasks");
 
 pub enum Op {
     Put(String, Vec<u8>),

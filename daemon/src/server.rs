@@ -13,6 +13,7 @@ use berth_api::images::v1::images_server::ImagesServer;
 use berth_api::snapshots::v1::snapshots_server::SnapshotsServer;
 use berth_api::system::v1 as syspb;
 use berth_api::system::v1::system_server::SystemServer;
+use berth_api::tasks::v1::tasks_server::TasksServer;
 use content_store::ContentStore;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -26,6 +27,8 @@ use crate::images::store::ImageStore;
 use crate::images::unpack::Unpacker;
 use crate::images::ImageService;
 use crate::metadata::{MetaStore, SledStore};
+use crate::tasks::grpc::TasksApi;
+use crate::tasks::TaskService;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -117,6 +120,7 @@ pub struct Daemon {
     pub config: Arc<Config>,
     pub meta: Arc<dyn MetaStore>,
     pub images: Arc<ImageService>,
+    pub tasks: Arc<TaskService>,
     _lock: RootLock,
 }
 
@@ -143,10 +147,12 @@ impl Daemon {
         let config = Arc::new(config);
         let images = ImageService::new(config.clone(), content, images, leases, unpacker);
         images.sweep_stale_views();
+        let tasks = TaskService::new(config.clone(), meta.clone(), images.clone());
         Ok(Daemon {
             config,
             meta,
             images,
+            tasks,
             _lock: lock,
         })
     }
@@ -155,6 +161,9 @@ impl Daemon {
     /// calls finish and flushes the metadata.
     pub async fn serve(self) -> Result<()> {
         let socket = self.config.socket_path();
+        // Shims and tasks from the previous run are settled before the first
+        // request, so lists are right from the start.
+        self.tasks.recover().await;
         let listener = bind_socket(&socket)?;
         self.images.spawn_gc_loop();
         // Unreferenced content and snapshots a crash left behind go now.
@@ -174,6 +183,9 @@ impl Daemon {
             }))
             .add_service(SnapshotsServer::new(SnapshotsApi {
                 svc: self.images.clone(),
+            }))
+            .add_service(TasksServer::new(TasksApi {
+                svc: self.tasks.clone(),
             }))
             .add_service(SystemServer::new(SystemApi {
                 root: self.config.root.clone(),

@@ -64,9 +64,10 @@ pub struct DaemonOpts {
     pub bin_dir: Option<PathBuf>,
 }
 
-/// A running berthd. On drop: SIGTERM, SIGKILL after [`STOP_TIMEOUT`], then processes
-/// still referring to the temp dir (e.g. shims) are killed, mounts below it are lazily
-/// unmounted and the dir is removed.
+/// A running berthd. On drop: SIGTERM, SIGKILL after [`STOP_TIMEOUT`], then containers
+/// runc still has under `<state>/runc` are force-deleted, processes still referring to
+/// the temp dir (e.g. shims) are killed, mounts below it are lazily unmounted and the
+/// dir is removed.
 pub struct Daemon {
     dir: tempfile::TempDir,
     opts: DaemonOpts,
@@ -312,9 +313,42 @@ fn processes_using(dir: &Path) -> Vec<i32> {
     pids
 }
 
+/// Force-deletes the containers runc still has under `runtime_root/<namespace>`:
+/// a container's own processes live in their own mount and PID namespaces and
+/// do not show the temp dir in their command line or cwd.
+fn delete_containers(runtime_root: &Path) {
+    let Ok(rd) = std::fs::read_dir(runtime_root) else {
+        return;
+    };
+    for ns in rd.flatten() {
+        let root = ns.path();
+        let Ok(out) = Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["list", "-q"])
+            .stderr(Stdio::null())
+            .output()
+        else {
+            continue;
+        };
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "--force", id.trim()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.terminate();
+        // Containers berthd ran (its default runtime root is <state>/runc).
+        delete_containers(&self.state().join("runc"));
         // Leftover shims etc. started for this daemon's dirs.
         for pid in processes_using(self.dir.path()) {
             // SAFETY: plain kill(2).

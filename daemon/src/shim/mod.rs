@@ -1,0 +1,524 @@
+//! The shim manager: one shim process per pod (sandbox), started with the
+//! containerd shim v2 `start` convention, reached over ttrpc, and recorded in
+//! `<state>/pods/<sandbox-id>/` so that a restarted berthd finds it again.
+//!
+//! Any shim that speaks the protocol works: berth's own `berth-shim` or
+//! Debian's `containerd-shim-runc-v2` (task API v2, plain-address `start`
+//! reply, raw `file://` stdio), selected by `shim.binary` in the config.
+
+pub mod binary;
+pub mod client;
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncBufReadExt;
+use tracing::{debug, info, warn};
+
+pub use binary::{Launcher, ShimBinary, StartReply, StdioScheme, NAMESPACE};
+pub use client::{RpcCode, ShimError, TaskApi, TaskClient};
+
+use crate::config::Config;
+
+/// What berthd records about a pod's shim, in `<state>/pods/<id>/shim.json`
+/// (plus the bare address in `address`, as containerd keeps it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PodRecord {
+    pub sandbox_id: String,
+    pub address: String,
+    pub api: TaskApi,
+    pub binary: PathBuf,
+    pub stdio: StdioScheme,
+    pub bootstrap: bool,
+    /// The shim's working directory (the bundle it was started in): where
+    /// its `log` fifo is.
+    pub cwd: PathBuf,
+    pub pid: u32,
+    /// Unix nanoseconds.
+    pub started_at: i64,
+}
+
+/// A live connection to a pod's shim.
+pub struct PodShim {
+    pub record: PodRecord,
+    client: Mutex<TaskClient>,
+    /// Tasks created in this shim and not yet deleted from it.
+    tasks: Mutex<HashSet<String>>,
+    dead: AtomicBool,
+    log_reader: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl PodShim {
+    pub fn client(&self) -> TaskClient {
+        lock(&self.client).clone()
+    }
+
+    pub fn id(&self) -> &str {
+        &self.record.sandbox_id
+    }
+
+    pub fn add_task(&self, id: &str) {
+        lock(&self.tasks).insert(id.to_string());
+    }
+
+    /// Forgets a task; returns how many remain.
+    pub fn remove_task(&self, id: &str) -> usize {
+        let mut t = lock(&self.tasks);
+        t.remove(id);
+        t.len()
+    }
+
+    pub fn tasks(&self) -> Vec<String> {
+        lock(&self.tasks).iter().cloned().collect()
+    }
+
+    /// Marks the shim dead; true for the caller that did it first (who then
+    /// owns the clean-up).
+    pub fn mark_dead(&self) -> bool {
+        !self.dead.swap(true, Ordering::SeqCst)
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::SeqCst)
+    }
+
+    fn stop_log_reader(&self) {
+        if let Some(h) = lock(&self.log_reader).take() {
+            h.abort();
+        }
+    }
+}
+
+impl Drop for PodShim {
+    fn drop(&mut self) {
+        self.stop_log_reader();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub struct ShimManager {
+    config: Arc<Config>,
+    pods_dir: PathBuf,
+    pods: Mutex<HashMap<String, Arc<PodShim>>>,
+    /// Per-pod start locks, so two creates in one pod start one shim.
+    starting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    timeout: Duration,
+}
+
+/// Writes `data` to `path` atomically: temp file, fsync, rename, fsync dir.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("path has no parent"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("path has no file name"))?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+impl ShimManager {
+    pub fn new(config: Arc<Config>) -> ShimManager {
+        let timeout = Duration::from_secs(config.shim.rpc_timeout_secs.max(1));
+        ShimManager {
+            pods_dir: config.state.join("pods"),
+            config,
+            pods: Mutex::new(HashMap::new()),
+            starting: Mutex::new(HashMap::new()),
+            timeout,
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn pod_dir(&self, sandbox_id: &str) -> PathBuf {
+        self.pods_dir.join(sandbox_id)
+    }
+
+    /// The launcher for the configured shim binary.
+    pub fn launcher(&self) -> Result<Launcher, ShimError> {
+        let binary = binary::resolve(&self.config)?;
+        Ok(self.launcher_for(binary))
+    }
+
+    /// The launcher for the binary a pod was started with.
+    pub fn launcher_of(&self, rec: &PodRecord) -> Launcher {
+        self.launcher_for(ShimBinary {
+            path: rec.binary.clone(),
+            stdio: rec.stdio,
+            bootstrap: rec.bootstrap,
+        })
+    }
+
+    fn launcher_for(&self, binary: ShimBinary) -> Launcher {
+        Launcher {
+            binary,
+            daemon_address: self.config.socket_path(),
+            publish_binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("berthd")),
+            socket_dir: self.config.shim_socket_dir(),
+            timeout: Duration::from_secs(self.config.shim.start_timeout_secs.max(1)),
+            debug: self.config.log_level.contains("debug")
+                || self.config.log_level.contains("trace"),
+        }
+    }
+
+    pub fn get(&self, sandbox_id: &str) -> Option<Arc<PodShim>> {
+        lock(&self.pods).get(sandbox_id).cloned()
+    }
+
+    /// The pod's shim, started (with `cwd` as its working directory) if it is
+    /// not running yet.
+    pub async fn get_or_start(
+        &self,
+        sandbox_id: &str,
+        cwd: &Path,
+    ) -> Result<Arc<PodShim>, ShimError> {
+        if let Some(p) = self.get(sandbox_id).filter(|p| !p.is_dead()) {
+            return Ok(p);
+        }
+        let gate = lock(&self.starting)
+            .entry(sandbox_id.to_string())
+            .or_default()
+            .clone();
+        let _guard = gate.lock().await;
+        let result = async {
+            if let Some(p) = self.get(sandbox_id).filter(|p| !p.is_dead()) {
+                return Ok(p);
+            }
+            self.start(sandbox_id, cwd).await
+        }
+        .await;
+        lock(&self.starting).remove(sandbox_id);
+        result
+    }
+
+    async fn start(&self, sandbox_id: &str, cwd: &Path) -> Result<Arc<PodShim>, ShimError> {
+        let launcher = self.launcher()?;
+        let dir = self.pod_dir(sandbox_id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ShimError::Binary(format!("creating {}: {e}", dir.display())))?;
+        if let Err(e) = std::fs::create_dir_all(&launcher.socket_dir) {
+            warn!(dir = %launcher.socket_dir.display(), error = %e, "cannot create the shim socket dir");
+        }
+        // The shim writes its own log to the `log` fifo in its working
+        // directory and blocks until someone reads it.
+        let log_reader = open_log_fifo(cwd, sandbox_id)?;
+        let reply = match launcher.start(sandbox_id, cwd).await {
+            Ok(r) => r,
+            Err(e) => {
+                log_reader.abort();
+                return Err(e);
+            }
+        };
+        info!(pod = %sandbox_id, address = %reply.address, api = %reply.api, binary = %launcher.binary.path.display(), "shim started");
+        let (client, pid) = match self.connect(&reply.address, reply.api, sandbox_id).await {
+            Ok(c) => c,
+            Err(e) => {
+                log_reader.abort();
+                return Err(e);
+            }
+        };
+        let record = PodRecord {
+            sandbox_id: sandbox_id.to_string(),
+            address: reply.address.clone(),
+            api: client.api(),
+            binary: launcher.binary.path.clone(),
+            stdio: launcher.binary.stdio,
+            bootstrap: launcher.binary.bootstrap,
+            cwd: cwd.to_path_buf(),
+            pid,
+            started_at: crate::images::store::now_nanos(),
+        };
+        let pods_dir = self.pods_dir.clone();
+        let to_save = record.clone();
+        let saved = tokio::task::spawn_blocking(move || save_record(&pods_dir, &to_save))
+            .await
+            .unwrap_or_else(|e| Err(ShimError::Binary(format!("recording the shim: {e}"))));
+        if let Err(e) = saved {
+            let _ = client.shutdown(sandbox_id).await;
+            log_reader.abort();
+            return Err(e);
+        }
+        let pod = Arc::new(PodShim {
+            record,
+            client: Mutex::new(client),
+            tasks: Mutex::new(HashSet::new()),
+            dead: AtomicBool::new(false),
+            log_reader: Mutex::new(Some(log_reader)),
+        });
+        lock(&self.pods).insert(sandbox_id.to_string(), pod.clone());
+        Ok(pod)
+    }
+
+    /// Connects and asks the shim who it is (Connect), downgrading a v3
+    /// client to v2 when the shim does not serve v3 after all.
+    async fn connect(
+        &self,
+        address: &str,
+        api: TaskApi,
+        sandbox_id: &str,
+    ) -> Result<(TaskClient, u32), ShimError> {
+        let client = TaskClient::connect(address, api, NAMESPACE, self.timeout).await?;
+        match client.connect_info(sandbox_id).await {
+            Ok(r) => Ok((client, r.shim_pid)),
+            Err(e) if api == TaskApi::V3 && e.code() == Some(RpcCode::Unimplemented) => {
+                debug!(pod = %sandbox_id, "shim does not serve task v3; using v2");
+                let v2 = client.with_api(TaskApi::V2);
+                let r = v2.connect_info(sandbox_id).await?;
+                Ok((v2, r.shim_pid))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    #[cfg(test)]
+    fn save(&self, rec: &PodRecord) -> Result<(), ShimError> {
+        save_record(&self.pods_dir, rec)
+    }
+
+    /// Every pod record in the state dir; unreadable ones are logged and
+    /// returned as bare ids so their shims can still be cleaned up.
+    pub fn load_records(&self) -> Vec<Result<PodRecord, String>> {
+        let Ok(rd) = std::fs::read_dir(&self.pods_dir) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in rd.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            let path = e.path().join("shim.json");
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<PodRecord>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(r) => out.push(Ok(r)),
+                Err(err) => {
+                    warn!(pod = %id, error = %err, "unreadable shim record");
+                    out.push(Err(id));
+                }
+            }
+        }
+        out
+    }
+
+    /// Reconnects to a recorded shim after a berthd restart.
+    pub async fn reconnect(&self, rec: PodRecord) -> Result<Arc<PodShim>, ShimError> {
+        if let Some(p) = self.get(&rec.sandbox_id) {
+            return Ok(p);
+        }
+        let (client, pid) = self.connect(&rec.address, rec.api, &rec.sandbox_id).await?;
+        let log_reader = if rec.cwd.join("log").exists() {
+            open_log_fifo(&rec.cwd, &rec.sandbox_id).ok()
+        } else {
+            None
+        };
+        let mut rec = rec;
+        if pid != 0 {
+            rec.pid = pid;
+        }
+        let pod = Arc::new(PodShim {
+            record: rec.clone(),
+            client: Mutex::new(client),
+            tasks: Mutex::new(HashSet::new()),
+            dead: AtomicBool::new(false),
+            log_reader: Mutex::new(log_reader),
+        });
+        lock(&self.pods).insert(rec.sandbox_id.clone(), pod.clone());
+        Ok(pod)
+    }
+
+    /// After a lost connection: a fresh one if the shim still answers.
+    pub async fn try_reconnect(&self, pod: &PodShim) -> bool {
+        if pod.is_dead() {
+            return false;
+        }
+        let api = pod.client().api();
+        match TaskClient::connect(&pod.record.address, api, NAMESPACE, self.timeout).await {
+            Ok(c) => match c.connect_info(pod.id()).await {
+                Ok(_) => {
+                    *lock(&pod.client) = c;
+                    true
+                }
+                Err(_) => false,
+            },
+            Err(_) => false,
+        }
+    }
+
+    /// Asks a pod's shim to exit (it does once it has no tasks) and forgets it.
+    pub async fn shutdown(&self, pod: &PodShim) {
+        let client = pod.client();
+        if let Err(e) = client.shutdown(pod.id()).await {
+            warn!(pod = %pod.id(), error = %e, "shim shutdown failed");
+        } else {
+            info!(pod = %pod.id(), "shim shut down");
+        }
+        // Give it a moment to go, so its socket is gone before we look.
+        for _ in 0..20 {
+            if !pid_alive(pod.record.pid) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        self.forget(pod);
+    }
+
+    /// Drops a pod (its shim exited or died): the record, the pod dir and a
+    /// socket file nobody listens on any more.
+    pub fn forget(&self, pod: &PodShim) {
+        pod.stop_log_reader();
+        {
+            let mut pods = lock(&self.pods);
+            if pods
+                .get(pod.id())
+                .is_some_and(|p| std::ptr::eq(Arc::as_ptr(p), pod))
+            {
+                pods.remove(pod.id());
+            }
+        }
+        self.remove_leftovers(pod.id(), Some(&pod.record.address));
+    }
+
+    /// Removes a pod's directory and (when nothing listens on it) its socket.
+    pub fn remove_leftovers(&self, sandbox_id: &str, address: Option<&str>) {
+        if let Some(path) = address.and_then(client::socket_path) {
+            if path.exists() && std::os::unix::net::UnixStream::connect(&path).is_err() {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        let dir = self.pod_dir(sandbox_id);
+        if dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                warn!(dir = %dir.display(), error = %e, "cannot remove pod dir");
+            }
+        }
+    }
+}
+
+fn save_record(pods_dir: &Path, rec: &PodRecord) -> Result<(), ShimError> {
+    let dir = pods_dir.join(&rec.sandbox_id);
+    let io = |e: std::io::Error| {
+        ShimError::Binary(format!("recording the shim in {}: {e}", dir.display()))
+    };
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let json = serde_json::to_vec_pretty(rec).map_err(|e| ShimError::Binary(e.to_string()))?;
+    write_atomic(&dir.join("shim.json"), &json).map_err(io)?;
+    write_atomic(&dir.join("address"), rec.address.as_bytes()).map_err(io)
+}
+
+/// Creates (if needed) the `log` fifo in `dir` and copies what the shim
+/// writes to it into berthd's log. Opened read-write, so it never reports
+/// EOF between writers; the reader ends when aborted.
+fn open_log_fifo(dir: &Path, pod: &str) -> Result<tokio::task::AbortHandle, ShimError> {
+    let path = dir.join("log");
+    if !path.exists() {
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o700)).map_err(
+            |e| {
+                ShimError::Binary(format!(
+                    "creating the shim log fifo {}: {e}",
+                    path.display()
+                ))
+            },
+        )?;
+    }
+    let rx = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(&path)
+        .map_err(|e| {
+            ShimError::Binary(format!("opening the shim log fifo {}: {e}", path.display()))
+        })?;
+    let pod = pod.to_string();
+    let handle = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(rx).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            debug!(target: "berthd::shim::log", pod = %pod, "{line}");
+        }
+    });
+    Ok(handle.abort_handle())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_pid_is_alive_and_zero_is_not() {
+        assert!(pid_alive(std::process::id()));
+        assert!(!pid_alive(0));
+        assert!(!pid_alive(u32::MAX - 1));
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("address");
+        write_atomic(&p, b"a").unwrap();
+        write_atomic(&p, b"unix:///x").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "unix:///x");
+    }
+
+    #[tokio::test]
+    async fn pod_records_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            state: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        let m = ShimManager::new(Arc::new(cfg));
+        let rec = PodRecord {
+            sandbox_id: "p1".into(),
+            address: "unix:///nowhere".into(),
+            api: TaskApi::V2,
+            binary: "/usr/bin/containerd-shim-runc-v2".into(),
+            stdio: StdioScheme::File,
+            bootstrap: false,
+            cwd: dir.path().to_path_buf(),
+            pid: 1,
+            started_at: 5,
+        };
+        m.save(&rec).unwrap();
+        std::fs::create_dir_all(dir.path().join("pods/broken")).unwrap();
+        let mut got = m.load_records();
+        got.sort_by_key(|r| r.is_ok());
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], Err("broken".to_string()));
+        assert_eq!(got[1], Ok(rec.clone()));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("pods/p1/address")).unwrap(),
+            "unix:///nowhere"
+        );
+        assert!(m.reconnect(rec).await.is_err());
+        m.remove_leftovers("p1", Some("unix:///nowhere"));
+        assert!(!dir.path().join("pods/p1").exists());
+    }
+}

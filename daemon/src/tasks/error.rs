@@ -1,0 +1,106 @@
+//! Errors of the task service, each naming the task and the cause, with the
+//! gRPC code a client should see.
+
+use crate::images::ImageError;
+use crate::metadata::MetaError;
+use crate::shim::{RpcCode, ShimError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("{context}: {source}")]
+    Shim {
+        context: String,
+        #[source]
+        source: ShimError,
+    },
+    #[error("{context}: {source}")]
+    Snapshot {
+        context: String,
+        #[source]
+        source: snapshotter::Error,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metadata: {0}")]
+    Meta(#[from] MetaError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl TaskError {
+    pub fn shim(context: impl Into<String>) -> impl FnOnce(ShimError) -> TaskError {
+        let context = context.into();
+        move |source| TaskError::Shim { context, source }
+    }
+
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TaskError {
+        let context = context.into();
+        move |source| TaskError::Io { context, source }
+    }
+
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            TaskError::InvalidArgument(_) => Code::InvalidArgument,
+            TaskError::NotFound(_) => Code::NotFound,
+            TaskError::AlreadyExists(_) => Code::AlreadyExists,
+            TaskError::FailedPrecondition(_) => Code::FailedPrecondition,
+            TaskError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            TaskError::Image(e) => e.code(),
+            TaskError::Shim { source, .. } => match source {
+                ShimError::Rpc { code, .. } => match code {
+                    RpcCode::NotFound => Code::NotFound,
+                    RpcCode::AlreadyExists => Code::AlreadyExists,
+                    RpcCode::FailedPrecondition => Code::FailedPrecondition,
+                    RpcCode::InvalidArgument => Code::InvalidArgument,
+                    RpcCode::DeadlineExceeded => Code::DeadlineExceeded,
+                    RpcCode::Unavailable => Code::Unavailable,
+                    _ => Code::Internal,
+                },
+                ShimError::Timeout { .. } => Code::DeadlineExceeded,
+                ShimError::Transport { .. } | ShimError::Connect { .. } => Code::Unavailable,
+                ShimError::Binary(_) => Code::FailedPrecondition,
+                ShimError::Protocol { .. } => Code::Internal,
+            },
+            TaskError::Snapshot { source, .. } => match source {
+                snapshotter::Error::NotFound { .. } => Code::NotFound,
+                snapshotter::Error::AlreadyExists { .. } => Code::AlreadyExists,
+                _ => Code::Internal,
+            },
+            TaskError::Io { .. } | TaskError::Meta(_) | TaskError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<TaskError> for tonic::Status {
+    fn from(e: TaskError) -> tonic::Status {
+        tonic::Status::new(e.code(), e.to_string())
+    }
+}
+
+/// Runs blocking work (disk, mounts, the metadata DB) off the async workers.
+pub async fn blocking<T, F>(f: F) -> Result<T, TaskError>
+where
+    F: FnOnce() -> Result<T, TaskError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| TaskError::Internal(format!("blocking task failed: {e}")))?
+}

@@ -1,0 +1,111 @@
+//! `berth.tasks.v1.Tasks`: the native API over the task service.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_api::tasks::v1 as pb;
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use super::TaskService;
+
+pub struct TasksApi {
+    pub svc: Arc<TaskService>,
+}
+
+type GrpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn event(e: pb::run_response::Event) -> pb::RunResponse {
+    pb::RunResponse { event: Some(e) }
+}
+
+#[tonic::async_trait]
+impl pb::tasks_server::Tasks for TasksApi {
+    type RunStream = GrpcStream<pb::RunResponse>;
+
+    async fn run(&self, req: Request<pb::RunRequest>) -> Result<Response<Self::RunStream>, Status> {
+        let req = req.into_inner();
+        let follow = !req.detach;
+        let (task, follower) = self.svc.run(req, follow).await?;
+        let started = task.record().to_pb();
+        let stream = async_stream::try_stream! {
+            yield event(pb::run_response::Event::Started(started));
+            if let Some(mut f) = follower {
+                let mut rx = task.subscribe();
+                loop {
+                    // The exit is read before the log: whatever was written
+                    // before it was announced is in the file by now.
+                    let exited = rx.borrow_and_update().clone();
+                    let chunks = f
+                        .read_available()
+                        .await
+                        .map_err(|e| Status::internal(format!("reading the task's log: {e}")))?;
+                    for c in chunks {
+                        yield event(pb::run_response::Event::Output(c.to_pb()));
+                    }
+                    if let Some(exit) = exited {
+                        if let Some(c) = f.finish() {
+                            yield event(pb::run_response::Event::Output(c.to_pb()));
+                        }
+                        yield event(pb::run_response::Event::Exit(exit));
+                        break;
+                    }
+                    tokio::select! {
+                        r = rx.changed() => {
+                            if r.is_err() {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list(
+        &self,
+        _req: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let tasks = self.svc.list().iter().map(|r| r.to_pb()).collect();
+        Ok(Response::new(pb::ListTasksResponse { tasks }))
+    }
+
+    async fn get(
+        &self,
+        req: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::GetTaskResponse>, Status> {
+        let task = self.svc.lookup(&req.into_inner().name)?;
+        Ok(Response::new(pb::GetTaskResponse {
+            task: Some(task.record().to_pb()),
+        }))
+    }
+
+    async fn kill(
+        &self,
+        req: Request<pb::KillTaskRequest>,
+    ) -> Result<Response<pb::KillTaskResponse>, Status> {
+        let req = req.into_inner();
+        self.svc.kill(&req.name, req.signal, req.all).await?;
+        Ok(Response::new(pb::KillTaskResponse {}))
+    }
+
+    async fn wait(
+        &self,
+        req: Request<pb::WaitTaskRequest>,
+    ) -> Result<Response<pb::WaitTaskResponse>, Status> {
+        let exit = self.svc.wait(&req.into_inner().name).await?;
+        Ok(Response::new(pb::WaitTaskResponse { exit: Some(exit) }))
+    }
+
+    async fn remove(
+        &self,
+        req: Request<pb::RemoveTaskRequest>,
+    ) -> Result<Response<pb::RemoveTaskResponse>, Status> {
+        let req = req.into_inner();
+        self.svc.remove(&req.name, req.force).await?;
+        Ok(Response::new(pb::RemoveTaskResponse {}))
+    }
+}

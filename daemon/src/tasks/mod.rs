@@ -1,0 +1,1208 @@
+//! Tasks: containers run from images through a shim (`berthctl run`). Until
+//! the CRI issue lands each task is its own pod, with a shim of its own; the
+//! shim manager already groups by sandbox id, so several containers can share
+//! one shim later.
+//!
+//! A task's life: the record is written (`creating`), its rootfs is an active
+//! snapshot on the image's top layer mounted at `<bundle>/rootfs`, config.json
+//! is built from the image config, the pod's shim is started (`start`, with
+//! the bundle as working directory) and the task is created and started in it.
+//! A watcher per task waits for its exit, records it, deletes the task from
+//! the shim and shuts the shim down when the pod has no task left. Records
+//! live in the metadata DB and are flushed before a reply; on start berthd
+//! reconnects to every recorded shim, re-adopts what still runs, collects the
+//! exits it missed, and settles the tasks of shims that died.
+
+pub mod error;
+pub mod grpc;
+pub mod logs;
+pub mod record;
+pub mod spec;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_api::tasks::v1 as pb;
+use containerd_shim_protos::api;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::{Message, MessageField};
+use containerd_shim_protos::shim::oci::Options as RuncOptions;
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::images::store::now_nanos;
+use crate::images::ImageService;
+use crate::metadata::{MetaStore, TASKS};
+use crate::shim::{write_atomic, Launcher, PodRecord, PodShim, ShimManager, NAMESPACE};
+use error::blocking;
+pub use error::TaskError;
+use logs::LogFollower;
+use record::{TaskRecord, TaskStatus};
+
+/// Label on a task's rootfs snapshot naming the task.
+pub const TASK_LABEL: &str = "berth.io/task";
+/// The annotation containerd's runc shim groups containers by.
+const SANDBOX_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+/// How long Remove --force waits for a killed task to exit.
+const KILL_WAIT: Duration = Duration::from_secs(20);
+
+/// One task in memory: its record and a channel carrying its exit.
+pub struct Task {
+    pub id: String,
+    rec: Mutex<TaskRecord>,
+    exit: watch::Sender<Option<pb::Exit>>,
+    removing: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Task {
+    fn new(rec: TaskRecord) -> Task {
+        let exit = if rec.status.is_live() || rec.status == TaskStatus::Creating {
+            None
+        } else {
+            Some(rec.exit_pb())
+        };
+        Task {
+            id: rec.id.clone(),
+            rec: Mutex::new(rec),
+            exit: watch::channel(exit).0,
+            removing: AtomicBool::new(false),
+        }
+    }
+
+    pub fn record(&self) -> TaskRecord {
+        lock(&self.rec).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut TaskRecord)) -> TaskRecord {
+        let mut r = lock(&self.rec);
+        f(&mut r);
+        r.clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Option<pb::Exit>> {
+        self.exit.subscribe()
+    }
+}
+
+pub struct TaskService {
+    config: Arc<Config>,
+    meta: Arc<dyn MetaStore>,
+    images: Arc<ImageService>,
+    shims: ShimManager,
+    tasks: Mutex<HashMap<String, Arc<Task>>>,
+    /// Names of Runs that have not written their record yet.
+    reserved: Mutex<HashSet<String>>,
+}
+
+/// Releases a reserved name when a Run ends, however it ends.
+struct Reservation<'a> {
+    svc: &'a TaskService,
+    name: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        lock(&self.svc.reserved).remove(&self.name);
+    }
+}
+
+fn ts_nanos(t: &MessageField<Timestamp>) -> i64 {
+    match t.as_ref() {
+        // Go's zero time is year 1: negative seconds mean "unset".
+        Some(t) if t.seconds > 0 => t.seconds.saturating_mul(1_000_000_000) + i64::from(t.nanos),
+        _ => 0,
+    }
+}
+
+fn new_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+fn validate_name(name: &str) -> Result<(), TaskError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(TaskError::InvalidArgument(format!(
+            "invalid task name {name:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit (at most 128)"
+        )))
+    }
+}
+
+/// `busybox-3fa2c1` for docker.io/library/busybox:latest.
+fn default_name(image: &str, id: &str) -> String {
+    let base = image.rsplit('/').next().unwrap_or(image);
+    let base = base.split([':', '@']).next().unwrap_or(base);
+    let base: String = base
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        .take(40)
+        .collect();
+    let short = &id[..6.min(id.len())];
+    if base.is_empty() || !base.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        format!("task-{short}")
+    } else {
+        format!("{base}-{short}")
+    }
+}
+
+fn is_mount_point(target: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = target.to_string_lossy();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| mp.replace("\\040", " ") == want)
+}
+
+/// What `runc state` says about a container.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct RuncState {
+    status: String,
+    #[serde(default)]
+    pid: u32,
+}
+
+impl TaskService {
+    pub fn new(
+        config: Arc<Config>,
+        meta: Arc<dyn MetaStore>,
+        images: Arc<ImageService>,
+    ) -> Arc<TaskService> {
+        Arc::new(TaskService {
+            shims: ShimManager::new(config.clone()),
+            config,
+            meta,
+            images,
+            tasks: Mutex::new(HashMap::new()),
+            reserved: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn logs_dir(&self) -> PathBuf {
+        self.config.root.join("logs")
+    }
+
+    fn bundles_dir(&self) -> PathBuf {
+        self.config.state.join("containers")
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<Task>> {
+        lock(&self.tasks).get(id).cloned()
+    }
+
+    /// Finds a task by id, name or unique id prefix.
+    pub fn lookup(&self, name: &str) -> Result<Arc<Task>, TaskError> {
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(TaskError::InvalidArgument("task name is empty".into()));
+        }
+        let tasks = lock(&self.tasks);
+        if let Some(t) = tasks.get(name) {
+            return Ok(t.clone());
+        }
+        if let Some(t) = tasks.values().find(|t| lock(&t.rec).name == name) {
+            return Ok(t.clone());
+        }
+        if name.len() >= 3 {
+            let hits: Vec<&Arc<Task>> = tasks.values().filter(|t| t.id.starts_with(name)).collect();
+            match hits.len() {
+                1 => return Ok(hits[0].clone()),
+                n if n > 1 => {
+                    return Err(TaskError::InvalidArgument(format!(
+                        "task id prefix {name} is ambiguous ({n} tasks)"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        Err(TaskError::NotFound(format!("task {name} not found")))
+    }
+
+    /// Every task, from memory.
+    pub fn list(&self) -> Vec<TaskRecord> {
+        let mut out: Vec<TaskRecord> = lock(&self.tasks).values().map(|t| t.record()).collect();
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
+        out
+    }
+
+    /// Writes a record and makes it durable.
+    async fn persist(&self, rec: &TaskRecord) -> Result<(), TaskError> {
+        let meta = self.meta.clone();
+        let key = rec.id.clone();
+        let value = serde_json::to_vec(rec).map_err(|e| TaskError::Internal(e.to_string()))?;
+        blocking(move || {
+            meta.put(TASKS, &key, value)?;
+            meta.flush()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn persist_logged(&self, rec: &TaskRecord) {
+        if let Err(e) = self.persist(rec).await {
+            error!(task = %rec.name, error = %e, "cannot record the task");
+        }
+    }
+
+    fn runc_options(&self, root: &Path) -> Result<Any, TaskError> {
+        let opts = RuncOptions {
+            binary_name: self.config.shim.runtime.clone(),
+            root: root.display().to_string(),
+            ..Default::default()
+        };
+        let value = opts
+            .write_to_bytes()
+            .map_err(|e| TaskError::Internal(format!("encoding runtime options: {e}")))?;
+        Ok(Any {
+            type_url: "containerd.runc.v1.Options".to_string(),
+            value,
+            ..Default::default()
+        })
+    }
+
+    /// Creates and starts a task. With `follow`, also returns a reader of its
+    /// log opened before the task started, so no output is missed and an
+    /// auto-remove cannot take the file away.
+    pub async fn run(
+        self: &Arc<Self>,
+        req: pb::RunRequest,
+        follow: bool,
+    ) -> Result<(Arc<Task>, Option<LogFollower>), TaskError> {
+        let image = self.images.lookup(&req.image)?;
+        let id = new_id();
+        let name = if req.name.trim().is_empty() {
+            default_name(&image.name, &id)
+        } else {
+            let n = req.name.trim().to_string();
+            validate_name(&n)?;
+            n
+        };
+        for e in &req.env {
+            if !e.contains('=') || e.starts_with('=') {
+                return Err(TaskError::InvalidArgument(format!(
+                    "environment entry {e:?} is not KEY=VALUE"
+                )));
+            }
+        }
+        let reservation = {
+            let tasks = lock(&self.tasks);
+            let mut reserved = lock(&self.reserved);
+            if tasks.values().any(|t| lock(&t.rec).name == name) || reserved.contains(&name) {
+                return Err(TaskError::AlreadyExists(format!(
+                    "a task named {name} already exists"
+                )));
+            }
+            reserved.insert(name.clone());
+            Reservation {
+                svc: self,
+                name: name.clone(),
+            }
+        };
+        let resolved = self.images.resolve(image.clone(), None).await?;
+        let cfg = spec::parse_image_config(&resolved.config, &image.name)?;
+        let args = spec::command_line(&cfg, &req.args);
+        if args.is_empty() {
+            return Err(TaskError::InvalidArgument(format!(
+                "image {} has no Entrypoint or Cmd: give a command",
+                image.name
+            )));
+        }
+        let chain = self.images.platform_chain(&image).await?;
+        // A missing shim binary is the caller's to fix: say so before any work.
+        let launcher = self
+            .shims
+            .launcher()
+            .map_err(TaskError::shim(format!("cannot run {name}")))?;
+        {
+            let images = self.images.clone();
+            let image_name = image.name.clone();
+            let chain = chain.clone();
+            blocking(move || images.unpack_chain(&image_name, &chain).map_err(Into::into)).await?;
+        }
+        let rec = TaskRecord {
+            id: id.clone(),
+            name: name.clone(),
+            sandbox_id: id.clone(),
+            image: image.name.clone(),
+            args: args.clone(),
+            tty: req.tty,
+            auto_remove: req.rm,
+            status: TaskStatus::Creating,
+            pid: 0,
+            exit_code: None,
+            created_at: now_nanos(),
+            started_at: 0,
+            finished_at: 0,
+            reason: String::new(),
+            bundle: self.bundles_dir().join(&id),
+            log_path: self.logs_dir().join(format!("{id}.log")),
+            stdio: launcher.binary.stdio,
+            snapshot: id.clone(),
+            shim_address: String::new(),
+            shim_binary: launcher.binary.path.clone(),
+            runtime_root: self.config.runtime_root(),
+        };
+        self.persist(&rec).await?;
+        let task = Arc::new(Task::new(rec));
+        lock(&self.tasks).insert(id.clone(), task.clone());
+        drop(reservation);
+        let top = chain.last().map(|c| c.chain_id.clone());
+        match self
+            .create_and_start(&task, cfg, &req, top, launcher, follow)
+            .await
+        {
+            Ok(follower) => Ok((task, follower)),
+            Err(e) => {
+                warn!(task = %name, error = %e, "run failed; cleaning up");
+                self.abort_run(&task).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_and_start(
+        self: &Arc<Self>,
+        task: &Arc<Task>,
+        cfg: spec::ContainerConfig,
+        req: &pb::RunRequest,
+        top: Option<String>,
+        launcher: Launcher,
+        follow: bool,
+    ) -> Result<Option<LogFollower>, TaskError> {
+        let rec = task.record();
+        let snap = self.images.unpacker.snapshotter.clone();
+        let logs_dir = self.logs_dir();
+        {
+            let rec = rec.clone();
+            let extra_env = req.env.clone();
+            blocking(move || {
+                prepare_bundle(
+                    &rec,
+                    snap.as_ref(),
+                    top.as_deref(),
+                    &cfg,
+                    &extra_env,
+                    &logs_dir,
+                )
+            })
+            .await?;
+        }
+        let follower = if follow {
+            Some(
+                LogFollower::open(&rec.log_path, launcher.binary.stdio)
+                    .await
+                    .map_err(TaskError::io(format!("opening the log of {}", rec.name)))?,
+            )
+        } else {
+            None
+        };
+        let pod = self
+            .shims
+            .get_or_start(&rec.sandbox_id, &rec.bundle)
+            .await
+            .map_err(TaskError::shim(format!(
+                "starting the shim of task {}",
+                rec.name
+            )))?;
+        pod.add_task(&rec.id);
+        let rec = task.update(|r| {
+            r.shim_address = pod.record.address.clone();
+            r.shim_binary = pod.record.binary.clone();
+            r.stdio = pod.record.stdio;
+        });
+        let uri = rec.stdio.uri(&rec.log_path, rec.tty);
+        let create = api::CreateTaskRequest {
+            id: rec.id.clone(),
+            bundle: rec.bundle.display().to_string(),
+            terminal: rec.tty,
+            stdout: uri.clone(),
+            stderr: if rec.tty { String::new() } else { uri },
+            options: MessageField::some(self.runc_options(&rec.runtime_root)?),
+            ..Default::default()
+        };
+        let client = pod.client();
+        let created = client
+            .create(&create)
+            .await
+            .map_err(TaskError::shim(format!("creating task {}", rec.name)))?;
+        let rec = task.update(|r| {
+            r.status = TaskStatus::Created;
+            r.pid = created.pid;
+        });
+        self.persist(&rec).await?;
+        let started = client
+            .start(&rec.id)
+            .await
+            .map_err(TaskError::shim(format!("starting task {}", rec.name)))?;
+        let rec = task.update(|r| {
+            r.status = TaskStatus::Running;
+            if started.pid != 0 {
+                r.pid = started.pid;
+            }
+            r.started_at = now_nanos();
+        });
+        // Recorded before the watcher starts, so a quick exit's record is
+        // never overwritten by this one; watched even if recording failed.
+        let persisted = self.persist(&rec).await;
+        tokio::spawn(self.clone().watch(task.clone(), pod));
+        persisted?;
+        info!(task = %rec.name, id = %rec.id, pid = rec.pid, image = %rec.image, "task started");
+        Ok(follower)
+    }
+
+    /// Undoes a Run that failed half-way: the task in the shim, the shim if it
+    /// has nothing else, the rootfs, bundle, log and record.
+    async fn abort_run(&self, task: &Arc<Task>) {
+        let rec = task.record();
+        if let Some(pod) = self.shims.get(&rec.sandbox_id) {
+            let client = pod.client();
+            let _ = client.kill(&rec.id, 9, true).await;
+            if let Err(e) = client.delete(&rec.id).await {
+                debug!(task = %rec.name, error = %e, "delete after a failed run");
+            }
+            if pod.remove_task(&rec.id) == 0 {
+                self.shims.shutdown(&pod).await;
+            }
+        } else {
+            self.shims.remove_leftovers(&rec.sandbox_id, None);
+        }
+        // A create that failed after the runtime's create (e.g. in the
+        // shim's stdio set-up) leaves a container and its cgroup behind.
+        if self.runc_state(&rec).await.is_some() && !self.runc_delete(&rec).await {
+            warn!(task = %rec.name, "the runtime could not delete the container of a failed run");
+        }
+        task.removing.store(true, Ordering::SeqCst);
+        if let Err(e) = self.drop_task(&rec).await {
+            error!(task = %rec.name, error = %e, "cannot clean up after a failed run");
+        }
+    }
+
+    /// Waits for a task's exit in its shim and settles it.
+    async fn watch(self: Arc<Self>, task: Arc<Task>, pod: Arc<PodShim>) {
+        let mut failures = 0u32;
+        loop {
+            let client = pod.client();
+            match client.wait(&task.id).await {
+                Ok(w) => {
+                    let at = ts_nanos(&w.exited_at);
+                    self.finish(&task, &pod, w.exit_status, at, String::new())
+                        .await;
+                    return;
+                }
+                Err(e) if e.is_connection() => {
+                    if pod.is_dead() {
+                        return;
+                    }
+                    if self.shims.try_reconnect(&pod).await {
+                        continue;
+                    }
+                    if pod.mark_dead() {
+                        self.shim_died(pod.clone(), "shim died").await;
+                    }
+                    return;
+                }
+                Err(e) if e.is_not_found() => {
+                    warn!(task = %task.id, error = %e, "the shim does not know the task");
+                    pod.remove_task(&task.id);
+                    let launcher = self.shims.launcher_of(&pod.record);
+                    self.settle_without_shim(&task, Some(&launcher), "the shim lost the task")
+                        .await;
+                    if pod.tasks().is_empty() {
+                        self.shims.shutdown(&pod).await;
+                    }
+                    return;
+                }
+                Err(e) => {
+                    failures += 1;
+                    warn!(task = %task.id, error = %e, failures, "waiting for the task failed");
+                    tokio::time::sleep(Duration::from_millis(200 << failures.min(6))).await;
+                }
+            }
+        }
+    }
+
+    /// Records an exit: deletes the task from its shim (which flushes its
+    /// output and frees the runtime's state), shuts the shim down when the pod
+    /// is empty, persists, notifies waiters, and auto-removes.
+    async fn finish(
+        &self,
+        task: &Arc<Task>,
+        pod: &Arc<PodShim>,
+        code: u32,
+        at: i64,
+        reason: String,
+    ) {
+        let client = pod.client();
+        let mut at = at;
+        match client.delete(&task.id).await {
+            Ok(d) => {
+                if at == 0 {
+                    at = ts_nanos(&d.exited_at);
+                }
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                warn!(task = %task.id, error = %e, "deleting the exited task from its shim failed")
+            }
+        }
+        if pod.remove_task(&task.id) == 0 {
+            self.shims.shutdown(pod).await;
+        }
+        let rec = task.update(|r| {
+            r.status = TaskStatus::Exited;
+            r.exit_code = Some(code);
+            r.finished_at = if at > 0 { at } else { now_nanos() };
+            r.reason = reason;
+        });
+        info!(task = %rec.name, id = %rec.id, exit_code = code, "task exited");
+        self.persist_logged(&rec).await;
+        self.publish_exit(task, &rec).await;
+    }
+
+    /// Tells waiters a task has exited, after auto-removing it (so that a
+    /// `run --rm` returns once the task is gone).
+    async fn publish_exit(&self, task: &Arc<Task>, rec: &TaskRecord) {
+        if rec.auto_remove {
+            if let Err(e) = self.remove_resources(task).await {
+                warn!(task = %rec.name, error = %e, "auto-remove failed");
+            }
+        }
+        task.exit.send_replace(Some(rec.exit_pb()));
+    }
+
+    /// A shim died: settles every task it had and forgets it.
+    async fn shim_died(&self, pod: Arc<PodShim>, why: &str) {
+        warn!(pod = %pod.id(), pid = pod.record.pid, "{why}; settling its tasks");
+        let launcher = self.shims.launcher_of(&pod.record);
+        for id in pod.tasks() {
+            if let Some(task) = self.get(&id) {
+                self.settle_without_shim(&task, Some(&launcher), why).await;
+            }
+            pod.remove_task(&id);
+        }
+        self.shims.forget(&pod);
+    }
+
+    async fn runc_state(&self, rec: &TaskRecord) -> Option<RuncState> {
+        let root = rec.runtime_root.join(NAMESPACE);
+        let mut cmd = tokio::process::Command::new(&self.config.shim.runtime);
+        cmd.arg("--root")
+            .arg(&root)
+            .arg("state")
+            .arg(&rec.id)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(10), cmd.output())
+            .await
+            .ok()?
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    async fn runc_delete(&self, rec: &TaskRecord) -> bool {
+        let root = rec.runtime_root.join(NAMESPACE);
+        let mut cmd = tokio::process::Command::new(&self.config.shim.runtime);
+        cmd.arg("--root")
+            .arg(&root)
+            .arg("delete")
+            .arg("--force")
+            .arg(&rec.id)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), cmd.output()).await,
+            Ok(Ok(o)) if o.status.success()
+        )
+    }
+
+    /// Settles a task whose shim is gone (or lost it): the runtime is asked
+    /// whether it still runs; the shim's `delete` command (else the runtime
+    /// itself) kills and deletes it. A task that was still running is
+    /// recorded as killed; one that had already gone has lost its status.
+    async fn settle_without_shim(&self, task: &Arc<Task>, launcher: Option<&Launcher>, why: &str) {
+        let rec = task.record();
+        if !rec.status.is_live() && rec.status != TaskStatus::Creating {
+            return;
+        }
+        let state = self.runc_state(&rec).await;
+        let alive = state.as_ref().is_some_and(|s| {
+            s.status != "stopped" && (s.pid == 0 || crate::shim::pid_alive(s.pid))
+        });
+        debug!(task = %rec.name, ?state, "runtime state of a task without a shim");
+        // Without a container in the runtime there is nothing to kill; the
+        // rootfs is unmounted when the task is removed.
+        let deleted = match launcher.filter(|_| state.is_some()) {
+            Some(l) => match l.delete(&rec.id, &rec.bundle).await {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    warn!(task = %rec.name, error = %e, "shim delete failed; asking the runtime");
+                    None
+                }
+            },
+            None => None,
+        };
+        if deleted.is_none() && state.is_some() && !self.runc_delete(&rec).await {
+            warn!(task = %rec.name, "the runtime could not delete the container");
+        }
+        let now = now_nanos();
+        let rec = task.update(|r| {
+            if alive {
+                r.status = TaskStatus::Exited;
+                r.exit_code = Some(
+                    deleted
+                        .as_ref()
+                        .map(|d| d.exit_status)
+                        .filter(|c| *c != 0)
+                        .unwrap_or(137),
+                );
+                let at = deleted
+                    .as_ref()
+                    .map(|d| ts_nanos(&d.exited_at))
+                    .unwrap_or(0);
+                r.finished_at = if at > 0 { at } else { now };
+                r.reason = format!("{why}; the task was killed");
+            } else {
+                r.status = TaskStatus::Unknown;
+                r.exit_code = None;
+                r.finished_at = now;
+                r.reason = format!("{why}; exit status lost");
+            }
+        });
+        warn!(task = %rec.name, status = ?rec.status, reason = %rec.reason, "task settled without its shim");
+        self.persist_logged(&rec).await;
+        self.publish_exit(task, &rec).await;
+    }
+
+    /// Sends a signal (0 means SIGTERM) to a running task.
+    pub async fn kill(&self, name: &str, signal: u32, all: bool) -> Result<(), TaskError> {
+        let task = self.lookup(name)?;
+        let rec = task.record();
+        if !rec.status.is_live() {
+            return Err(TaskError::FailedPrecondition(format!(
+                "task {} is not running",
+                rec.name
+            )));
+        }
+        let pod = self
+            .shims
+            .get(&rec.sandbox_id)
+            .filter(|p| !p.is_dead())
+            .ok_or_else(|| {
+                TaskError::FailedPrecondition(format!("the shim of task {} is gone", rec.name))
+            })?;
+        let signal = if signal == 0 { 15 } else { signal };
+        pod.client().kill(&rec.id, signal, all).await.map_err(|e| {
+            if e.is_not_found() {
+                TaskError::FailedPrecondition(format!("task {} is not running", rec.name))
+            } else {
+                TaskError::shim(format!("signalling task {}", rec.name))(e)
+            }
+        })?;
+        info!(task = %rec.name, signal, "task signalled");
+        Ok(())
+    }
+
+    /// Waits until the task has exited.
+    pub async fn wait(&self, name: &str) -> Result<pb::Exit, TaskError> {
+        let task = self.lookup(name)?;
+        wait_exit(&task).await
+    }
+
+    /// Removes a task that is not running (kills it first with `force`).
+    pub async fn remove(&self, name: &str, force: bool) -> Result<(), TaskError> {
+        let task = self.lookup(name)?;
+        let rec = task.record();
+        match rec.status {
+            TaskStatus::Creating => {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "task {} is being created",
+                    rec.name
+                )))
+            }
+            TaskStatus::Created | TaskStatus::Running => {
+                if !force {
+                    return Err(TaskError::FailedPrecondition(format!(
+                        "task {} is running: kill it first or use --force",
+                        rec.name
+                    )));
+                }
+                match self.kill(&rec.id, 9, true).await {
+                    Ok(()) | Err(TaskError::FailedPrecondition(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                if tokio::time::timeout(KILL_WAIT, wait_exit(&task))
+                    .await
+                    .is_err()
+                {
+                    return Err(TaskError::DeadlineExceeded(format!(
+                        "task {} did not exit within {}s of SIGKILL",
+                        rec.name,
+                        KILL_WAIT.as_secs()
+                    )));
+                }
+                // An auto-remove task is gone by the time its exit is out.
+                if self.get(&rec.id).is_none() {
+                    return Ok(());
+                }
+            }
+            TaskStatus::Exited | TaskStatus::Unknown => {}
+        }
+        self.remove_resources(&task).await
+    }
+
+    /// Removes what a settled task leaves: rootfs mount and snapshot, bundle,
+    /// log, record.
+    async fn remove_resources(&self, task: &Arc<Task>) -> Result<(), TaskError> {
+        if task.removing.swap(true, Ordering::SeqCst) {
+            return Err(TaskError::FailedPrecondition(format!(
+                "task {} is already being removed",
+                task.record().name
+            )));
+        }
+        let rec = task.record();
+        // A shim that still holds the task (e.g. one recovery could not
+        // settle) lets go of it first.
+        if let Some(pod) = self.shims.get(&rec.sandbox_id) {
+            if pod.tasks().contains(&rec.id) {
+                let _ = pod.client().delete(&rec.id).await;
+                if pod.remove_task(&rec.id) == 0 {
+                    self.shims.shutdown(&pod).await;
+                }
+            }
+        }
+        let result = self.drop_task(&rec).await;
+        if result.is_err() {
+            task.removing.store(false, Ordering::SeqCst);
+        } else {
+            info!(task = %rec.name, id = %rec.id, "task removed");
+        }
+        result
+    }
+
+    async fn drop_task(&self, rec: &TaskRecord) -> Result<(), TaskError> {
+        let snap = self.images.unpacker.snapshotter.clone();
+        let meta = self.meta.clone();
+        let r = rec.clone();
+        blocking(move || {
+            remove_files(&r, snap.as_ref())?;
+            meta.delete(TASKS, &r.id)?;
+            meta.flush()?;
+            Ok(())
+        })
+        .await?;
+        lock(&self.tasks).remove(&rec.id);
+        Ok(())
+    }
+
+    /// Recovery on start: loads the records, reconnects to every recorded
+    /// shim, re-adopts running tasks, collects the exits missed while berthd
+    /// was down, settles the tasks of dead shims and sweeps leftovers. One bad
+    /// record or shim never stops the rest.
+    pub async fn recover(self: &Arc<Self>) {
+        let meta = self.meta.clone();
+        let rows = match blocking(move || Ok(meta.list(TASKS)?)).await {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "cannot read the task records; starting without them");
+                Vec::new()
+            }
+        };
+        let mut by_pod: BTreeMap<String, Vec<Arc<Task>>> = BTreeMap::new();
+        for (key, value) in rows {
+            let rec = match serde_json::from_slice::<TaskRecord>(&value) {
+                Ok(r) => r,
+                Err(e) => {
+                    error!(task = %key, error = %e, "skipping corrupt task record");
+                    continue;
+                }
+            };
+            let task = Arc::new(Task::new(rec.clone()));
+            lock(&self.tasks).insert(rec.id.clone(), task.clone());
+            if rec.status.is_live() || rec.status == TaskStatus::Creating {
+                by_pod.entry(rec.sandbox_id.clone()).or_default().push(task);
+            }
+        }
+        let mut pod_records: HashMap<String, PodRecord> = HashMap::new();
+        let mut broken_pods = Vec::new();
+        for r in self.shims.load_records() {
+            match r {
+                Ok(p) => {
+                    pod_records.insert(p.sandbox_id.clone(), p);
+                }
+                Err(id) => broken_pods.push(id),
+            }
+        }
+        let mut jobs = Vec::new();
+        for (sandbox, tasks) in by_pod {
+            let rec = pod_records.remove(&sandbox);
+            let this = self.clone();
+            jobs.push(tokio::spawn(async move {
+                this.recover_pod(sandbox, tasks, rec).await
+            }));
+        }
+        for j in jobs {
+            if let Err(e) = j.await {
+                error!(error = %e, "recovering a pod failed");
+            }
+        }
+        // Shims nobody's task needs any more.
+        for (sandbox, rec) in pod_records {
+            match self.shims.reconnect(rec.clone()).await {
+                Ok(pod) => {
+                    info!(pod = %sandbox, "shutting down a shim without tasks");
+                    self.shims.shutdown(&pod).await;
+                }
+                Err(_) => self.shims.remove_leftovers(&sandbox, Some(&rec.address)),
+            }
+        }
+        for id in broken_pods {
+            self.shims.remove_leftovers(&id, None);
+        }
+        self.sweep_orphans().await;
+        // Exited tasks that asked to go.
+        let doomed: Vec<Arc<Task>> = lock(&self.tasks)
+            .values()
+            .filter(|t| {
+                let r = lock(&t.rec);
+                r.auto_remove && !r.status.is_live() && r.status != TaskStatus::Creating
+            })
+            .cloned()
+            .collect();
+        for t in doomed {
+            if let Err(e) = self.remove_resources(&t).await {
+                warn!(task = %t.id, error = %e, "auto-remove at start failed");
+            }
+        }
+        let n = lock(&self.tasks).len();
+        info!(tasks = n, "tasks recovered");
+    }
+
+    async fn recover_pod(
+        self: Arc<Self>,
+        sandbox: String,
+        tasks: Vec<Arc<Task>>,
+        rec: Option<PodRecord>,
+    ) {
+        let pod = match &rec {
+            Some(r) => match self.shims.reconnect(r.clone()).await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    warn!(pod = %sandbox, error = %e, "the shim is gone");
+                    None
+                }
+            },
+            None => None,
+        };
+        let Some(pod) = pod else {
+            let launcher = match &rec {
+                Some(r) => Some(self.shims.launcher_of(r)),
+                None => self.shims.launcher().ok(),
+            };
+            for t in &tasks {
+                self.settle_without_shim(t, launcher.as_ref(), "shim died while berthd was down")
+                    .await;
+            }
+            self.shims
+                .remove_leftovers(&sandbox, rec.as_ref().map(|r| r.address.as_str()));
+            return;
+        };
+        for t in &tasks {
+            pod.add_task(&t.id);
+        }
+        for t in &tasks {
+            if pod.is_dead() {
+                break;
+            }
+            let client = pod.client();
+            match client.state(&t.id).await {
+                Ok(st) => {
+                    use containerd_shim_protos::api::Status;
+                    let status = st.status.enum_value().unwrap_or(Status::UNKNOWN);
+                    match status {
+                        Status::STOPPED => {
+                            info!(task = %t.id, exit = st.exit_status, "collecting an exit missed while berthd was down");
+                            let at = ts_nanos(&st.exited_at);
+                            self.finish(t, &pod, st.exit_status, at, String::new())
+                                .await;
+                        }
+                        Status::RUNNING | Status::PAUSED | Status::PAUSING => {
+                            let rec = t.update(|r| {
+                                r.status = TaskStatus::Running;
+                                if st.pid != 0 {
+                                    r.pid = st.pid;
+                                }
+                                if r.started_at == 0 {
+                                    r.started_at = now_nanos();
+                                }
+                            });
+                            self.persist_logged(&rec).await;
+                            info!(task = %rec.name, pid = rec.pid, "re-adopted a running task");
+                            tokio::spawn(self.clone().watch(t.clone(), pod.clone()));
+                        }
+                        Status::CREATED | Status::UNKNOWN => {
+                            // berthd died between create and start: the Run
+                            // failed for its caller, so the task goes.
+                            let _ = client.kill(&t.id, 9, true).await;
+                            let _ = client.delete(&t.id).await;
+                            pod.remove_task(&t.id);
+                            let rec = t.update(|r| {
+                                r.status = TaskStatus::Unknown;
+                                r.finished_at = now_nanos();
+                                r.reason = "berthd stopped before the task started".into();
+                            });
+                            self.persist_logged(&rec).await;
+                            t.exit.send_replace(Some(rec.exit_pb()));
+                        }
+                    }
+                }
+                Err(e) if e.is_not_found() => {
+                    pod.remove_task(&t.id);
+                    let launcher = self.shims.launcher_of(&pod.record);
+                    self.settle_without_shim(t, Some(&launcher), "the shim lost the task")
+                        .await;
+                }
+                Err(e) => {
+                    warn!(pod = %sandbox, error = %e, "the shim does not answer");
+                    if pod.mark_dead() {
+                        self.shim_died(pod.clone(), "shim stopped answering").await;
+                    }
+                    break;
+                }
+            }
+        }
+        if !pod.is_dead() && pod.tasks().is_empty() && self.shims.get(&sandbox).is_some() {
+            self.shims.shutdown(&pod).await;
+        }
+    }
+
+    /// Rootfs snapshots and bundles no record owns (a crash mid-run or
+    /// mid-remove).
+    async fn sweep_orphans(&self) {
+        let known: HashSet<String> = lock(&self.tasks).keys().cloned().collect();
+        let snap = self.images.unpacker.snapshotter.clone();
+        let bundles = self.bundles_dir();
+        let logs = self.logs_dir();
+        let r = blocking(move || {
+            if let Ok(list) = snap.walk(&|i| i.labels.contains_key(TASK_LABEL)) {
+                for i in list {
+                    let owner = i.labels.get(TASK_LABEL).cloned().unwrap_or_default();
+                    if known.contains(&owner) {
+                        continue;
+                    }
+                    let rootfs = bundles.join(&owner).join("rootfs");
+                    if is_mount_point(&rootfs) {
+                        let _ = snapshotter::unmount(&rootfs);
+                    }
+                    match snap.remove(&i.name) {
+                        Ok(()) => info!(snapshot = %i.name, "removed the rootfs of a vanished task"),
+                        Err(e) => warn!(snapshot = %i.name, error = %e, "cannot remove an orphaned rootfs"),
+                    }
+                }
+            }
+            for dir in [&bundles, &logs] {
+                let Ok(rd) = std::fs::read_dir(dir) else { continue };
+                for e in rd.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let id = name.strip_suffix(".log").unwrap_or(&name);
+                    if known.contains(id) {
+                        continue;
+                    }
+                    let path = e.path();
+                    if path.is_dir() {
+                        let rootfs = path.join("rootfs");
+                        if is_mount_point(&rootfs) {
+                            let _ = snapshotter::unmount(&rootfs);
+                        }
+                        if is_mount_point(&rootfs) {
+                            warn!(path = %path.display(), "orphaned bundle still mounted; leaving it");
+                            continue;
+                        }
+                        let _ = std::fs::remove_dir_all(&path);
+                    } else {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    info!(path = %path.display(), "removed a leftover of a vanished task");
+                }
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = r {
+            warn!(error = %e, "sweeping task leftovers failed");
+        }
+    }
+}
+
+async fn wait_exit(task: &Task) -> Result<pb::Exit, TaskError> {
+    let mut rx = task.subscribe();
+    loop {
+        if let Some(e) = rx.borrow_and_update().clone() {
+            return Ok(e);
+        }
+        if rx.changed().await.is_err() {
+            return rx.borrow().clone().ok_or_else(|| {
+                TaskError::Internal(format!("task {} went away while waited for", task.id))
+            });
+        }
+    }
+}
+
+/// The bundle of a task: rootfs snapshot mounted, config.json, an empty log.
+/// Blocking.
+fn prepare_bundle(
+    rec: &TaskRecord,
+    snap: &dyn snapshotter::Snapshotter,
+    top: Option<&str>,
+    cfg: &spec::ContainerConfig,
+    extra_env: &[String],
+    logs_dir: &Path,
+) -> Result<(), TaskError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let rootfs = rec.rootfs();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(&rootfs)
+        .map_err(TaskError::io(format!("creating {}", rootfs.display())))?;
+    let mut labels = snapshotter::Labels::new();
+    labels.insert(TASK_LABEL.to_string(), rec.id.clone());
+    let mounts =
+        snap.prepare(&rec.snapshot, top, labels)
+            .map_err(|source| TaskError::Snapshot {
+                context: format!("preparing the rootfs of {}", rec.name),
+                source,
+            })?;
+    snapshotter::mount_all(&mounts, &rootfs).map_err(|source| TaskError::Snapshot {
+        context: format!("mounting the rootfs of {}", rec.name),
+        source,
+    })?;
+    let hostname = rec.id[..12.min(rec.id.len())].to_string();
+    let (uid, gid) = spec::resolve_user(cfg.user.as_deref().unwrap_or(""), &rootfs)?;
+    let process = spec::ProcessSpec {
+        args: rec.args.clone(),
+        env: spec::environment(cfg, extra_env, &hostname, rec.tty),
+        cwd: cfg
+            .working_dir
+            .clone()
+            .filter(|w| w.starts_with('/'))
+            .unwrap_or_else(|| "/".into()),
+        uid,
+        gid,
+        terminal: rec.tty,
+        hostname,
+    };
+    let mut annotations = BTreeMap::new();
+    annotations.insert(SANDBOX_ANNOTATION.to_string(), rec.sandbox_id.clone());
+    annotations.insert("berth.io/task-name".to_string(), rec.name.clone());
+    let cgroups = format!("/berth/{}", rec.id);
+    let spec = spec::build_spec(&process, &cgroups, &annotations);
+    let body = serde_json::to_vec_pretty(&spec).map_err(|e| TaskError::Internal(e.to_string()))?;
+    write_atomic(&rec.bundle.join("config.json"), &body).map_err(TaskError::io(format!(
+        "writing the config.json of {}",
+        rec.name
+    )))?;
+    std::fs::create_dir_all(logs_dir)
+        .map_err(TaskError::io(format!("creating {}", logs_dir.display())))?;
+    std::fs::File::create(&rec.log_path).map_err(TaskError::io(format!(
+        "creating {}",
+        rec.log_path.display()
+    )))?;
+    Ok(())
+}
+
+/// Unmounts and removes a task's rootfs snapshot, bundle and log. Blocking;
+/// idempotent.
+fn remove_files(rec: &TaskRecord, snap: &dyn snapshotter::Snapshotter) -> Result<(), TaskError> {
+    let rootfs = rec.rootfs();
+    if is_mount_point(&rootfs) {
+        snapshotter::unmount(&rootfs).map_err(|source| TaskError::Snapshot {
+            context: format!("unmounting the rootfs of {}", rec.name),
+            source,
+        })?;
+    }
+    if is_mount_point(&rootfs) {
+        return Err(TaskError::FailedPrecondition(format!(
+            "the rootfs of {} is still mounted at {}",
+            rec.name,
+            rootfs.display()
+        )));
+    }
+    match snap.remove(&rec.snapshot) {
+        Ok(()) | Err(snapshotter::Error::NotFound { .. }) => {}
+        Err(source) => {
+            return Err(TaskError::Snapshot {
+                context: format!("removing the rootfs of {}", rec.name),
+                source,
+            })
+        }
+    }
+    if rec.bundle.exists() {
+        std::fs::remove_dir_all(&rec.bundle)
+            .map_err(TaskError::io(format!("removing {}", rec.bundle.display())))?;
+    }
+    match std::fs::remove_file(&rec.log_path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(TaskError::io(format!(
+            "removing {}",
+            rec.log_path.display()
+        ))(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("web-1.a_b").is_ok());
+        assert!(validate_name("-x").is_err());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("a b").is_err());
+        assert!(validate_name(&"a".repeat(129)).is_err());
+        assert_eq!(
+            default_name("docker.io/library/busybox:latest", "3fa2c1ffee"),
+            "busybox-3fa2c1"
+        );
+        assert_eq!(
+            default_name("127.0.0.1:5000/x/y@sha256:ab", "abcdef12"),
+            "y-abcdef"
+        );
+        assert_eq!(new_id().len(), 32);
+    }
+
+    #[test]
+    fn timestamps() {
+        let mut t = Timestamp::new();
+        t.seconds = 2;
+        t.nanos = 5;
+        assert_eq!(ts_nanos(&MessageField::some(t)), 2_000_000_005);
+        let mut zero = Timestamp::new();
+        zero.seconds = -62135596800;
+        assert_eq!(ts_nanos(&MessageField::some(zero)), 0);
+        assert_eq!(ts_nanos(&MessageField::none()), 0);
+    }
+}
