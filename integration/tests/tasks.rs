@@ -529,25 +529,21 @@ fn go_shim_a_dead_shim_is_noticed_and_cleaned_up() -> Result<()> {
 // stdio). Ignored until the shim issue lands it; run with `-- --ignored`.
 
 #[test]
-#[ignore = "needs berth-shim from the shim issue"]
 fn berth_shim_run_ls_kill_rm_and_foreground() -> Result<()> {
     run_ls_kill_rm_and_foreground(BERTH_SHIM)
 }
 
 #[test]
-#[ignore = "needs berth-shim from the shim issue"]
 fn berth_shim_tasks_survive_a_berthd_kill9() -> Result<()> {
     tasks_survive_a_berthd_kill9(BERTH_SHIM)
 }
 
 #[test]
-#[ignore = "needs berth-shim from the shim issue"]
 fn berth_shim_exits_while_berthd_is_down_are_collected() -> Result<()> {
     exits_while_berthd_is_down_are_collected(BERTH_SHIM)
 }
 
 #[test]
-#[ignore = "needs berth-shim from the shim issue"]
 fn berth_shim_a_dead_shim_is_noticed_and_cleaned_up() -> Result<()> {
     a_dead_shim_is_noticed_and_cleaned_up(BERTH_SHIM)
 }
