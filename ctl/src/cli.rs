@@ -189,8 +189,9 @@ pub enum TasksCommand {
     },
     /// Send a signal to running tasks
     Kill {
-        /// Signal name or number
-        #[arg(short, long, default_value = "TERM", value_parser = crate::tasks::parse_signal)]
+        /// Signal name or number (KILL by default, like `docker kill`: busybox
+        /// and many PID 1s ignore TERM)
+        #[arg(short, long, default_value = "KILL", value_parser = crate::tasks::parse_signal)]
         signal: u32,
         /// Signal every process of the task, not only its first
         #[arg(short, long)]
