@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::daemon::tail;
-use crate::util::{unmount_below, wait_for, write_file};
+use crate::util::{sweep_dir, wait_for, write_file};
 
 /// The containerd binary (Debian package `containerd`).
 pub const CONTAINERD_BIN: &str = "/usr/bin/containerd";
@@ -320,41 +320,10 @@ pub fn parse_images_ls(out: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// PIDs of processes (other than us) whose command line or cwd refers to `dir`.
-fn processes_using(dir: &Path) -> Vec<i32> {
-    let needle = dir.to_string_lossy().into_owned();
-    let me = std::process::id() as i32;
-    let mut pids = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
-        if cmdline.contains(&needle) || cwd.starts_with(dir) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 impl Drop for Containerd {
     fn drop(&mut self) {
         self.terminate();
-        for pid in processes_using(self.dir.path()) {
-            // SAFETY: plain kill(2).
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-        let _ = unmount_below(self.dir.path());
+        sweep_dir(self.dir.path());
         if std::thread::panicking() {
             eprintln!(
                 "containerd log ({}):\n{}",

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::util::{unmount_below, wait_for};
+use crate::util::{sweep_dir, wait_for};
 
 /// How long `start`/`restart` wait for the socket to accept connections.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -288,31 +288,6 @@ pub fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// PIDs of processes (other than us) whose command line or cwd refers to `dir`.
-fn processes_using(dir: &Path) -> Vec<i32> {
-    let needle = dir.to_string_lossy().into_owned();
-    let me = std::process::id() as i32;
-    let mut pids = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
-        if cmdline.contains(&needle) || cwd.starts_with(dir) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 /// Force-deletes the containers runc still has under `runtime_root/<namespace>`:
 /// a container's own processes live in their own mount and PID namespaces and
 /// do not show the temp dir in their command line or cwd.
@@ -350,13 +325,7 @@ impl Drop for Daemon {
         // Containers berthd ran (its default runtime root is <state>/runc).
         delete_containers(&self.state().join("runc"));
         // Leftover shims etc. started for this daemon's dirs.
-        for pid in processes_using(self.dir.path()) {
-            // SAFETY: plain kill(2).
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-        let _ = unmount_below(self.dir.path());
+        sweep_dir(self.dir.path());
         if std::thread::panicking() {
             eprintln!(
                 "berthd log ({}):\n{}",

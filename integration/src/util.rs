@@ -375,6 +375,43 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// PIDs of processes (other than us) whose command line or cwd refers to `dir`.
+pub fn processes_using(dir: &Path) -> Vec<i32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let me = std::process::id() as i32;
+    let mut pids = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
+        if cmdline.contains(&needle) || cwd.starts_with(dir) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Kills every process still using `dir` (shims, daemons a test left) and
+/// lazily unmounts everything below it, so that removing it is safe.
+pub fn sweep_dir(dir: &Path) {
+    for pid in processes_using(dir) {
+        // SAFETY: plain kill(2) of a pid; a pid that is gone just fails.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    let _ = unmount_below(dir);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
