@@ -282,6 +282,25 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Runs a berthctl command that must fail with one clear error line
+    /// (`berthctl: ...`) and no backtrace; returns that line.
+    pub fn ctl_err(&self, args: &[&str]) -> Result<String> {
+        let out = self.ctl(args)?;
+        if out.status.success() {
+            bail!(
+                "berthctl {args:?} unexpectedly succeeded: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !(err.starts_with("berthctl: ") && err.trim_end().lines().count() == 1) {
+            bail!("expected one clear error line, got {err:?}");
+        }
+        Ok(err)
+    }
+}
+
 /// The last `n` lines of `s`.
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();

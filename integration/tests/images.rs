@@ -18,22 +18,6 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Runs a berthctl command expected to fail; returns its stderr.
-fn ctl_err(d: &Daemon, args: &[&str]) -> Result<String> {
-    let out = d.ctl(args)?;
-    ensure!(
-        !out.status.success(),
-        "berthctl {args:?} unexpectedly succeeded: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let err = stderr(&out);
-    ensure!(
-        err.starts_with("berthctl: ") && err.trim_end().lines().count() == 1,
-        "expected one clear error line, got {err:?}"
-    );
-    Ok(err)
-}
-
 fn images_json(d: &Daemon) -> Result<Vec<Value>> {
     let out = d.ctl_ok(["images", "ls", "--format", "json"])?;
     serde_json::from_str::<Vec<Value>>(&out).with_context(|| format!("bad json: {out}"))
@@ -193,7 +177,7 @@ fn pulls_multilayer_docker_and_multiplatform_images() -> Result<()> {
     d2.ctl_ok(["images", "pull", "--platform", "linux/arm64", &name])?;
     let blobs = blob_files(&d2.root());
     ensure!(blobs.contains(&arm64.digest) && !blobs.contains(&amd64.digest));
-    let err = ctl_err(&d2, &["images", "pull", "--platform", "linux/s390x", &name])?;
+    let err = d2.ctl_err(&["images", "pull", "--platform", "linux/s390x", &name])?;
     ensure!(
         err.contains("no manifest for platform linux/s390x"),
         "{err}"
@@ -215,9 +199,9 @@ fn basic_auth_registry_and_credentials() -> Result<()> {
     let reference = format!("{}/private:1", reg.addr());
 
     let d = Daemon::start()?;
-    let err = ctl_err(&d, &["images", "pull", &reference])?;
+    let err = d.ctl_err(&["images", "pull", &reference])?;
     ensure!(err.contains("401") && err.contains("private:1"), "{err}");
-    let err = ctl_err(&d, &["images", "pull", "--user", "alice:wrong", &reference])?;
+    let err = d.ctl_err(&["images", "pull", "--user", "alice:wrong", &reference])?;
     ensure!(err.contains("401"), "{err}");
     d.ctl_ok(["images", "pull", "--user", "alice:s3cret", &reference])?;
 
@@ -255,7 +239,7 @@ fn bearer_token_flow() -> Result<()> {
     })?;
     let d = Daemon::start()?;
     let reference = fake.reference("busybox");
-    let err = ctl_err(&d, &["images", "pull", &reference])?;
+    let err = d.ctl_err(&["images", "pull", &reference])?;
     ensure!(err.contains("401"), "{err}");
     d.ctl_ok(["images", "pull", "--user", "bob:pw", &reference])?;
     let token_reqs = fake.requests_to("/token");
@@ -271,7 +255,7 @@ fn bearer_token_flow() -> Result<()> {
 /// Pulls from a misbehaving registry; returns the error line.
 fn pull_fails(d: &Daemon, fake: &FakeRegistry) -> Result<String> {
     let reference = fake.reference("busybox");
-    let err = ctl_err(d, &["images", "pull", &reference])?;
+    let err = d.ctl_err(&["images", "pull", &reference])?;
     ensure!(
         err.contains("busybox"),
         "error does not name the image: {err}"
@@ -332,7 +316,7 @@ fn bad_registries_give_clear_errors_and_leave_nothing_behind() -> Result<()> {
 
     // Unreachable host: a port nothing listens on.
     let port = integration::util::free_port()?;
-    let err = ctl_err(&d, &["images", "pull", &format!("127.0.0.1:{port}/x:1")])?;
+    let err = d.ctl_err(&["images", "pull", &format!("127.0.0.1:{port}/x:1")])?;
     ensure!(err.contains("cannot reach registry"), "{err}");
 
     for bad in ["Busybox", "a::b", "x@sha256:1234", "", "registry/UPPER:1"] {
@@ -376,7 +360,7 @@ fn interrupted_pull_resumes_after_restart() -> Result<()> {
     let stalling = FakeRegistry::start(Behavior::HangMidBlob)?;
     // Every attempt stalls partway through the layer, so the pull fails,
     // keeping the bytes it got as a resumable ingest.
-    let _ = ctl_err(&d, &["images", "pull", &stalling.reference("busybox")])?;
+    let _ = d.ctl_err(&["images", "pull", &stalling.reference("busybox")])?;
     let content: Value = serde_json::from_str(&d.ctl_ok(["content", "ls", "--format", "json"])?)?;
     let ingests = content["ingests"].as_array().cloned().unwrap_or_default();
     ensure!(
@@ -545,7 +529,7 @@ fn import_rejects_bad_archives() -> Result<()> {
         b.append(&h, &data[..])?;
         b.finish()?;
     }
-    let err = ctl_err(&d, &["images", "import", evil.to_str().unwrap()])?;
+    let err = d.ctl_err(&["images", "import", evil.to_str().unwrap()])?;
     ensure!(err.contains("unsafe path"), "{err}");
     ensure!(!dir.join("escaped").exists() && !dir.parent().unwrap().join("escaped").exists());
 
@@ -559,13 +543,13 @@ fn import_rejects_bad_archives() -> Result<()> {
     std::fs::write(&victim, b"{\"tampered\":true}")?;
     let tar = dir.join("tampered.tar");
     fixtures::write_oci_archive(&layout, &tar)?;
-    let err = ctl_err(&d, &["images", "import", tar.to_str().unwrap()])?;
+    let err = d.ctl_err(&["images", "import", tar.to_str().unwrap()])?;
     ensure!(err.contains("does not match"), "{err}");
 
     // Not a tar at all.
     let junk = dir.join("junk.tar");
     std::fs::write(&junk, vec![0x42u8; 4096])?;
-    ctl_err(&d, &["images", "import", junk.to_str().unwrap()])?;
+    d.ctl_err(&["images", "import", junk.to_str().unwrap()])?;
 
     ensure!(image_names(&d)?.is_empty());
     d.ctl_ok(["content", "prune"])?;

@@ -189,21 +189,6 @@ fn parse_rfc3339(s: &str) -> Result<i64> {
     Ok(((days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2]) * 1_000_000_000) + nanos)
 }
 
-fn ctl_err(d: &Daemon, args: &[&str]) -> Result<String> {
-    let out = d.ctl(args)?;
-    ensure!(
-        !out.status.success(),
-        "berthctl {args:?} unexpectedly succeeded: {}",
-        stdout(&out)
-    );
-    let err = stderr(&out);
-    ensure!(
-        err.starts_with("berthctl: ") && err.trim_end().lines().count() == 1,
-        "expected one clear error line, got {err:?}"
-    );
-    Ok(err)
-}
-
 fn snapshot_names(d: &Daemon) -> Result<Vec<String>> {
     Ok(d.ctl_ok(["snapshots", "ls", "-q"])?
         .lines()
@@ -257,14 +242,11 @@ fn run_ls_kill_rm_and_foreground(config: &str) -> Result<()> {
     );
 
     // A running task is not removed without --force; names are unique.
-    let err = ctl_err(&d, &["tasks", "rm", "sleeper"])?;
+    let err = d.ctl_err(&["tasks", "rm", "sleeper"])?;
     ensure!(err.contains("sleeper") && err.contains("running"), "{err}");
-    let err = ctl_err(
-        &d,
-        &["run", "-d", "--name", "sleeper", &image, "sleep", "1"],
-    )?;
+    let err = d.ctl_err(&["run", "-d", "--name", "sleeper", &image, "sleep", "1"])?;
     ensure!(err.contains("already exists"), "{err}");
-    let err = ctl_err(&d, &["tasks", "kill", "nope"])?;
+    let err = d.ctl_err(&["tasks", "kill", "nope"])?;
     ensure!(err.contains("nope") && err.contains("not found"), "{err}");
 
     // busybox sleep as PID 1 ignores SIGTERM; SIGKILL ends it with 137.
@@ -280,7 +262,7 @@ fn run_ls_kill_rm_and_foreground(config: &str) -> Result<()> {
     ensure!(!d.state().join("pods").join(&id).exists());
     let table = d.ctl_ok(["tasks", "ls"])?;
     ensure!(table.contains("exited") && table.contains("137"), "{table}");
-    let err = ctl_err(&d, &["tasks", "kill", "sleeper"])?;
+    let err = d.ctl_err(&["tasks", "kill", "sleeper"])?;
     ensure!(err.contains("not running"), "{err}");
 
     d.ctl_ok(["tasks", "rm", "sleeper"])?;
@@ -482,7 +464,7 @@ fn a_dead_shim_is_noticed_and_cleaned_up(config: &str) -> Result<()> {
         Ok((!alive(pid_of(&victim)?)).then_some(()))
     })?;
     ensure!(task(&d, "other")?["status"] == "running");
-    let err = ctl_err(&d, &["tasks", "kill", "victim"])?;
+    let err = d.ctl_err(&["tasks", "kill", "victim"])?;
     ensure!(err.contains("not running"), "{err}");
     d.ctl_ok(["tasks", "rm", "victim"])?;
     ensure!(!d.state().join("containers").join(&id).exists());

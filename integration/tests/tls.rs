@@ -6,32 +6,11 @@
 //! and a docker.io mirror trusted through `ca`. Everything runs offline.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use anyhow::{ensure, Context, Result};
 use integration::daemon::Daemon;
 use integration::fixtures::{self, Image};
 use integration::registry::{generate_tls, Registry, RegistryOpts};
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Runs a berthctl command expected to fail; returns its one-line stderr.
-fn ctl_err(d: &Daemon, args: &[&str]) -> Result<String> {
-    let out = d.ctl(args)?;
-    ensure!(
-        !out.status.success(),
-        "berthctl {args:?} unexpectedly succeeded: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let err = stderr(&out);
-    ensure!(
-        err.starts_with("berthctl: ") && err.trim_end().lines().count() == 1,
-        "expected one clear error line, got {err:?}"
-    );
-    Ok(err)
-}
 
 /// A TLS registry holding the busybox fixture as `busybox:1`.
 fn tls_registry() -> Result<(Registry, &'static Image)> {
@@ -167,7 +146,7 @@ fn untrusted_certificate_fails_and_skip_verify_flag_overrides_once() -> Result<(
         &format!("server = \"{}\"\nskip_verify = false\n", reg.url()),
     )?;
 
-    let err = ctl_err(&s.d, &["images", "pull", &reference])?;
+    let err = s.d.ctl_err(&["images", "pull", &reference])?;
     ensure_untrusted(&err, &reg, &reference)?;
     s.nothing_pulled()?;
 
@@ -176,12 +155,13 @@ fn untrusted_certificate_fails_and_skip_verify_flag_overrides_once() -> Result<(
 
     // ... and it did not stick (no cached "insecure" client for the host).
     s.forget_all()?;
-    let err2 = ctl_err(&s.d, &["images", "pull", &reference])?;
+    let err2 = s.d.ctl_err(&["images", "pull", &reference])?;
     ensure_untrusted(&err2, &reg, &reference)?;
     s.nothing_pulled()?;
 
     // Plain HTTP to the TLS port is a clear error too, not a hang or a garbled one.
-    let err = ctl_err(&s.d, &["images", "pull", "--plain-http", &reference])?;
+    let err =
+        s.d.ctl_err(&["images", "pull", "--plain-http", &reference])?;
     ensure!(
         err.contains("400") && err.contains(&reference),
         "plain http to an https registry: {err}"
@@ -213,7 +193,7 @@ fn ca_in_hosts_toml_is_trusted() -> Result<()> {
     let rel_ca = s.host_dir(reg.addr()).join("registry-ca.pem");
     std::fs::copy(&other.ca_cert, &rel_ca)?;
     s.write_hosts(reg.addr(), &format!("{server}ca = [\"registry-ca.pem\"]\n"))?;
-    let err = ctl_err(&s.d, &["images", "pull", &reference])?;
+    let err = s.d.ctl_err(&["images", "pull", &reference])?;
     ensure!(
         err.contains(&reference) && err.contains("invalid peer certificate: BadSignature"),
         "a look-alike CA was not rejected by its signature: {err}"
@@ -232,7 +212,7 @@ fn ca_in_hosts_toml_is_trusted() -> Result<()> {
         reg.addr(),
         &format!("{server}ca = \"{}\"\n", missing.display()),
     )?;
-    let err = ctl_err(&s.d, &["images", "pull", &reference])?;
+    let err = s.d.ctl_err(&["images", "pull", &reference])?;
     ensure!(
         err.contains(&reference) && err.contains(&missing.display().to_string()),
         "error does not name the image and the missing CA file: {err}"
@@ -293,7 +273,7 @@ fn docker_io_mirror_with_ca() -> Result<()> {
         "docker.io",
         &format!("server = \"https://127.0.0.1:1\"\n\n{mirror}"),
     )?;
-    let err = ctl_err(&s.d, &["images", "pull", "busybox"])?;
+    let err = s.d.ctl_err(&["images", "pull", "busybox"])?;
     ensure!(
         err.contains("docker.io/library/busybox:latest") && err.contains("127.0.0.1:1"),
         "{err}"
@@ -349,7 +329,7 @@ fn http_server_with_tls_settings_tries_verified_https_first() -> Result<()> {
     s.forget_all()?;
 
     s.write_hosts(reg.addr(), &http_server(&reg, &other.ca_cert))?;
-    let err = ctl_err(&s.d, &["images", "pull", &reference])?;
+    let err = s.d.ctl_err(&["images", "pull", &reference])?;
     ensure!(
         err.contains(&reference) && err.contains("invalid peer certificate: BadSignature"),
         "the certificate failure was not reported: {err}"
