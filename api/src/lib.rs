@@ -1,5 +1,5 @@
 //! gRPC definitions: berth's native API (images, content, snapshots, tasks,
-//! system). The CRI runtime.v1 API joins here in the CRI issue.
+//! system) and the Kubernetes CRI `runtime.v1` API (`runtime::v1`).
 
 pub mod images {
     pub mod v1 {
@@ -31,5 +31,23 @@ pub mod tasks {
     #[allow(clippy::large_enum_variant)]
     pub mod v1 {
         tonic::include_proto!("berth.tasks.v1");
+    }
+}
+
+/// The Kubernetes Container Runtime Interface, package `runtime.v1`
+/// (`RuntimeService` and `ImageService`), generated from berth's copy of
+/// upstream's `api.proto` (`proto/runtime/v1/api.proto`), whose names, field
+/// numbers and types are the wire contract with kubelet and crictl.
+pub mod runtime {
+    // The doc comments are upstream's proto comments, written as plain text
+    // rather than Markdown (e.g. PullImageResponse.image_ref's list).
+    #[allow(clippy::doc_lazy_continuation)]
+    pub mod v1 {
+        tonic::include_proto!("runtime.v1");
+
+        /// The encoded `FileDescriptorSet` of `runtime/v1/api.proto`, as
+        /// compiled by build.rs (for tests and gRPC reflection).
+        pub const FILE_DESCRIPTOR_SET: &[u8] =
+            include_bytes!(concat!(env!("OUT_DIR"), "/runtime_v1_descriptor.bin"));
     }
 }
