@@ -2,6 +2,7 @@
 //! drive them directly.
 
 pub mod config;
+pub mod cri;
 pub mod hosts;
 pub mod images;
 pub mod metadata;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use berth_api::content::v1::content_server::ContentServer;
 use berth_api::images::v1::images_server::ImagesServer;
+use berth_api::runtime::v1::image_service_server::ImageServiceServer as CriImageServiceServer;
 use berth_api::snapshots::v1::snapshots_server::SnapshotsServer;
 use berth_api::system::v1 as syspb;
 use berth_api::system::v1::system_server::SystemServer;
@@ -20,6 +21,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::cri::image::CriImageApi;
 use crate::images::gc::Leases;
 use crate::images::grpc::{ContentApi, ImagesApi};
 use crate::images::snapshots::SnapshotsApi;
@@ -177,6 +179,11 @@ impl Daemon {
                     svc: self.images.clone(),
                 })
                 .max_decoding_message_size(max),
+            )
+            // The CRI ImageService (runtime.v1) over the same image store.
+            .add_service(
+                CriImageServiceServer::new(CriImageApi::new(self.images.clone()))
+                    .max_decoding_message_size(max),
             )
             .add_service(ContentServer::new(ContentApi {
                 svc: self.images.clone(),
