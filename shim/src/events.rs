@@ -1,5 +1,5 @@
 //! Task events (TaskCreate, TaskStart, TaskExit, ...), published best-effort from one
-//! background thread, in order:
+//! background thread (started on demand, gone when idle), in order:
 //! - to `$TTRPC_ADDRESS` (containerd's ttrpc socket) with
 //!   `containerd.services.events.ttrpc.v1.Events/Forward`, as containerd-shim-runc-v2
 //!   does; or, when that is not set or fails,
@@ -9,7 +9,7 @@
 //! A full queue drops events (and logs it): the shim never blocks on its client.
 
 use std::process::Command;
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -23,6 +23,9 @@ use crate::reaper::Reaper;
 use crate::util::timestamp;
 
 const QUEUE: usize = 1024;
+/// The publisher thread (and its connection to containerd) ends after this long
+/// without events.
+const IDLE: Duration = Duration::from_secs(2);
 
 pub struct Event {
     pub topic: &'static str,
@@ -31,7 +34,15 @@ pub struct Event {
 
 #[derive(Clone)]
 pub struct Publisher {
-    tx: Option<SyncSender<Event>>,
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    target: Arc<Target>,
+    /// The queue of the running publisher thread, if any. The thread exits after
+    /// [`IDLE`] without events (taking this lock to see that the queue is empty and
+    /// clear it); the next event starts a new one.
+    tx: Mutex<Option<SyncSender<Event>>>,
 }
 
 struct Target {
@@ -55,7 +66,7 @@ pub fn to_any(event: &dyn MessageDyn) -> Option<Any> {
 impl Publisher {
     /// A publisher that drops everything (tests, or no way to reach the client).
     pub fn disabled() -> Self {
-        Publisher { tx: None }
+        Publisher { inner: None }
     }
 
     pub fn start(
@@ -68,7 +79,6 @@ impl Publisher {
         if ttrpc_address.is_none() && publish_binary.is_none() {
             return Publisher::disabled();
         }
-        let (tx, rx) = mpsc::sync_channel(QUEUE);
         let target = Target {
             namespace: namespace.to_string(),
             ttrpc_address,
@@ -77,31 +87,73 @@ impl Publisher {
             reaper,
             client: Mutex::new(None),
         };
-        let spawned = std::thread::Builder::new()
-            .name("events".into())
-            .stack_size(256 * 1024)
-            .spawn(move || run(target, rx));
-        match spawned {
-            Ok(_) => Publisher { tx: Some(tx) },
-            Err(e) => {
-                log::warn!("no event publisher thread: {e}");
-                Publisher::disabled()
-            }
+        Publisher {
+            inner: Some(Arc::new(Inner {
+                target: Arc::new(target),
+                tx: Mutex::new(None),
+            })),
         }
     }
 
     pub fn publish(&self, topic: &'static str, event: Box<dyn MessageDyn>) {
-        let Some(tx) = &self.tx else { return };
-        match tx.try_send(Event { topic, event }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(e)) => log::warn!("event queue full: dropped {}", e.topic),
-            Err(TrySendError::Disconnected(_)) => {}
+        let Some(inner) = &self.inner else { return };
+        let mut g = inner.tx.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ev = Event { topic, event };
+        if let Some(tx) = g.as_ref() {
+            match tx.try_send(ev) {
+                Ok(()) => return,
+                Err(TrySendError::Full(e)) => {
+                    log::warn!("event queue full: dropped {}", e.topic);
+                    return;
+                }
+                // The thread is gone (it cannot be while `tx` is set, unless it
+                // panicked): start another.
+                Err(TrySendError::Disconnected(e)) => ev = e,
+            }
+        }
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let inner2 = inner.clone();
+        let spawned = std::thread::Builder::new()
+            .name("events".into())
+            .stack_size(256 * 1024)
+            .spawn(move || run(&inner2, rx));
+        match spawned {
+            Ok(_) => {
+                let _ = tx.try_send(ev);
+                *g = Some(tx);
+            }
+            Err(e) => {
+                *g = None;
+                log::warn!("no event publisher thread: dropped {}: {e}", ev.topic);
+            }
         }
     }
 }
 
-fn run(t: Target, rx: Receiver<Event>) {
-    for ev in rx {
+fn run(inner: &Inner, rx: Receiver<Event>) {
+    let t = &inner.target;
+    loop {
+        let ev = match rx.recv_timeout(IDLE) {
+            Ok(ev) => ev,
+            Err(RecvTimeoutError::Timeout) => {
+                let mut g = inner.tx.lock().unwrap_or_else(|e| e.into_inner());
+                match rx.try_recv() {
+                    Ok(ev) => ev,
+                    Err(_) => {
+                        // Events are rare: keep neither this thread nor the client's
+                        // connection (and its reader and writer threads) between
+                        // bursts.
+                        *g = None;
+                        drop(g);
+                        if let Ok(mut c) = t.client.lock() {
+                            *c = None;
+                        }
+                        return;
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         let Some(any) = to_any(ev.event.as_ref()) else {
             continue;
         };

@@ -22,6 +22,7 @@ mod logger;
 mod mount;
 mod reaper;
 mod runc;
+mod server;
 mod service;
 mod stats;
 mod stdio;
@@ -369,49 +370,38 @@ fn serve(flags: &Flags) -> Res<()> {
         exit.clone(),
     ));
 
-    {
-        let (svc, reaper, exit) = (svc.clone(), reaper.clone(), exit.clone());
-        std::thread::Builder::new()
-            .name("signals".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                reaper.reap();
-                for sig in signals.forever() {
-                    match sig {
-                        SIGCHLD => reaper.reap(),
-                        SIGUSR1 => {
-                            let svc = svc.clone();
-                            let _ = std::thread::Builder::new()
-                                .name("reopen".into())
-                                .stack_size(256 * 1024)
-                                .spawn(move || svc.reopen_all_logs());
-                        }
-                        _ => {
-                            if svc.task_count() == 0 {
-                                log::info!("signal {sig}: no tasks, exiting");
-                                exit.fire();
-                            } else {
-                                log::info!("signal {sig} ignored: tasks are running");
-                            }
-                        }
-                    }
-                }
-            })
-            .map_err(|e| format!("signal thread: {e}"))?;
-    }
-
-    let mut server = ttrpc::Server::new()
-        .add_listener(LISTENER_FD)
-        .map_err(|e| format!("ttrpc listener: {e}"))?
-        .register_service(task_services(svc.clone()))
-        .set_thread_count_min(1)
-        .set_thread_count_default(2)
-        .set_thread_count_max(4);
-    server.start().map_err(|e| format!("ttrpc server: {e}"))?;
+    let handle = signals.handle();
+    exit.set_waker(Box::new(move || handle.close()));
+    server::start(LISTENER_FD, task_services(svc.clone()))
+        .map_err(|e| format!("ttrpc server: {e}"))?;
     // Do not pin the first bundle (containerd removes it on delete).
     let _ = std::env::set_current_dir("/");
     log::info!("serving on {} (pid {})", flags.socket, std::process::id());
 
+    // The main thread reaps and handles signals until the shim is to exit.
+    reaper.reap();
+    for sig in signals.forever() {
+        match sig {
+            SIGCHLD => reaper.reap(),
+            SIGUSR1 => {
+                // Not here: reopening takes locks that a handler waiting for the
+                // reaper (a runc command) may hold.
+                let svc = svc.clone();
+                let _ = std::thread::Builder::new()
+                    .name("reopen".into())
+                    .stack_size(256 * 1024)
+                    .spawn(move || svc.reopen_all_logs());
+            }
+            _ => {
+                if svc.task_count() == 0 {
+                    log::info!("signal {sig}: no tasks, exiting");
+                    exit.fire();
+                } else {
+                    log::info!("signal {sig} ignored: tasks are running");
+                }
+            }
+        }
+    }
     exit.wait();
     // Let the Shutdown reply reach the client before the process goes away.
     std::thread::sleep(Duration::from_millis(100));

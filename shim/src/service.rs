@@ -67,12 +67,22 @@ pub struct ServiceConfig {
 pub struct ExitSignal {
     done: Mutex<bool>,
     cv: Condvar,
+    /// Called on the first `fire` (the main thread's signal loop ends).
+    waker: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl ExitSignal {
     pub fn fire(&self) {
         *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.cv.notify_all();
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = waker {
+            w();
+        }
+    }
+
+    pub fn set_waker(&self, w: Box<dyn FnOnce() + Send>) {
+        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
     }
 
     pub fn wait(&self) {

@@ -1,5 +1,6 @@
 //! A process's stdio: what the CreateTaskRequest / ExecProcessRequest names, and the
-//! threads that copy between the container and those destinations.
+//! copying between the container and those destinations: one I/O thread polls the
+//! (non-blocking) fds of every process's stdio.
 //!
 //! stdout / stderr URIs:
 //! - `""`: discarded (`/dev/null`).
@@ -26,7 +27,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -95,7 +96,7 @@ pub struct StdioConfig {
     pub terminal: bool,
 }
 
-/// A level-triggered "stop" latch that poll(2) can wait on.
+/// A level-triggered wake-up that poll(2) can wait on.
 struct WakePipe {
     r: OwnedFd,
     w: OwnedFd,
@@ -114,9 +115,40 @@ impl WakePipe {
     fn fd(&self) -> BorrowedFd<'_> {
         self.r.as_fd()
     }
+
+    fn clear(&self) {
+        let mut b = [0u8; 64];
+        while let Ok(n) = nix::unistd::read(&self.r, &mut b) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
 }
 
-/// Counts the output copiers still running.
+/// A "stop" latch for one process's output or input copying.
+#[derive(Default)]
+struct Stop(AtomicBool);
+
+impl Stop {
+    fn fire(&self) {
+        if !self.0.swap(true, Ordering::SeqCst) {
+            if let Some(l) = lock(&IO_LOOP).as_ref() {
+                l.wake.fire();
+            }
+        }
+    }
+
+    fn fired(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Counts the output copy jobs still running.
 #[derive(Default)]
 struct Drain {
     n: Mutex<usize>,
@@ -125,18 +157,18 @@ struct Drain {
 
 impl Drain {
     fn add(&self) {
-        *self.n.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        *lock(&self.n) += 1;
     }
 
     fn done(&self) {
-        let mut n = self.n.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = lock(&self.n);
         *n = n.saturating_sub(1);
         self.cv.notify_all();
     }
 
     fn wait(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut n = self.n.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = lock(&self.n);
         while *n > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -151,9 +183,210 @@ impl Drain {
     }
 }
 
+/// The one thread that copies every process's stdio: all fds are non-blocking and
+/// polled together. Jobs are handed over through `new` (and `wake`).
+struct IoLoop {
+    wake: WakePipe,
+    new: Mutex<Vec<Job>>,
+}
+
+static IO_LOOP: Mutex<Option<Arc<IoLoop>>> = Mutex::new(None);
+
+impl IoLoop {
+    /// Hands jobs to the I/O thread (started on first use).
+    fn add(jobs: Vec<Job>) -> io::Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let l = {
+            let mut g = lock(&IO_LOOP);
+            match g.as_ref() {
+                Some(l) => l.clone(),
+                None => {
+                    let l = Arc::new(IoLoop {
+                        wake: WakePipe::new()?,
+                        new: Mutex::new(Vec::new()),
+                    });
+                    let l2 = l.clone();
+                    std::thread::Builder::new()
+                        .name("io".into())
+                        .stack_size(THREAD_STACK)
+                        .spawn(move || l2.run())?;
+                    *g = Some(l.clone());
+                    l
+                }
+            }
+        };
+        lock(&l.new).extend(jobs);
+        l.wake.fire();
+        Ok(())
+    }
+
+    fn run(&self) {
+        let mut jobs: Vec<Job> = Vec::new();
+        let mut buf = vec![0u8; COPY_BUF];
+        loop {
+            jobs.append(&mut lock(&self.new));
+            jobs.retain_mut(|j| {
+                if j.stop().fired() {
+                    j.close();
+                    false
+                } else {
+                    true
+                }
+            });
+            let revents: Vec<PollFlags> = {
+                let mut fds = Vec::with_capacity(jobs.len() + 1);
+                fds.push(PollFd::new(self.wake.fd(), PollFlags::POLLIN));
+                for j in &jobs {
+                    let (fd, ev) = j.interest();
+                    fds.push(PollFd::new(fd, ev));
+                }
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => {
+                        log::error!("stdio poll: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                }
+                fds.iter()
+                    .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+                    .collect()
+            };
+            if !revents[0].is_empty() {
+                self.wake.clear();
+            }
+            let mut i = 0;
+            jobs.retain_mut(|j| {
+                i += 1;
+                if revents[i].is_empty() || j.ready(&mut buf) {
+                    return true;
+                }
+                j.close();
+                false
+            });
+        }
+    }
+}
+
+/// Copies a process's output (pipe or pty master) to its destination.
+struct OutJob {
+    src: OwnedFd,
+    sink: Sink,
+    /// Output a FIFO destination could not take yet: the source is not read until
+    /// it is written (the container blocks, as with a slow reader of a pipe).
+    pending: Vec<u8>,
+    stop: Arc<Stop>,
+    drain: Arc<Drain>,
+}
+
+/// Copies a stdin FIFO into the process's stdin pipe (or pty master). Dropping it
+/// closes the container's stdin: it reads EOF.
+struct InJob {
+    src: File,
+    dst: OwnedFd,
+    pending: Vec<u8>,
+    stop: Arc<Stop>,
+}
+
+enum Job {
+    Out(OutJob),
+    In(InJob),
+}
+
+impl Job {
+    fn stop(&self) -> &Stop {
+        match self {
+            Job::Out(o) => &o.stop,
+            Job::In(i) => &i.stop,
+        }
+    }
+
+    fn interest(&self) -> (BorrowedFd<'_>, PollFlags) {
+        match self {
+            Job::Out(o) => match o.sink.fifo_fd() {
+                Some(fd) if !o.pending.is_empty() => (fd, PollFlags::POLLOUT),
+                _ => (o.src.as_fd(), PollFlags::POLLIN),
+            },
+            Job::In(i) if !i.pending.is_empty() => (i.dst.as_fd(), PollFlags::POLLOUT),
+            Job::In(i) => (i.src.as_fd(), PollFlags::POLLIN),
+        }
+    }
+
+    /// The polled fd has events. False when the job is over.
+    fn ready(&mut self, buf: &mut [u8]) -> bool {
+        match self {
+            Job::Out(o) => {
+                if !o.pending.is_empty() {
+                    o.sink.flush(&mut o.pending);
+                    return true;
+                }
+                // A few reads per turn: a busy stream must not starve the others.
+                for _ in 0..4 {
+                    match nix::unistd::read(&o.src, buf) {
+                        Ok(0) => return false,
+                        Ok(n) => {
+                            o.sink.write(&buf[..n], &mut o.pending);
+                            if !o.pending.is_empty() {
+                                return true;
+                            }
+                        }
+                        Err(Errno::EINTR) => {}
+                        Err(Errno::EAGAIN) => return true,
+                        // EIO: the pty's other side is closed (the process exited).
+                        Err(_) => return false,
+                    }
+                }
+                true
+            }
+            Job::In(i) => {
+                if !i.pending.is_empty() {
+                    return match write_some(i.dst.as_fd(), &i.pending) {
+                        Ok(n) => {
+                            i.pending.drain(..n);
+                            true
+                        }
+                        Err(e) => {
+                            log::debug!("stdin copy to container stopped: {e}");
+                            false
+                        }
+                    };
+                }
+                match nix::unistd::read(&i.src, buf) {
+                    // Linux reports POLLHUP on a FIFO only after a writer has come
+                    // and gone: then EOF.
+                    Ok(0) => false,
+                    Ok(n) => match write_some(i.dst.as_fd(), &buf[..n]) {
+                        Ok(w) => {
+                            i.pending.extend_from_slice(&buf[w..n]);
+                            true
+                        }
+                        Err(e) => {
+                            log::debug!("stdin copy to container stopped: {e}");
+                            false
+                        }
+                    },
+                    Err(Errno::EINTR) | Err(Errno::EAGAIN) => true,
+                    Err(_) => false,
+                }
+            }
+        }
+    }
+
+    /// The job is over (EOF, error or stop).
+    fn close(&mut self) {
+        if let Job::Out(o) = self {
+            o.sink.finish();
+            o.drain.done();
+        }
+    }
+}
+
 enum SinkKind {
     Null,
-    /// A FIFO (non-blocking fd; writes wait in poll so that a stop can interrupt them).
+    /// A FIFO (non-blocking fd: a slow reader must not block the I/O thread).
     Fifo(OwnedFd),
     File(File),
     Cri(Arc<CriLog>, Stream, LineSplitter),
@@ -226,12 +459,21 @@ impl Sink {
         }
     }
 
-    /// Writes `data`; false when `stop` fired while waiting for a slow reader.
-    fn write(&mut self, data: &[u8], stop: &WakePipe) -> bool {
+    fn fifo_fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.kind {
+            SinkKind::Fifo(fd) => Some(fd.as_fd()),
+            _ => None,
+        }
+    }
+
+    /// Writes `data`; what a FIFO cannot take now is appended to `pending`.
+    fn write(&mut self, data: &[u8], pending: &mut Vec<u8>) {
         let res = match &mut self.kind {
-            SinkKind::Null => Ok(true),
-            SinkKind::Fifo(fd) => write_all_fd(fd.as_fd(), data, stop),
-            SinkKind::File(f) => f.write_all(data).map(|_| true),
+            SinkKind::Null => Ok(()),
+            SinkKind::Fifo(fd) => {
+                write_some(fd.as_fd(), data).map(|n| pending.extend_from_slice(&data[n..]))
+            }
+            SinkKind::File(f) => f.write_all(data),
             SinkKind::Cri(log, stream, split) => {
                 let mut err = None;
                 split.feed(data, &mut |tag, line| {
@@ -241,17 +483,30 @@ impl Sink {
                 });
                 match err {
                     Some(e) => Err(e),
-                    None => Ok(true),
+                    None => Ok(()),
                 }
             }
         };
-        match res {
-            Ok(cont) => cont,
+        if let Err(e) = res {
+            // Keep draining the container's output: a broken destination must not
+            // block the container.
+            self.fail(e);
+        }
+    }
+
+    /// Writes what a FIFO can take of `pending`.
+    fn flush(&mut self, pending: &mut Vec<u8>) {
+        let Some(fd) = self.fifo_fd() else {
+            pending.clear();
+            return;
+        };
+        match write_some(fd, pending) {
+            Ok(n) => {
+                pending.drain(..n);
+            }
             Err(e) => {
-                // Keep draining the container's output: a broken destination must not
-                // block the container.
+                pending.clear();
                 self.fail(e);
-                true
             }
         }
     }
@@ -286,101 +541,18 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// Waits until `fd` has `events` or `stop` fired. Ok(false) when stopped.
-fn wait_fd(fd: BorrowedFd<'_>, events: PollFlags, stop: &WakePipe) -> io::Result<bool> {
-    loop {
-        let mut fds = [
-            PollFd::new(fd, events),
-            PollFd::new(stop.fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
-            return Ok(false);
-        }
-        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
-            return Ok(true);
-        }
-    }
-}
-
-/// Writes all of `data` to a non-blocking fd. Ok(false) when `stop` fired first.
-fn write_all_fd(fd: BorrowedFd<'_>, mut data: &[u8], stop: &WakePipe) -> io::Result<bool> {
-    while !data.is_empty() {
-        match nix::unistd::write(fd, data) {
-            Ok(n) => data = &data[n..],
+/// Writes as much of `data` as a non-blocking fd takes now; the count written.
+fn write_some(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < data.len() {
+        match nix::unistd::write(fd, &data[done..]) {
+            Ok(n) => done += n,
             Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => {
-                if !wait_fd(fd, PollFlags::POLLOUT, stop)? {
-                    return Ok(false);
-                }
-            }
+            Err(Errno::EAGAIN) => break,
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(true)
-}
-
-fn copy_out(src: OwnedFd, mut sink: Sink, stop: Arc<WakePipe>) {
-    let mut buf = vec![0u8; COPY_BUF];
-    while let Ok(true) = wait_fd(src.as_fd(), PollFlags::POLLIN, &stop) {
-        match nix::unistd::read(&src, &mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if !sink.write(&buf[..n], &stop) {
-                    break;
-                }
-            }
-            Err(Errno::EINTR) | Err(Errno::EAGAIN) => {}
-            // EIO: the pty's other side is closed (the process exited).
-            Err(_) => break,
-        }
-    }
-    sink.finish();
-}
-
-fn copy_in(path: PathBuf, dst: OwnedFd, stop: Arc<WakePipe>) {
-    // Non-blocking open never waits for a writer; poll then waits for data or EOF
-    // (Linux reports POLLHUP only after a writer has come and gone).
-    let src = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(&path)
-    {
-        Ok(f) => f,
-        Err(e) => {
-            log::warn!("open stdin {}: {e}", path.display());
-            return;
-        }
-    };
-    let mut buf = vec![0u8; COPY_BUF];
-    while let Ok(true) = wait_fd(src.as_fd(), PollFlags::POLLIN, &stop) {
-        match nix::unistd::read(&src, &mut buf) {
-            Ok(0) => break,
-            Ok(n) => match write_all_fd(dst.as_fd(), &buf[..n], &stop) {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => {
-                    log::debug!("stdin copy to container stopped: {e}");
-                    break;
-                }
-            },
-            Err(Errno::EINTR) | Err(Errno::EAGAIN) => {}
-            Err(_) => break,
-        }
-    }
-    // Dropping `dst` closes the container's stdin pipe: it reads EOF.
-}
-
-fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
-    std::thread::Builder::new()
-        .name(name.to_string())
-        .stack_size(THREAD_STACK)
-        .spawn(f)
-        .map(|_| ())
+    Ok(done)
 }
 
 static CONSOLE_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -487,14 +659,14 @@ impl PreparedIo {
 
     /// runc succeeded: receive the pty master (terminal) and start the copiers.
     pub fn start(mut self) -> io::Result<ProcessIo> {
-        let io = ProcessIo {
+        let mut io = ProcessIo {
             drain: Arc::new(Drain::default()),
-            stop_out: Arc::new(WakePipe::new()?),
-            stop_in: Arc::new(WakePipe::new()?),
+            stop_out: Arc::new(Stop::default()),
+            stop_in: Arc::new(Stop::default()),
             master: None,
             logs: std::mem::take(&mut self.logs),
         };
-        let mut io = io;
+        let mut jobs = Vec::new();
         if let Some((listener, path)) = self.console.take() {
             let res = recv_master(&listener, CONSOLE_TIMEOUT);
             let _ = fs::remove_file(&path);
@@ -502,22 +674,28 @@ impl PreparedIo {
             set_nonblocking(master.as_fd())?;
             if let Some(sink) = self.term_out.take() {
                 let src = nix::unistd::dup(&master)?;
-                io.spawn_out(src, sink)?;
+                jobs.push(io.out_job(src, sink));
             }
             if let Some(path) = self.term_in.take() {
                 let dst = nix::unistd::dup(&master)?;
-                let stop = io.stop_in.clone();
-                spawn_thread("stdin", move || copy_in(path, dst, stop))?;
+                jobs.extend(io.in_job(&path, dst));
             }
             io.master = Some(master);
-            return Ok(io);
+        } else {
+            for (src, sink) in std::mem::take(&mut self.outs) {
+                set_nonblocking(src.as_fd())?;
+                jobs.push(io.out_job(src, sink));
+            }
+            if let Some((path, dst)) = self.input.take() {
+                jobs.extend(io.in_job(&path, dst));
+            }
         }
-        for (src, sink) in std::mem::take(&mut self.outs) {
-            io.spawn_out(src, sink)?;
-        }
-        if let Some((path, dst)) = self.input.take() {
-            let stop = io.stop_in.clone();
-            spawn_thread("stdin", move || copy_in(path, dst, stop))?;
+        let n_out = jobs.iter().filter(|j| matches!(j, Job::Out(_))).count();
+        if let Err(e) = IoLoop::add(jobs) {
+            for _ in 0..n_out {
+                io.drain.done();
+            }
+            return Err(e);
         }
         Ok(io)
     }
@@ -574,25 +752,44 @@ fn recv_master(listener: &UnixListener, timeout: Duration) -> io::Result<OwnedFd
 /// A running process's stdio.
 pub struct ProcessIo {
     drain: Arc<Drain>,
-    stop_out: Arc<WakePipe>,
-    stop_in: Arc<WakePipe>,
+    stop_out: Arc<Stop>,
+    stop_in: Arc<Stop>,
     master: Option<OwnedFd>,
     logs: Vec<Arc<CriLog>>,
 }
 
 impl ProcessIo {
-    fn spawn_out(&mut self, src: OwnedFd, sink: Sink) -> io::Result<()> {
-        let drain = self.drain.clone();
-        let stop = self.stop_out.clone();
-        drain.add();
-        let d2 = drain.clone();
-        spawn_thread("stdout", move || {
-            copy_out(src, sink, stop);
-            d2.done();
+    fn out_job(&self, src: OwnedFd, sink: Sink) -> Job {
+        self.drain.add();
+        Job::Out(OutJob {
+            src,
+            sink,
+            pending: Vec::new(),
+            stop: self.stop_out.clone(),
+            drain: self.drain.clone(),
         })
-        .inspect_err(|_| drain.done())
     }
 
+    fn in_job(&self, path: &Path, dst: OwnedFd) -> Option<Job> {
+        // Non-blocking open never waits for a writer; poll then waits for data or EOF.
+        match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+        {
+            Ok(src) => Some(Job::In(InJob {
+                src,
+                dst,
+                pending: Vec::new(),
+                stop: self.stop_in.clone(),
+            })),
+            Err(e) => {
+                // Dropping `dst`: the container reads EOF.
+                log::warn!("open stdin {}: {e}", path.display());
+                None
+            }
+        }
+    }
     /// Waits until the container's output has been copied (its side closed).
     pub fn wait_drained(&self, timeout: Duration) -> bool {
         self.drain.wait(timeout)
@@ -726,7 +923,7 @@ mod tests {
         assert!(recs.contains(&("stdout", "F", "hello")), "{text}");
         assert!(recs.contains(&("stdout", "F", "world")), "{text}");
         assert!(recs.contains(&("stderr", "F", "oops")), "{text}");
-        // stdout and stderr are copied by separate threads: no order between them.
+        // stdout and stderr are separate pipes: no order between them.
         assert!(recs.contains(&("stdout", "P", "no newline")), "{text}");
         assert_eq!(recs.len(), 4, "{text}");
 
@@ -779,6 +976,39 @@ mod tests {
         // The shim's copier closed its FIFO fd: the client read EOF.
         assert_eq!(reader.join().unwrap(), "hello\n");
         drop(io);
+    }
+
+    /// More output than a FIFO holds, read late: the I/O thread keeps what the FIFO
+    /// cannot take, stops reading the container meanwhile, and loses nothing.
+    #[test]
+    fn slow_fifo_reader_gets_everything() {
+        let d = tempfile::tempdir().unwrap();
+        let out_fifo = fifo(d.path(), "out");
+        let cfg = StdioConfig {
+            stdout: out_fifo.display().to_string(),
+            ..Default::default()
+        };
+        let client = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&out_fifo)
+            .unwrap();
+        let mut p = PreparedIo::prepare(&cfg, (0, 0), d.path()).unwrap();
+        let cout = p.child_stdout.take().unwrap();
+        let io = p.start().unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let want = data.clone();
+        let writer = std::thread::spawn(move || File::from(cout).write_all(&data).unwrap());
+        std::thread::sleep(Duration::from_millis(300));
+        let fl = OFlag::from_bits_truncate(fcntl(&client, FcntlArg::F_GETFL).unwrap());
+        fcntl(&client, FcntlArg::F_SETFL(fl - OFlag::O_NONBLOCK)).unwrap();
+        let mut client = client;
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        writer.join().unwrap();
+        assert!(io.wait_drained(Duration::from_secs(5)));
+        assert_eq!(got.len(), want.len());
+        assert!(got == want);
     }
 
     #[test]
