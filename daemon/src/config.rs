@@ -48,6 +48,42 @@ pub struct Config {
     pub gc: GcConfig,
     pub snapshotter: SnapshotterConfig,
     pub shim: ShimConfig,
+    pub cni: CniConfig,
+}
+
+/// Pod networking: where CNI configs and plugins live, and where pod network
+/// namespaces are pinned.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CniConfig {
+    /// Directory searched (in lexical order) for the first `*.conflist`,
+    /// `*.conf` or `*.json` network config.
+    pub conf_dir: PathBuf,
+    /// Directories searched, in order, for plugin binaries.
+    pub bin_dirs: Vec<PathBuf>,
+    /// Where pod network namespaces are bind-mounted; empty means
+    /// `<state>/netns`.
+    pub netns_dir: PathBuf,
+    /// One plugin invocation (ADD, DEL or CHECK) gives up after this long
+    /// (seconds).
+    pub plugin_timeout_secs: u64,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            bin_dirs: vec![PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")],
+            netns_dir: PathBuf::new(),
+            plugin_timeout_secs: 30,
+        }
+    }
+}
+
+impl CniConfig {
+    pub fn plugin_timeout(&self) -> Duration {
+        Duration::from_secs(self.plugin_timeout_secs.max(1))
+    }
 }
 
 /// How berthd starts and talks to the per-pod shims.
@@ -177,6 +213,7 @@ impl Default for Config {
             gc: GcConfig::default(),
             snapshotter: SnapshotterConfig::default(),
             shim: ShimConfig::default(),
+            cni: CniConfig::default(),
         }
     }
 }
@@ -266,6 +303,9 @@ impl Config {
         if self.shim.runtime.trim().is_empty() {
             return Err(invalid("shim.runtime must name an OCI runtime"));
         }
+        if self.cni.bin_dirs.is_empty() {
+            return Err(invalid("cni.bin_dirs must list at least one directory"));
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(invalid("log_format must be \"text\" or \"json\""));
         }
@@ -297,6 +337,20 @@ impl Config {
         } else {
             self.shim.socket_dir.clone()
         }
+    }
+
+    /// Where pod network namespaces are pinned, defaulting to `<state>/netns`.
+    pub fn netns_dir(&self) -> PathBuf {
+        if self.cni.netns_dir.as_os_str().is_empty() {
+            self.state.join("netns")
+        } else {
+            self.cni.netns_dir.clone()
+        }
+    }
+
+    /// Where CNI ADD results are cached for DEL and CHECK: `<state>/cni`.
+    pub fn cni_cache_dir(&self) -> PathBuf {
+        self.state.join("cni")
     }
 
     pub fn to_toml(&self) -> String {
@@ -367,5 +421,35 @@ mod tests {
         assert_eq!(cfg.shim.runtime, "runc");
         assert_eq!(cfg.runtime_root(), PathBuf::from("/s/runc"));
         assert_eq!(cfg.shim_socket_dir(), PathBuf::from("/s/s"));
+    }
+
+    #[test]
+    fn cni_section_defaults_and_overrides() {
+        let cfg = Config::default();
+        assert_eq!(cfg.cni.conf_dir, PathBuf::from("/etc/cni/net.d"));
+        assert_eq!(
+            cfg.cni.bin_dirs,
+            vec![PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")]
+        );
+        assert_eq!(cfg.netns_dir(), PathBuf::from("/run/berth/netns"));
+        assert_eq!(cfg.cni.plugin_timeout(), Duration::from_secs(30));
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "state = \"/s\"\n[cni]\nconf_dir = \"/c\"\nbin_dirs = [\"/b\"]\nplugin_timeout_secs = 5\n",
+        )
+        .unwrap();
+        let cfg = Config::load(&p).unwrap();
+        assert_eq!(cfg.cni.conf_dir, PathBuf::from("/c"));
+        assert_eq!(cfg.cni.bin_dirs, vec![PathBuf::from("/b")]);
+        assert_eq!(cfg.netns_dir(), PathBuf::from("/s/netns"));
+        assert_eq!(cfg.cni_cache_dir(), PathBuf::from("/s/cni"));
+        assert_eq!(cfg.cni.plugin_timeout(), Duration::from_secs(5));
+
+        std::fs::write(&p, "[cni]\nnetns_dir = \"/n\"\nbin_dirs = []\n").unwrap();
+        let err = Config::load(&p).unwrap_err().to_string();
+        assert!(err.contains("cni.bin_dirs"), "{err}");
     }
 }

@@ -6,6 +6,7 @@ pub mod cri;
 pub mod hosts;
 pub mod images;
 pub mod metadata;
+pub mod network;
 pub mod oci;
 pub mod reference;
 pub mod registry;
