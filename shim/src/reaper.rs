@@ -133,6 +133,23 @@ impl Reaper {
         }
     }
 
+    /// SIGKILLs a watched pid that has not been reaped yet (so the pid cannot have been
+    /// reused), and its process group too if `group` and it leads one. False: not
+    /// watched (already reaped, or never registered).
+    pub fn kill_watched(&self, pid: i32, group: bool) -> bool {
+        use nix::sys::signal::{kill, killpg, Signal};
+        let inner = self.lock();
+        if !inner.watched.contains_key(&pid) {
+            return false;
+        }
+        let p = Pid::from_raw(pid);
+        if group && nix::unistd::getpgid(Some(p)) == Ok(p) {
+            let _ = killpg(p, Signal::SIGKILL);
+        }
+        let _ = kill(p, Signal::SIGKILL);
+        true
+    }
+
     /// Forgets a registration (the handler is dropped without being called).
     pub fn unwatch(&self, pid: i32) {
         self.lock().watched.remove(&pid);

@@ -14,6 +14,11 @@
 //! types are ignored), `INVALID_ARGUMENT` for an oversized message (whose body is
 //! skipped), an undecodable request or an unknown method, and the connection is closed
 //! when a handler fails to answer.
+//!
+//! Connection lifetime: each request's `TtrpcContext::cancel_rx` is disconnected once
+//! the server has seen its connection end (EOF or error, found by the reader's poll:
+//! no extra thread, no timer). A handler may keep a clone to learn that its caller
+//! went away, even after it answered (the task service uses it for execs).
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -41,10 +46,14 @@ struct Shared {
     stream: UnixStream,
     /// Serializes whole response frames.
     write: Mutex<()>,
+    /// Disconnected when the connection is over (`Conn::_alive` dropped).
+    gone: crossbeam_channel::Receiver<()>,
 }
 
 struct Conn {
     shared: Arc<Shared>,
+    /// Never sent on: dropping it (with the `Conn`) disconnects `Shared::gone`.
+    _alive: crossbeam_channel::Sender<()>,
     buf: Vec<u8>,
     /// Bytes of an oversized message still to skip.
     skip: usize,
@@ -107,11 +116,14 @@ fn accept(listener: &UnixListener, conns: &mut Vec<Conn>) {
                     continue;
                 }
                 log::debug!("ttrpc: new connection (fd {})", stream.as_raw_fd());
+                let (alive, gone) = crossbeam_channel::bounded(0);
                 conns.push(Conn {
                     shared: Arc::new(Shared {
                         stream,
                         write: Mutex::new(()),
+                        gone,
                     }),
+                    _alive: alive,
                     buf: Vec::new(),
                     skip: 0,
                 });
@@ -241,7 +253,7 @@ fn handle(
     let (tx, rx) = mpsc::channel();
     let ctx = TtrpcContext {
         fd: shared.stream.as_raw_fd(),
-        cancel_rx: crossbeam_channel::never(),
+        cancel_rx: shared.gone.clone(),
         mh,
         res_tx: tx,
         metadata: ttrpc::context::from_pb(&req.metadata),
@@ -309,11 +321,18 @@ mod tests {
     use std::io::Write;
     use std::os::fd::IntoRawFd;
 
+    static CANCELLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
     struct Fake;
     impl Task for Fake {
-        fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
+        fn state(&self, ctx: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
             if req.id == "slow" {
                 std::thread::sleep(Duration::from_millis(500));
+            }
+            if req.id == "until-closed" {
+                // Never sent on: disconnected when the connection ends.
+                assert!(ctx.cancel_rx.recv_timeout(Duration::from_secs(10)).is_err());
+                CANCELLED.store(true, std::sync::atomic::Ordering::SeqCst);
             }
             Ok(StateResponse {
                 id: req.id,
@@ -406,5 +425,24 @@ mod tests {
         assert_eq!(res.status.code(), Code::OK);
         let r = StateResponse::parse_from_bytes(&res.payload).unwrap();
         assert_eq!(r.id, "raw");
+
+        // The request's cancel_rx is disconnected once its connection is gone.
+        let closed = StateRequest {
+            id: "until-closed".into(),
+            ..Default::default()
+        };
+        s.write_all(&frame(7, "State", closed.write_to_bytes().unwrap()))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!CANCELLED.load(std::sync::atomic::Ordering::SeqCst));
+        let t0 = std::time::Instant::now();
+        drop(s);
+        while !CANCELLED.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "cancel_rx not disconnected"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }

@@ -3,14 +3,15 @@
 //!
 //! Locking: the shim-wide state lock is only held to look up, reserve or remove
 //! entries, never across a runc call; each container has a lifecycle lock that orders
-//! its create/start/exec/delete. Wait blocks on a per-process condition variable.
+//! its create/start/exec/delete. Wait blocks on per-process latches (channels that are
+//! disconnected once), so that it can also watch its deadline and connections.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use containerd_shim_protos::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
@@ -51,6 +52,35 @@ const IO_DRAIN: Duration = Duration::from_secs(2);
 const DELETE_WAIT: Duration = Duration::from_secs(10);
 /// Deleted tasks remembered, so that a retried Delete (or Wait) gets the same answer.
 const DELETED_KEEP: usize = 256;
+/// How long a Wait that gave up on an exec waits for the exit of the SIGKILL it sent.
+const ABANDON_WAIT: Duration = Duration::from_secs(2);
+/// How long a Wait that gives up on an exec waits for a Start in progress (runc exec).
+const START_WAIT: Duration = Duration::from_secs(10);
+
+/// Opened once, never closed: receivers see a disconnected channel from then on, so
+/// a waiter can `select!` on it beside other channels.
+struct Latch {
+    tx: Mutex<Option<crossbeam_channel::Sender<()>>>,
+    rx: crossbeam_channel::Receiver<()>,
+}
+
+impl Latch {
+    fn new() -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(0);
+        Latch {
+            tx: Mutex::new(Some(tx)),
+            rx,
+        }
+    }
+
+    fn open(&self) {
+        lock(&self.tx).take();
+    }
+
+    fn is_open(&self) -> bool {
+        lock(&self.tx).is_none()
+    }
+}
 
 pub struct ServiceConfig {
     pub namespace: String,
@@ -117,6 +147,13 @@ pub struct Process {
     st: Mutex<ProcState>,
     cv: Condvar,
     io: Mutex<Option<Arc<ProcessIo>>>,
+    /// Opened with `handled`.
+    handled_latch: Latch,
+    /// Opened once Start of an exec was tried (`caller` is set by then).
+    start_latch: Latch,
+    /// An exec's Start connection (`TtrpcContext::cancel_rx`: disconnected once the
+    /// connection is gone).
+    caller: Mutex<Option<crossbeam_channel::Receiver<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -133,6 +170,9 @@ impl Process {
             st: Mutex::new(ProcState::default()),
             cv: Condvar::new(),
             io: Mutex::new(None),
+            handled_latch: Latch::new(),
+            start_latch: Latch::new(),
+            caller: Mutex::new(None),
         }
     }
 
@@ -185,6 +225,24 @@ impl Process {
     fn set_handled(&self) {
         lock(&self.st).handled = true;
         self.cv.notify_all();
+        self.handled_latch.open();
+    }
+
+    /// Blocks until the exit is recorded (or `timeout`).
+    fn wait_exited(&self, timeout: Duration) -> Option<Exit> {
+        let deadline = Instant::now() + timeout;
+        let mut st = lock(&self.st);
+        while st.exit.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = match self.cv.wait_timeout(st, left) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+        st.exit
     }
 
     fn set_announced(&self) {
@@ -570,6 +628,85 @@ impl Service {
         res
     }
 
+    /// Wait's blocking part: until `p`'s exit is handled (its exit, if any), `deadline`
+    /// (DEADLINE_EXCEEDED) or the end of the Wait's connection (an error nobody reads).
+    /// An exec still running at the deadline, or whose Start connection goes away
+    /// meanwhile, is SIGKILLed and reaped first: its caller is gone.
+    fn wait_for(
+        &self,
+        ctx: &TtrpcContext,
+        p: &Process,
+        deadline: Option<Instant>,
+    ) -> ttrpc::Result<Option<Exit>> {
+        let exec = !p.exec_id.is_empty();
+        let timer = deadline.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
+        loop {
+            let caller = if exec { lock(&p.caller).clone() } else { None };
+            // Until Start (containerd waits before it starts an exec), wake up then to
+            // watch the Start connection.
+            let started = if exec && !p.start_latch.is_open() {
+                p.start_latch.rx.clone()
+            } else {
+                crossbeam_channel::never()
+            };
+            let caller_rx = caller.unwrap_or_else(crossbeam_channel::never);
+            crossbeam_channel::select! {
+                recv(p.handled_latch.rx) -> _ => return Ok(p.wait_handled(Some(Duration::ZERO))),
+                recv(started) -> _ => continue,
+                recv(caller_rx) -> _ => {
+                    self.abandon_exec(p, "the connection that started it closed");
+                    let exit = p.wait_handled(Some(IO_DRAIN + Duration::from_secs(1)));
+                    return Ok(exit);
+                }
+                recv(timer) -> _ => {
+                    if exec {
+                        self.abandon_exec(p, "its Wait's deadline passed");
+                    }
+                    return Err(ttrpc_err(
+                        Code::DEADLINE_EXCEEDED,
+                        format!("wait for {:?}: deadline exceeded", p.event_id()),
+                    ));
+                }
+                recv(ctx.cancel_rx) -> _ => {
+                    if exec && caller_rx.try_recv() == Err(crossbeam_channel::TryRecvError::Disconnected) {
+                        self.abandon_exec(p, "the connection that started it closed");
+                    }
+                    return Err(ttrpc_err(Code::CANCELLED, "the connection closed"));
+                }
+            }
+        }
+    }
+
+    /// SIGKILLs a running exec (and its process group if it leads one) and waits
+    /// (bounded) for the reaper to record its exit.
+    fn abandon_exec(&self, p: &Process, why: &str) {
+        if lock(&p.caller).is_some() && !p.start_latch.is_open() {
+            // Being started right now: kill what that Start starts.
+            let _ = p.start_latch.rx.recv_timeout(START_WAIT);
+        }
+        let pid = {
+            let st = lock(&p.st);
+            if !st.started || st.pid == 0 || st.exit.is_some() {
+                return;
+            }
+            st.pid as i32
+        };
+        if self.reaper.kill_watched(pid, true) {
+            log::info!(
+                "task {} exec {} (pid {pid}): killed, {why}",
+                p.container_id,
+                p.exec_id
+            );
+        }
+        if p.wait_exited(ABANDON_WAIT).is_none() {
+            log::warn!(
+                "task {} exec {} (pid {pid}): no exit {ABANDON_WAIT:?} after SIGKILL",
+                p.container_id,
+                p.exec_id
+            );
+        }
+    }
+
     /// Ends every exec of `c` that is still around (Delete of the task, Shutdown).
     fn kill_execs(&self, c: &Container) {
         for p in lock(&c.execs).values() {
@@ -829,7 +966,7 @@ impl Task for Service {
         })
     }
 
-    fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
+    fn start(&self, ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
         let c = self.container(&req.id)?;
         if req.exec_id.is_empty() {
             let _g = lock(&c.lifecycle);
@@ -876,7 +1013,10 @@ impl Task for Service {
                 req.exec_id
             )));
         }
-        let pid = self.start_exec(&c, &p).inspect_err(|_| p.set_announced())?;
+        *lock(&p.caller) = Some(ctx.cancel_rx.clone());
+        let started = self.start_exec(&c, &p);
+        p.start_latch.open();
+        let pid = started.inspect_err(|_| p.set_announced())?;
         self.publish(
             topics::TASK_EXEC_STARTED_EVENT_TOPIC,
             Box::new(TaskExecStarted {
@@ -1099,7 +1239,9 @@ impl Task for Service {
         Ok(Empty::new())
     }
 
-    fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
+    fn wait(&self, ctx: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
+        let deadline = (ctx.timeout_nano > 0)
+            .then(|| Instant::now() + Duration::from_nanos(ctx.timeout_nano as u64));
         let c = match self.container(&req.id) {
             Ok(c) => c,
             Err(e) => {
@@ -1123,7 +1265,7 @@ impl Task for Service {
             }
         };
         drop(c);
-        let exit = p.wait_handled(None);
+        let exit = self.wait_for(ctx, &p, deadline)?;
         Ok(WaitResponse {
             exit_status: exit.map(|e| e.status).unwrap_or(0),
             exited_at: timestamp_field(exit.map(|e| e.at)),

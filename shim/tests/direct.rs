@@ -1,7 +1,8 @@
 //! Drives the real `berth-shim` binary over ttrpc, as berthd would, against runc and a
 //! busybox rootfs made from the host's static busybox: both task service names, the
 //! start/delete conventions, CRI logs and their reopen, a terminal with ResizePty,
-//! CloseIO, exec, an exit while no client is connected, Delete retries and Shutdown.
+//! CloseIO, exec, an exit while no client is connected, Delete retries and Shutdown,
+//! and the killing of abandoned execs (Wait deadline, Start connection closed).
 //!
 //! Needs root, runc and /bin/busybox (Debian's busybox-static); skipped otherwise.
 
@@ -630,6 +631,179 @@ fn events_through_the_publish_binary() {
         assert!(n > 10, "event payload on stdin: {l}");
     }
     let _: Empty = s
+        .call("Shutdown", &ShutdownRequest::default())
+        .unwrap_or_default();
+}
+
+/// One raw ttrpc request on its own connection (the ttrpc client gives up by itself at
+/// the deadline, before the shim's answer arrives): the shim's response.
+fn raw_call<Req: Message>(
+    s: &mut UnixStream,
+    method: &str,
+    req: &Req,
+    timeout: Duration,
+) -> ttrpc::proto::Response {
+    use std::io::Read;
+    use ttrpc::proto::{Codec, MessageHeader, MESSAGE_HEADER_LENGTH};
+    let request = ttrpc::proto::Request {
+        service: "containerd.task.v3.Task".into(),
+        method: method.into(),
+        payload: req.write_to_bytes().unwrap(),
+        timeout_nano: timeout.as_nanos() as i64,
+        ..Default::default()
+    };
+    let body = request.encode().unwrap();
+    let mut frame: Vec<u8> = MessageHeader::new_request(1, body.len() as u32).into();
+    frame.extend_from_slice(&body);
+    s.write_all(&frame).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut h = [0u8; MESSAGE_HEADER_LENGTH];
+    s.read_exact(&mut h).unwrap();
+    let mh = MessageHeader::from(&h);
+    let mut body = vec![0u8; mh.length as usize];
+    s.read_exact(&mut body).unwrap();
+    <ttrpc::proto::Response as Codec>::decode(&body).unwrap()
+}
+
+fn sleep_exec(v3: &Shim, id: &str, exec_id: &str) {
+    let spec = serde_json::json!({
+        "args": ["sleep", "100"], "cwd": "/", "env": ["PATH=/bin"],
+        "user": {"uid": 0, "gid": 0}
+    });
+    let _: Empty = v3
+        .call(
+            "Exec",
+            &ExecProcessRequest {
+                id: id.into(),
+                exec_id: exec_id.into(),
+                spec: MessageField::some(Any {
+                    type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                    value: serde_json::to_vec(&spec).unwrap(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+}
+
+fn wait_gone(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pid_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!pid_alive(pid), "exec pid {pid} still running");
+}
+
+/// An exec whose caller gave up is killed: a Wait's deadline passes, or the connection
+/// that started it closes while a Wait is pending.
+#[test]
+fn abandoned_execs_are_killed() {
+    if !usable() {
+        return;
+    }
+    let env = Env::new();
+    let b = env.bundle("x1", &["sleep", "1000"], false, "pod-x");
+    let addr = env.start_shim(&b, "x1");
+    let sock = addr.strip_prefix("unix://").unwrap().to_string();
+    let v3 = Shim::connect(&addr, "containerd.task.v3.Task");
+    let pid = v3.create(create_req("x1", &b, "", "", "", false)).pid;
+    v3.start("x1", "");
+
+    // Wait with a 500 ms deadline: DEADLINE_EXCEEDED, the exec is killed and reaped.
+    sleep_exec(&v3, "x1", "e1");
+    let epid = v3.start("x1", "e1").pid as i32;
+    assert!(pid_alive(epid));
+    let wait = WaitRequest {
+        id: "x1".into(),
+        exec_id: "e1".into(),
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let mut s = UnixStream::connect(&sock).unwrap();
+    let res = raw_call(&mut s, "Wait", &wait, Duration::from_millis(500));
+    let took = t0.elapsed();
+    assert_eq!(res.status.code(), ttrpc::Code::DEADLINE_EXCEEDED, "{res:?}");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    wait_gone(epid);
+    let st = v3.state("x1", "e1");
+    assert_eq!(st.status.enum_value(), Ok(Status::STOPPED));
+    assert_eq!(st.exit_status, 137);
+    assert_eq!(v3.wait("x1", "e1").exit_status, 137);
+    assert_eq!(v3.state("x1", "").status.enum_value(), Ok(Status::RUNNING));
+    assert!(pid_alive(pid as i32));
+    assert_eq!(v3.delete("x1", "e1").unwrap().exit_status, 137);
+
+    // A Wait that ends in time leaves the exec alone (and gives its real status).
+    sleep_exec(&v3, "x1", "e2");
+    let epid = v3.start("x1", "e2").pid as i32;
+    let waiter = {
+        let sock = sock.clone();
+        std::thread::spawn(move || {
+            let mut s = UnixStream::connect(&sock).unwrap();
+            let wait = WaitRequest {
+                id: "x1".into(),
+                exec_id: "e2".into(),
+                ..Default::default()
+            };
+            raw_call(&mut s, "Wait", &wait, Duration::from_secs(10))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let _: Empty = v3
+        .call(
+            "Kill",
+            &KillRequest {
+                id: "x1".into(),
+                exec_id: "e2".into(),
+                signal: 15,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let res = waiter.join().unwrap();
+    assert_eq!(res.status.code(), ttrpc::Code::OK, "{res:?}");
+    assert_eq!(
+        WaitResponse::parse_from_bytes(&res.payload)
+            .unwrap()
+            .exit_status,
+        143
+    );
+    wait_gone(epid);
+    v3.delete("x1", "e2").unwrap();
+
+    // The connection that started the exec closes while a Wait (on another
+    // connection, without a deadline) is pending: killed; the Wait gets 137.
+    sleep_exec(&v3, "x1", "e3");
+    let mut starter = UnixStream::connect(&sock).unwrap();
+    let start = StartRequest {
+        id: "x1".into(),
+        exec_id: "e3".into(),
+        ..Default::default()
+    };
+    let res = raw_call(&mut starter, "Start", &start, Duration::from_secs(10));
+    assert_eq!(res.status.code(), ttrpc::Code::OK, "{res:?}");
+    let epid = StartResponse::parse_from_bytes(&res.payload).unwrap().pid as i32;
+    let waiter = {
+        let addr = addr.clone();
+        std::thread::spawn(move || Shim::connect(&addr, "containerd.task.v3.Task").wait("x1", "e3"))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(pid_alive(epid));
+    drop(starter);
+    assert_eq!(waiter.join().unwrap().exit_status, 137);
+    wait_gone(epid);
+    assert_eq!(v3.state("x1", "e3").exit_status, 137);
+    assert_eq!(v3.state("x1", "").status.enum_value(), Ok(Status::RUNNING));
+
+    // Clean up.
+    v3.kill("x1", 9);
+    assert_eq!(v3.wait("x1", "").exit_status, 137);
+    v3.delete("x1", "").unwrap();
+    let _: Empty = v3
         .call("Shutdown", &ShutdownRequest::default())
         .unwrap_or_default();
 }
