@@ -8,11 +8,11 @@ use std::fs::OpenOptions;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::util::{sweep_dir, wait_for};
+use crate::util::{stop_child, sweep_dir, wait_for};
 
 /// How long `start`/`restart` wait for the socket to accept connections.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -205,23 +205,10 @@ impl Daemon {
     /// SIGTERM, wait up to [`STOP_TIMEOUT`], then SIGKILL. Returns the exit status
     /// (`None` if it had to be killed or was not running).
     pub fn stop(&mut self) -> Result<Option<std::process::ExitStatus>> {
-        let Some(mut c) = self.child.take() else {
-            return Ok(None);
-        };
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+        match self.child.take() {
+            Some(c) => stop_child(c, STOP_TIMEOUT),
+            None => Ok(None),
         }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(st) = c.try_wait()? {
-                return Ok(Some(st));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        c.kill()?;
-        c.wait()?;
-        Ok(None)
     }
 
     fn terminate(&mut self) {

@@ -375,6 +375,28 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// SIGTERM, wait up to `timeout`, then SIGKILL. Returns the exit status
+/// (`None` if it had to be killed).
+pub fn stop_child(
+    mut child: std::process::Child,
+    timeout: Duration,
+) -> Result<Option<std::process::ExitStatus>> {
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(st) = child.try_wait()? {
+            return Ok(Some(st));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill()?;
+    child.wait()?;
+    Ok(None)
+}
+
 /// PIDs of processes (other than us) whose command line or cwd refers to `dir`.
 pub fn processes_using(dir: &Path) -> Vec<i32> {
     let needle = dir.to_string_lossy().into_owned();
