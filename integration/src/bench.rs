@@ -629,6 +629,26 @@ impl PullTarget {
     }
 }
 
+/// The fixture and sampling flags every benchmark takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Total size of the random layers, in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub size_mb: usize,
+    /// Number of random layers (plus one small busybox base layer).
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    /// Rounds; each round times every tool once.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Seed of the pseudo-random layer data.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Also write all samples and the summary as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::daemon::tail;
-use crate::util::{stop_child, sweep_dir, wait_for, write_file};
+use crate::util::{stdout_if_ok, stop_child, sweep_dir, wait_for, write_file};
 
 /// The containerd binary (Debian package `containerd`).
 pub const CONTAINERD_BIN: &str = "/usr/bin/containerd";
@@ -247,17 +247,7 @@ impl Containerd {
             .map(|a| a.as_ref().to_os_string())
             .collect();
         let out = self.ctr(&args)?;
-        if !out.status.success() {
-            bail!(
-                "ctr {:?} failed ({}):\nstdout: {}\nstderr: {}\ncontainerd log tail:\n{}",
-                args,
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
-                tail(&self.log(), 40)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_if_ok("ctr", &args, out, || tail(&self.log(), 40), "containerd")
     }
 
     /// `ctr images ls` parsed into (name, digest) pairs.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::util::{stop_child, sweep_dir, wait_for};
+use crate::util::{stdout_if_ok, stop_child, sweep_dir, wait_for};
 
 /// How long `start`/`restart` wait for the socket to accept connections.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -255,17 +255,7 @@ impl Daemon {
             .map(|a| a.as_ref().to_os_string())
             .collect();
         let out = self.ctl(&args)?;
-        if !out.status.success() {
-            bail!(
-                "berthctl {:?} failed ({}):\nstdout: {}\nstderr: {}\nberthd log tail:\n{}",
-                args,
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
-                tail(&self.log(), 60)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_if_ok("berthctl", &args, out, || tail(&self.log(), 60), "berthd")
     }
 }
 

@@ -375,6 +375,27 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A tool run's stdout, or an error carrying its arguments, status, output
+/// and the tail of the log of the service it talked to (`service`).
+pub fn stdout_if_ok(
+    tool: &str,
+    args: &[std::ffi::OsString],
+    out: std::process::Output,
+    log_tail: impl FnOnce() -> String,
+    service: &str,
+) -> Result<String> {
+    if !out.status.success() {
+        bail!(
+            "{tool} {args:?} failed ({}):\nstdout: {}\nstderr: {}\n{service} log tail:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            log_tail()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// SIGTERM, wait up to `timeout`, then SIGKILL. Returns the exit status
 /// (`None` if it had to be killed).
 pub fn stop_child(

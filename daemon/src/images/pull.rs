@@ -499,19 +499,21 @@ impl ImageService {
         }
         let d = Digest::parse(&desc.digest).map_err(ImageError::content(name))?;
         lease.add(&desc.digest).await;
+        if !self.content.exists(&d) && !oci::is_config(&desc.media_type) {
+            // A manifest arrives whole and verified: keep it, no need to read it back.
+            let (_, digest, body) =
+                repo.get_manifest(&desc.digest, name)
+                    .await
+                    .map_err(|source| ImageError::Registry {
+                        image: name.into(),
+                        source,
+                    })?;
+            self.store_document(lease, name, &digest, body.clone())
+                .await?;
+            return Ok(body);
+        }
         if !self.content.exists(&d) {
-            if oci::is_config(&desc.media_type) {
-                self.fetch_blob(repo, lease, name, desc, None).await?;
-            } else {
-                let (_, digest, body) =
-                    repo.get_manifest(&desc.digest, name)
-                        .await
-                        .map_err(|source| ImageError::Registry {
-                            image: name.into(),
-                            source,
-                        })?;
-                self.store_document(lease, name, &digest, body).await?;
-            }
+            self.fetch_blob(repo, lease, name, desc, None).await?;
         }
         let content = self.content.clone();
         let image = name.to_string();

@@ -15,7 +15,6 @@
 //! machine noise hits all alike, and dirty data is flushed (untimed) before every
 //! sample. Medians are reported.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -31,21 +30,8 @@ use serde_json::json;
     about = "Cold pull throughput: berth vs containerd vs skopeo, from a local registry"
 )]
 struct Args {
-    /// Total size of the random layers, in MiB.
-    #[arg(long, default_value_t = 256)]
-    size_mb: usize,
-    /// Number of random layers (plus one small busybox base layer).
-    #[arg(long, default_value_t = 4)]
-    layers: usize,
-    /// Rounds; each round times every tool once.
-    #[arg(long, default_value_t = 5)]
-    runs: usize,
-    /// Seed of the pseudo-random layer data.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Also write all samples and the summary as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    bench: bench::BenchArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,7 +84,7 @@ impl Tool {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if args.runs == 0 || args.size_mb == 0 || args.layers == 0 {
+    if args.bench.runs == 0 || args.bench.size_mb == 0 || args.bench.layers == 0 {
         bail!("--runs, --size-mb and --layers must be at least 1");
     }
     let bin_dir = bench::check_tools(&[("skopeo", "skopeo")])?;
@@ -117,12 +103,12 @@ fn main() -> Result<()> {
     );
 
     let t0 = Instant::now();
-    let img = fixtures::large(args.size_mb, args.layers, args.seed)?;
+    let img = fixtures::large(args.bench.size_mb, args.bench.layers, args.bench.seed)?;
     let image_bytes = bench::image_bytes(img)?;
     println!(
         "image: {} layers ({} random + busybox base), {:.1} MB in {} blobs, built in {:.1}s",
         img.layers.len(),
-        args.layers,
+        args.bench.layers,
         image_bytes as f64 / 1e6,
         img.all_blobs()?.len(),
         t0.elapsed().as_secs_f64()
@@ -143,13 +129,13 @@ fn main() -> Result<()> {
     };
     let specs: Vec<RowSpec> = Tool::ALL.iter().map(|t| t.spec()).collect();
     let keys: Vec<&str> = specs.iter().map(|s| s.key).collect();
-    let samples = bench::run_rounds(&keys, args.runs, |i| Tool::ALL[i].run(&target))?;
+    let samples = bench::run_rounds(&keys, args.bench.runs, |i| Tool::ALL[i].run(&target))?;
 
     println!();
     println!(
         "cold pull of {:.1} MB ({} runs each, order rotated per round; medians)",
         image_bytes as f64 / 1e6,
-        args.runs
+        args.bench.runs
     );
     let (rows, summary) = bench::summary_rows(&specs, &samples, image_bytes);
     bench::print_table(&bench::SUMMARY_HEADER, &rows);
@@ -163,19 +149,19 @@ fn main() -> Result<()> {
          limit. sync(2) before every sample (untimed)."
     );
 
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.bench.json {
         let doc = json!({
             "bench": "pull",
             "machine": m.json(),
             "versions": versions,
             "image": {
-                "size_mb": args.size_mb,
-                "layers": args.layers,
-                "seed": args.seed,
+                "size_mb": args.bench.size_mb,
+                "layers": args.bench.layers,
+                "seed": args.bench.seed,
                 "bytes": image_bytes,
                 "manifest_digest": img.manifest_digest,
             },
-            "runs": args.runs,
+            "runs": args.bench.runs,
             "results": summary,
         });
         std::fs::write(path, serde_json::to_vec_pretty(&doc)?)

@@ -43,21 +43,8 @@ use serde_json::{json, Value};
     about = "Import/pull + unpack into snapshots: berth vs containerd vs umoci"
 )]
 struct Args {
-    /// Total size of the random layers, in MiB.
-    #[arg(long, default_value_t = 256)]
-    size_mb: usize,
-    /// Number of random layers (plus one small busybox base layer).
-    #[arg(long, default_value_t = 4)]
-    layers: usize,
-    /// Rounds; each round times every tool once.
-    #[arg(long, default_value_t = 5)]
-    runs: usize,
-    /// Seed of the pseudo-random layer data.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Also write all samples and the summary as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    bench: bench::BenchArgs,
 }
 
 /// Name the imports give the image (berth normalises it to docker.io/bench/large:latest).
@@ -312,7 +299,7 @@ fn ctr_has_unpack() -> bool {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if args.runs == 0 || args.size_mb == 0 || args.layers == 0 {
+    if args.bench.runs == 0 || args.bench.size_mb == 0 || args.bench.layers == 0 {
         bail!("--runs, --size-mb and --layers must be at least 1");
     }
     let bin_dir = bench::check_tools(&[("umoci", "umoci")])?;
@@ -339,7 +326,7 @@ fn main() -> Result<()> {
     }
 
     let t0 = Instant::now();
-    let img = fixtures::large(args.size_mb, args.layers, args.seed)?;
+    let img = fixtures::large(args.bench.size_mb, args.bench.layers, args.bench.seed)?;
     let image_bytes = bench::image_bytes(img)?;
     let work = tempfile::Builder::new().prefix("bench-unpack-").tempdir()?;
     let archive = work.path().join("large.tar");
@@ -356,7 +343,7 @@ fn main() -> Result<()> {
         "image: {} layers ({} random + busybox base, gzip), {:.1} MB in {} blobs; OCI \
          archive {:.1} MB; built in {:.1}s",
         img.layers.len(),
-        args.layers,
+        args.bench.layers,
         image_bytes as f64 / 1e6,
         blob_paths.len(),
         archive_bytes as f64 / 1e6,
@@ -380,7 +367,7 @@ fn main() -> Result<()> {
             bin_dir,
             layers: img.layers.iter().map(|l| l.digest.clone()).collect(),
         },
-        data_file_size: ((args.size_mb * 1024 * 1024) / args.layers) as u64,
+        data_file_size: ((args.bench.size_mb * 1024 * 1024) / args.bench.layers) as u64,
         berth_unpack_phase: Vec::new(),
     };
     let mut specs = specs();
@@ -389,7 +376,7 @@ fn main() -> Result<()> {
         .enumerate()
         .map(|(i, _)| specs[if i < DERIVED_ROW { i } else { i + 1 }].key)
         .collect();
-    let mut samples = bench::run_rounds(&keys, args.runs, |i| b.run(Tool::ALL[i]))?;
+    let mut samples = bench::run_rounds(&keys, args.bench.runs, |i| b.run(Tool::ALL[i]))?;
     samples.insert(DERIVED_ROW, std::mem::take(&mut b.berth_unpack_phase));
     if samples[DERIVED_ROW].is_empty() {
         specs.remove(DERIVED_ROW);
@@ -400,7 +387,7 @@ fn main() -> Result<()> {
     println!(
         "{:.1} MB image, empty store per sample ({} runs each, order rotated per round; medians)",
         image_bytes as f64 / 1e6,
-        args.runs
+        args.bench.runs
     );
     let (rows, summary) = bench::summary_rows(&specs, &samples, image_bytes);
     bench::print_table(&bench::SUMMARY_HEADER, &rows);
@@ -417,20 +404,20 @@ fn main() -> Result<()> {
          after syncfs(2)."
     );
 
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.bench.json {
         let doc = json!({
             "bench": "unpack",
             "machine": m.json(),
             "versions": versions,
             "image": {
-                "size_mb": args.size_mb,
-                "layers": args.layers,
-                "seed": args.seed,
+                "size_mb": args.bench.size_mb,
+                "layers": args.bench.layers,
+                "seed": args.bench.seed,
                 "bytes": image_bytes,
                 "archive_bytes": archive_bytes,
                 "manifest_digest": img.manifest_digest,
             },
-            "runs": args.runs,
+            "runs": args.bench.runs,
             "results": summary,
         });
         std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
