@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::daemon::tail;
-use crate::util::{stdout_if_ok, stop_child, sweep_dir, wait_for, write_file};
+use crate::util::{spawn, stdout_if_ok, stop_child, sweep_dir, wait_for, write_file};
 
 /// The containerd binary (Debian package `containerd`).
 pub const CONTAINERD_BIN: &str = "/usr/bin/containerd";
@@ -95,7 +95,7 @@ impl Containerd {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
+        let child = spawn(&mut cmd)?;
         c.child = Some(child);
         if let Err(e) = c.wait_ready() {
             let log = c.log();

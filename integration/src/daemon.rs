@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::util::{stdout_if_ok, stop_child, sweep_dir, wait_for};
+use crate::util::{spawn, stdout_if_ok, stop_child, sweep_dir, wait_for};
 
 /// How long `start`/`restart` wait for the socket to accept connections.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -126,7 +126,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        let child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
+        let child = spawn(&mut cmd)?;
         self.child = Some(child);
         if let Err(e) = self.wait_ready() {
             let log = self.log();

@@ -375,6 +375,21 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Spawns `cmd`, retrying briefly on ETXTBSY: an executable written just
+/// before (the tests' stand-in scripts) can still be open for writing in a
+/// child another thread forked and has not yet exec'd.
+pub fn spawn(cmd: &mut Command) -> Result<std::process::Child> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            res => return res.with_context(|| format!("spawn {cmd:?}")),
+        }
+    }
+}
+
 /// A tool run's stdout, or an error carrying its arguments, status, output
 /// and the tail of the log of the service it talked to (`service`).
 pub fn stdout_if_ok(
