@@ -44,6 +44,8 @@ pub struct ContainerConfig {
     pub cmd: Option<Vec<String>>,
     #[serde(default)]
     pub working_dir: Option<String>,
+    #[serde(default)]
+    pub stop_signal: Option<String>,
 }
 
 #[derive(Deserialize)]
