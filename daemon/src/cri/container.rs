@@ -532,7 +532,7 @@ impl CriRuntime {
                 }
             })
             .collect();
-        recs.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        recs.sort_by_key(|r| r.created_at);
         recs.iter()
             .map(|r| {
                 let meta = r.cri.clone().unwrap_or_default();

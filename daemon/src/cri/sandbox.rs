@@ -574,7 +574,7 @@ impl CriRuntime {
                 )
             })
             .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by_key(|p| p.0);
         out.into_iter().map(|(_, p)| p).collect()
     }
 
