@@ -263,6 +263,10 @@ impl CriRuntime {
             ..spec::SpecOptions::detect()
         };
         let pod_status = self.sandbox_status_pb(&srec);
+        // A pod sharing one PID namespace has it held by its pause process.
+        let pid_ns = (srec.pause_pid != 0
+            && super::sandbox::namespace_options(&pod_cfg).pid == cri::NamespaceMode::Pod as i32)
+            .then(|| PathBuf::from(format!("/proc/{}/ns/pid", srec.pause_pid)));
         let prepare: Prepare = Box::new(move |rec: &TaskRecord| {
             // The log first: a log dir that cannot be written fails before
             // any mount exists.
@@ -291,7 +295,7 @@ impl CriRuntime {
                 netns: srec.netns.as_deref(),
                 ipc_ns: srec.ipc_ns.as_deref(),
                 uts_ns: srec.uts_ns.as_deref(),
-                pid_ns: None,
+                pid_ns: pid_ns.as_deref(),
                 resolv_conf: Some(&srec.dir.join("resolv.conf")),
                 hostname_file: Some(&srec.dir.join("hostname")),
                 hosts_file: Some(&srec.dir.join("hosts")),

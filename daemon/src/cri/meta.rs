@@ -85,6 +85,12 @@ pub struct SandboxRecord {
     /// finished at start.
     #[serde(default)]
     pub stopping: bool,
+    /// The pause container's task id, when one holds the pod's PID
+    /// namespace ("pause" mode, or a pod sharing one PID namespace).
+    #[serde(default)]
+    pub pause: Option<String>,
+    #[serde(default)]
+    pub pause_pid: u32,
 }
 
 impl SandboxRecord {
@@ -132,6 +138,8 @@ mod tests {
             cgroup_parent: "/berth/pods/s".into(),
             network_ready: true,
             stopping: false,
+            pause: None,
+            pause_pid: 0,
         };
         let back: SandboxRecord = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
         assert_eq!(back, r);

@@ -167,6 +167,8 @@ impl CriRuntime {
             cgroup_parent,
             network_ready: false,
             stopping: false,
+            pause: None,
+            pause_pid: 0,
         };
         // Written first, so a crash from here on is cleaned up at start.
         self.persist_sandbox(&rec).await?;
@@ -316,14 +318,175 @@ impl CriRuntime {
                 r.network_ready = true;
             });
         }
+        if self.wants_pause(cfg) {
+            self.start_pause(sandbox, cfg).await?;
+        }
         Ok(())
+    }
+
+    /// Whether the pod gets a pause container: always in "pause" mode; in
+    /// "pinned" mode only to hold a PID namespace the pod's containers
+    /// share, when a sandbox image is configured (a PID namespace cannot
+    /// outlive its first process, so it cannot be pinned).
+    fn wants_pause(&self, cfg: &cri::PodSandboxConfig) -> bool {
+        let ns = namespace_options(cfg);
+        self.config.cri.sandbox_mode == "pause"
+            || (ns.pid == cri::NamespaceMode::Pod as i32
+                && !self.config.cri.sandbox_image.trim().is_empty())
+    }
+
+    /// Creates and starts the pod's pause container from the sandbox image.
+    /// It joins the pod's pinned namespaces and owns a new PID namespace.
+    async fn start_pause(
+        &self,
+        sandbox: &Sandbox,
+        cfg: &cri::PodSandboxConfig,
+    ) -> Result<(), Status> {
+        let rec = sandbox.record();
+        let image_name = self.config.cri.sandbox_image.trim().to_string();
+        let image = self.images.lookup(&image_name).map_err(|e| {
+            Status::failed_precondition(format!(
+                "pod {}: the sandbox image {image_name} is not available ({e}); pull or import it",
+                rec.name
+            ))
+        })?;
+        let resolved = self
+            .images
+            .resolve(image.clone(), None)
+            .await
+            .map_err(Status::from)?;
+        let image_cfg = crate::tasks::spec::parse_image_config(&resolved.config, &image.name)?;
+        let chain = self
+            .images
+            .platform_chain(&image)
+            .await
+            .map_err(Status::from)?;
+        let top = chain.last().map(|c| c.chain_id.clone());
+        {
+            let images = self.images.clone();
+            let n = image.name.clone();
+            crate::tasks::error::blocking(move || {
+                images.unpack_chain(&n, &chain).map_err(Into::into)
+            })
+            .await?;
+        }
+        let id = crate::tasks::new_long_id();
+        let mut ns = namespace_options(cfg);
+        ns.pid = cri::NamespaceMode::Container as i32;
+        let pause_cfg = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: "POD".into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: image_name.clone(),
+                ..Default::default()
+            }),
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    namespace_options: Some(ns),
+                    no_new_privs: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let driver = if self.config.cri.cgroup_driver == "systemd" {
+            super::spec::CgroupDriver::Systemd
+        } else {
+            super::spec::CgroupDriver::Cgroupfs
+        };
+        let cgroups_path = super::spec::cgroups_path(driver, &rec.cgroup_parent, &rec.id, &id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let new = crate::tasks::NewTask {
+            id: id.clone(),
+            name: format!("{}_POD", rec.name),
+            sandbox_id: rec.id.clone(),
+            image: image.name.clone(),
+            args: Vec::new(),
+            tty: false,
+            stdin: false,
+            auto_remove: false,
+            kind: crate::tasks::TaskKind::Sandbox,
+            log_path: self.config.root.join("logs").join(format!("{id}.log")),
+            keep_log: false,
+            cgroups_path,
+            cri: None,
+        };
+        let snap = self.tasks.snapshotter();
+        let opts = super::spec::SpecOptions {
+            cgroup_driver: driver,
+            ..super::spec::SpecOptions::detect()
+        };
+        let pod_cfg = cfg.clone();
+        let srec = rec.clone();
+        let prepare: crate::tasks::Prepare = Box::new(move |t: &crate::tasks::TaskRecord| {
+            std::fs::File::create(&t.log_path).map_err(crate::tasks::TaskError::io(format!(
+                "creating {}",
+                t.log_path.display()
+            )))?;
+            let rootfs = crate::tasks::prepare_rootfs(t, snap.as_ref(), top.as_deref())?;
+            let pod = super::spec::PodContext {
+                sandbox_id: &srec.id,
+                config: &pod_cfg,
+                netns: srec.netns.as_deref(),
+                ipc_ns: srec.ipc_ns.as_deref(),
+                uts_ns: srec.uts_ns.as_deref(),
+                pid_ns: None,
+                resolv_conf: None,
+                hostname_file: None,
+                hosts_file: None,
+                shm: srec.shm.as_deref(),
+            };
+            let mut doc =
+                super::spec::container_spec(&t.id, &pause_cfg, &pod, &image_cfg, &rootfs, &opts)
+                    .map_err(|e| crate::tasks::TaskError::InvalidArgument(e.to_string()))?;
+            doc["linux"]["cgroupsPath"] = json!(t.cgroups_path);
+            let body = serde_json::to_vec_pretty(&doc)
+                .map_err(|e| crate::tasks::TaskError::Internal(e.to_string()))?;
+            crate::shim::write_atomic(&t.bundle.join("config.json"), &body).map_err(
+                crate::tasks::TaskError::io("writing the pause container's config.json".to_string()),
+            )
+        });
+        // Recorded before it exists, so a failure below is cleaned up.
+        let rec = sandbox.update(|r| r.pause = Some(id.clone()));
+        self.persist_sandbox(&rec).await?;
+        self.tasks.create(new, prepare).await?;
+        let started = self.tasks.start(&id).await?;
+        let rec = sandbox.update(|r| r.pause_pid = started.pid);
+        self.persist_sandbox(&rec).await?;
+        info!(pod = %rec.id, pid = started.pid, image = %image_name, "pause container started");
+        Ok(())
+    }
+
+    /// Kills and removes the pod's pause container, if it has one.
+    async fn remove_pause(&self, sandbox: &Sandbox) -> bool {
+        let Some(id) = sandbox.record().pause else {
+            return true;
+        };
+        match self.tasks.remove(&id, true).await {
+            Ok(()) | Err(crate::tasks::TaskError::NotFound(_)) => {
+                let rec = sandbox.update(|r| {
+                    r.pause = None;
+                    r.pause_pid = 0;
+                });
+                self.persist_sandbox_logged(&rec).await;
+                true
+            }
+            Err(e) => {
+                warn!(pod = %sandbox.id, error = %e, "cannot remove the pause container");
+                false
+            }
+        }
     }
 
     /// Undoes a pod's set-up, whatever of it exists: network (CNI DEL,
     /// netns), namespace pins, shm, files. Errors are logged; the record is
     /// updated to say what is left.
     async fn teardown_sandbox(&self, sandbox: &Sandbox) -> bool {
-        let mut clean = self.teardown_network(sandbox).await;
+        let mut clean = self.remove_pause(sandbox).await;
+        clean &= self.teardown_network(sandbox).await;
         let rec = sandbox.record();
         if let Err(e) = podns::unpin(&rec.dir, &rec.id).await {
             warn!(pod = %rec.id, error = %e, "cannot remove the pod's namespace pins");
@@ -403,6 +566,9 @@ impl CriRuntime {
         for c in self.containers_of(&rec.id) {
             self.stop_container_task(&c, 0).await?;
         }
+        if let Some(pause) = rec.pause.as_deref().and_then(|id| self.tasks.get_task(id)) {
+            self.stop_container_task(&pause, 0).await?;
+        }
         if !self.teardown_network(sandbox).await {
             return Err(Status::internal(format!(
                 "pod {}: tearing down its network failed (see berthd's log); StopPodSandbox can be retried",
@@ -473,11 +639,22 @@ impl CriRuntime {
         Ok(())
     }
 
+    /// Ready, and its pause process (if it has one) still runs.
+    fn sandbox_ready(&self, rec: &SandboxRecord) -> bool {
+        rec.state == SandboxState::Ready
+            && rec.pause.as_deref().is_none_or(|id| {
+                self.tasks
+                    .get_task(id)
+                    .is_some_and(|t| t.record().status == crate::tasks::TaskStatus::Running)
+            })
+    }
+
     pub(crate) fn sandbox_status_pb(&self, rec: &SandboxRecord) -> cri::PodSandboxStatus {
         let cfg = rec.config();
-        let state = match rec.state {
-            SandboxState::Ready => cri::PodSandboxState::SandboxReady,
-            _ => cri::PodSandboxState::SandboxNotready,
+        let state = if self.sandbox_ready(rec) {
+            cri::PodSandboxState::SandboxReady
+        } else {
+            cri::PodSandboxState::SandboxNotready
         };
         let mut ips = rec.ips.iter();
         let network = if host_network(&cfg) {
@@ -514,8 +691,9 @@ impl CriRuntime {
         let mut info = HashMap::new();
         if req.verbose {
             let v = json!({
-                "pid": 0,
-                "sandboxMode": "pinned",
+                "pid": rec.pause_pid,
+                "pauseContainer": rec.pause,
+                "sandboxMode": self.config.cri.sandbox_mode,
                 "netNamespacePath": rec.netns,
                 "ipcNamespacePath": rec.ipc_ns,
                 "utsNamespacePath": rec.uts_ns,
@@ -546,9 +724,10 @@ impl CriRuntime {
             .filter(|r| match &filter {
                 None => true,
                 Some(f) => {
-                    let state = match r.state {
-                        SandboxState::Ready => cri::PodSandboxState::SandboxReady,
-                        _ => cri::PodSandboxState::SandboxNotready,
+                    let state = if self.sandbox_ready(r) {
+                        cri::PodSandboxState::SandboxReady
+                    } else {
+                        cri::PodSandboxState::SandboxNotready
                     } as i32;
                     (f.id.is_empty() || r.id.starts_with(&f.id))
                         && f.state.as_ref().is_none_or(|s| s.state == state)

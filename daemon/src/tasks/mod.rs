@@ -653,6 +653,18 @@ impl TaskService {
     ) {
         let client = pod.client();
         let mut at = at;
+        // Read before the delete: the runtime removes the cgroup with it.
+        let reason = if reason.is_empty() && code != 0 {
+            let path = task.record().cgroups_path;
+            let killed = blocking(move || Ok(oom_killed(&path))).await.unwrap_or(false);
+            if killed {
+                "OOMKilled: the kernel killed it for exceeding its memory limit".to_string()
+            } else {
+                reason
+            }
+        } else {
+            reason
+        };
         match client.delete(&task.id).await {
             Ok(d) => {
                 if at == 0 {
@@ -1270,6 +1282,29 @@ fn prepare_bundle(
         rec.log_path.display()
     )))?;
     Ok(())
+}
+
+/// Whether the kernel's OOM killer killed a process in the cgroup (cgroup
+/// v1 `memory.oom_control` or v2 `memory.events`, both `oom_kill N`).
+/// Blocking.
+fn oom_killed(cgroups_path: &str) -> bool {
+    let rel = cgroups_path.trim_start_matches('/');
+    if rel.is_empty() || !cgroups_path.starts_with('/') || rel.contains("..") {
+        return false;
+    }
+    [
+        format!("/sys/fs/cgroup/memory/{rel}/memory.oom_control"),
+        format!("/sys/fs/cgroup/{rel}/memory.events"),
+    ]
+    .iter()
+    .filter_map(|f| std::fs::read_to_string(f).ok())
+    .any(|text| {
+        text.lines().any(|l| {
+            l.strip_prefix("oom_kill ")
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        })
+    })
 }
 
 /// A task's rootfs: an active snapshot on `top` (labelled with the task id,

@@ -27,7 +27,10 @@ pub enum TaskStatus {
 pub enum TaskKind {
     #[default]
     Native,
+    /// A CRI container.
     Cri,
+    /// A CRI pod's pause container (holds the pod's PID namespace).
+    Sandbox,
 }
 
 impl TaskStatus {
