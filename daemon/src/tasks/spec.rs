@@ -44,8 +44,6 @@ pub struct ContainerConfig {
     pub cmd: Option<Vec<String>>,
     #[serde(default)]
     pub working_dir: Option<String>,
-    #[serde(default)]
-    pub stop_signal: Option<String>,
 }
 
 #[derive(Deserialize)]
