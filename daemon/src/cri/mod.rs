@@ -14,6 +14,7 @@ pub mod podfiles;
 pub mod podns;
 pub mod runtime;
 pub mod sandbox;
+pub mod seccomp;
 pub mod spec;
 pub mod stats;
 
