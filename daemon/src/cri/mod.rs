@@ -2,3 +2,4 @@
 //! over berth's own services (one image store: the CRI sees what berthctl sees).
 
 pub mod image;
+pub mod stats;
