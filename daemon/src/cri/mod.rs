@@ -2,4 +2,5 @@
 //! over berth's own services (one image store: the CRI sees what berthctl sees).
 
 pub mod image;
+pub mod podns;
 pub mod stats;
