@@ -2,5 +2,6 @@
 //! over berth's own services (one image store: the CRI sees what berthctl sees).
 
 pub mod image;
+pub mod podfiles;
 pub mod podns;
 pub mod stats;
