@@ -78,7 +78,11 @@ fn u64v(v: Option<u64>) -> Option<cri::UInt64Value> {
 }
 
 fn spec_error(e: spec::SpecError) -> TaskError {
-    TaskError::InvalidArgument(e.to_string())
+    match e {
+        spec::SpecError::NotFound(m) => TaskError::NotFound(m),
+        spec::SpecError::InvalidArgument(m) => TaskError::InvalidArgument(m),
+        spec::SpecError::Internal(m) => TaskError::Internal(m),
+    }
 }
 
 impl CriRuntime {
@@ -224,11 +228,7 @@ impl CriRuntime {
         };
         let cgroups_path = spec::cgroups_path(driver, &srec.cgroup_parent, &srec.id, &id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let stop_signal = image_cfg
-            .stop_signal
-            .as_deref()
-            .and_then(spec::parse_signal)
-            .unwrap_or(15);
+        let stop_signal = spec::stop_signal(&cfg, &image_cfg).map_err(Status::from)?;
         let mut args = cfg.command.clone();
         args.extend(cfg.args.iter().cloned());
         let meta = ContainerMeta {
@@ -258,10 +258,7 @@ impl CriRuntime {
             cri: Some(meta),
         };
         let snap = self.tasks.snapshotter();
-        let opts = spec::SpecOptions {
-            cgroup_driver: driver,
-            ..spec::SpecOptions::detect()
-        };
+        let opts = self.spec_opts.clone();
         let pod_status = self.sandbox_status_pb(&srec);
         // A pod sharing one PID namespace has it held by its pause process.
         let pid_ns = (srec.pause_pid != 0
@@ -797,8 +794,8 @@ impl CriRuntime {
         let Some(res) = req.linux else {
             return Ok(());
         };
-        let doc = spec::linux_resources(&res)
-            .map_err(|e| Status::invalid_argument(format!("container {}: {e}", rec.id)))?;
+        let doc = spec::linux_resources(&format!("container {}", rec.id), &res, &self.spec_opts)
+            .map_err(Status::from)?;
         if rec.status == TaskStatus::Running || rec.status == TaskStatus::Created {
             let pod = self.tasks.pod_shim(&rec.sandbox_id).ok_or_else(|| {
                 Status::failed_precondition(format!("container {}: its shim is gone", rec.id))

@@ -83,6 +83,8 @@ pub struct CriRuntime {
     inflight: Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>,
     events: broadcast::Sender<cri::ContainerEventResponse>,
     cgroups: stats::CgroupLayout,
+    /// Host facts the OCI spec builder needs, read once.
+    spec_opts: spec::SpecOptions,
     /// CNI ADD and DEL run one at a time: concurrent bridge/portmap runs
     /// race on iptables (seen here with iptables-nft).
     cni_lock: tokio::sync::Mutex<()>,
@@ -95,6 +97,11 @@ impl CriRuntime {
         images: Arc<ImageService>,
         tasks: Arc<TaskService>,
     ) -> Arc<CriRuntime> {
+        let spec_opts = spec::SpecOptions::detect(if config.cri.cgroup_driver == "systemd" {
+            spec::CgroupDriver::Systemd
+        } else {
+            spec::CgroupDriver::Cgroupfs
+        });
         Arc::new(CriRuntime {
             networks: PodNetworks::from_config(&config),
             config,
@@ -105,6 +112,7 @@ impl CriRuntime {
             inflight: Mutex::new(HashMap::new()),
             events: broadcast::channel(1024).0,
             cgroups: stats::CgroupLayout::detect(),
+            spec_opts,
             cni_lock: tokio::sync::Mutex::new(()),
         })
     }

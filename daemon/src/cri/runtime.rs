@@ -586,9 +586,12 @@ impl RuntimeService for CriRuntimeApi {
         // as containerd does without NRI plugins.
         let sandbox = self.rt.sandbox(&req.pod_sandbox_id)?;
         for r in [&req.resources, &req.overhead].into_iter().flatten() {
-            super::spec::linux_resources(r).map_err(|e| {
-                Status::invalid_argument(format!("pod sandbox {}: {e}", sandbox.id))
-            })?;
+            super::spec::linux_resources(
+                &format!("pod sandbox {}", sandbox.id),
+                r,
+                &self.rt.spec_opts,
+            )
+            .map_err(Status::from)?;
         }
         tracing::info!(pod = %sandbox.id, "pod sandbox resources updated");
         Ok(Response::new(cri::UpdatePodSandboxResourcesResponse {}))

@@ -415,10 +415,7 @@ impl CriRuntime {
             cri: None,
         };
         let snap = self.tasks.snapshotter();
-        let opts = super::spec::SpecOptions {
-            cgroup_driver: driver,
-            ..super::spec::SpecOptions::detect()
-        };
+        let opts = self.spec_opts.clone();
         let pod_cfg = cfg.clone();
         let srec = rec.clone();
         let prepare: crate::tasks::Prepare = Box::new(move |t: &crate::tasks::TaskRecord| {

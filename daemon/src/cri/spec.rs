@@ -1748,6 +1748,17 @@ fn resources(
     Ok(out)
 }
 
+/// The OCI `LinuxResources` (JSON) for `r`, validated as CreateContainer
+/// validates it: what UpdateContainerResources hands the runtime. `who`
+/// names the object in errors.
+pub fn linux_resources(
+    who: &str,
+    r: &cri::LinuxContainerResources,
+    opts: &SpecOptions,
+) -> Result<Value, SpecError> {
+    resources(&Who(who.to_string()), Some(r), opts).map(Value::Object)
+}
+
 /// A pod sysctl must be namespaced, and its namespace must be the pod's own.
 fn check_sysctl(who: &Who, key: &str, pod: &PodContext) -> Result<(), SpecError> {
     let field = format!("pod linux.sysctls[{key:?}]");
