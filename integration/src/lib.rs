@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod containerd;
+pub mod cri;
 pub mod daemon;
 pub mod fake_registry;
 pub mod fixtures;
