@@ -14,6 +14,7 @@
 //! exits it missed, and settles the tasks of shims that died.
 
 pub mod error;
+pub mod exec;
 pub mod grpc;
 pub mod logs;
 pub mod record;
