@@ -600,9 +600,14 @@ impl Env {
             out.push(format!("netns pin {p}"));
         }
         let d = self.d();
+        // The pin directory is a shared bind mount of itself for the
+        // daemon's lifetime (as `ip netns` does with /run/netns), not a pod's.
+        let pins_dir = d.state().join("sandboxes").display().to_string();
         for dir in [d.root(), d.state()] {
             for m in mounts_under(&dir) {
-                out.push(format!("mount {m}"));
+                if m != pins_dir {
+                    out.push(format!("mount {m}"));
+                }
             }
         }
         for v in self.net.bridge_ports() {
@@ -1085,7 +1090,11 @@ pub fn remove_cgroup_tree(parent: &str) {
 pub fn memory_cgroup_of(pid: i32) -> Result<String> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
     s.lines()
-        .filter_map(|l| l.splitn(3, ':').nth(1).zip(l.splitn(3, ':').nth(2)))
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            f.next();
+            f.next().zip(f.next())
+        })
         .find(|(ctls, _)| ctls.split(',').any(|c| c == "memory"))
         .map(|(_, p)| p.to_string())
         .with_context(|| format!("no memory cgroup for {pid}: {s}"))
