@@ -10,7 +10,9 @@ use integration::cri::{self, Env};
 const PODS: usize = 16;
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -65,5 +67,41 @@ async fn many_pods_at_once() -> Result<()> {
     for (p, c) in &pods {
         env.assert_no_leaks(p, std::slice::from_ref(c), &[])?;
     }
+    Ok(())
+}
+
+/// A record berthd cannot read (disk corruption, a downgrade) is moved to the
+/// `quarantine` bucket at start; the daemon starts and serves the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_records_are_quarantined() -> Result<()> {
+    use berthd::metadata::{MetaStore, SledStore, QUARANTINE, SANDBOXES, TASKS};
+    let _net = cri::host_network_lock().await;
+    let mut env = Env::start()?;
+    let pod = env.pod("kept")?;
+    let pod_id = {
+        let mut rt = env.rt().await?;
+        env.run_pod(&mut rt, &pod).await?
+    };
+    env.d_mut().stop()?;
+    {
+        let meta = SledStore::open(&env.d().root().join("meta"))?;
+        meta.put(SANDBOXES, "garbage-pod", b"{not json".to_vec())?;
+        meta.put(TASKS, "garbage-task", b"\x00\x01".to_vec())?;
+        meta.flush()?;
+    }
+    env.d_mut().restart()?;
+    let mut rt = env.rt().await?;
+    let pods = cri::list_pods(&mut rt, None).await?;
+    ensure!(
+        pods.len() == 1 && pods[0].id == pod_id,
+        "pods after restart: {pods:?}"
+    );
+    env.stop_remove_pod(&mut rt, &pod_id).await?;
+    env.d_mut().stop()?;
+    let meta = SledStore::open(&env.d().root().join("meta"))?;
+    ensure!(meta.get(SANDBOXES, "garbage-pod")?.is_none());
+    ensure!(meta.get(TASKS, "garbage-task")?.is_none());
+    ensure!(meta.get(QUARANTINE, "sandboxes/garbage-pod")?.as_deref() == Some(&b"{not json"[..]));
+    ensure!(meta.get(QUARANTINE, "tasks/garbage-task")?.as_deref() == Some(&b"\x00\x01"[..]));
     Ok(())
 }

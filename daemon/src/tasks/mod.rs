@@ -38,7 +38,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::Config;
 use crate::images::store::now_nanos;
 use crate::images::ImageService;
-use crate::metadata::{MetaStore, TASKS};
+use crate::metadata::{MetaStore, QUARANTINE, TASKS};
 use crate::shim::{write_atomic, Launcher, PodRecord, PodShim, ShimManager, NAMESPACE};
 use error::blocking;
 pub use error::TaskError;
@@ -998,7 +998,17 @@ impl TaskService {
             let rec = match serde_json::from_slice::<TaskRecord>(&value) {
                 Ok(r) => r,
                 Err(e) => {
-                    error!(task = %key, error = %e, "skipping corrupt task record");
+                    error!(task = %key, error = %e, "quarantining a corrupt task record");
+                    let meta = self.meta.clone();
+                    let moved = blocking(move || {
+                        meta.put(QUARANTINE, &format!("tasks/{key}"), value)?;
+                        meta.delete(TASKS, &key)?;
+                        Ok(meta.flush()?)
+                    })
+                    .await;
+                    if let Err(e) = moved {
+                        warn!(error = %e, "cannot quarantine a corrupt task record");
+                    }
                     continue;
                 }
             };
