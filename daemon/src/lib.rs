@@ -12,4 +12,5 @@ pub mod reference;
 pub mod registry;
 pub mod server;
 pub mod shim;
+pub mod streaming;
 pub mod tasks;
