@@ -1015,21 +1015,44 @@ fn unescape_mountinfo(s: &str) -> String {
     out
 }
 
-/// The cgroup v1 controllers the tests look at.
-pub const CGROUP_CONTROLLERS: &[&str] = &[
-    "memory",
-    "cpu,cpuacct",
-    "cpuset",
-    "pids",
-    "blkio",
-    "devices",
-    "freezer",
-];
+/// The cgroup v1 hierarchies mounted below /sys/fs/cgroup (e.g. "memory",
+/// "cpu" or "cpu,cpuacct"; symlinks to them are skipped, "unified" and
+/// "systemd" too).
+pub fn cgroup_controllers() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir("/sys/fs/cgroup")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "unified" && n != "systemd")
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Reads `/sys/fs/cgroup/<hierarchy>/<path>/<file>` (trimmed), where
+/// `hierarchy` is the mounted dir holding controller `ctl`.
+pub fn cgroup_file(ctl: &str, path: &str, file: &str) -> Result<String> {
+    let hier = cgroup_controllers()
+        .into_iter()
+        .find(|h| h.split(',').any(|c| c == ctl))
+        .with_context(|| format!("no cgroup v1 hierarchy for {ctl}"))?;
+    let p = Path::new("/sys/fs/cgroup")
+        .join(hier)
+        .join(path.trim_start_matches('/'))
+        .join(file);
+    Ok(std::fs::read_to_string(&p)
+        .with_context(|| format!("read {}", p.display()))?
+        .trim()
+        .to_string())
+}
 
 /// Dirs below `/sys/fs/cgroup/<ctl>/<parent>` whose name contains one of `ids`.
 pub fn cgroup_dirs_naming(parent: &str, ids: &[String]) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for ctl in CGROUP_CONTROLLERS {
+    for ctl in cgroup_controllers() {
         let root = Path::new("/sys/fs/cgroup")
             .join(ctl)
             .join(parent.trim_start_matches('/'));
@@ -1081,25 +1104,27 @@ pub fn remove_cgroup_tree(parent: &str) {
     }
 }
 
-/// The memory cgroup path (relative to the v1 memory mount) of `pid`.
-pub fn memory_cgroup_of(pid: i32) -> Result<String> {
+/// The cgroup v1 path (relative to the controller's mount) of `pid` for
+/// controller `ctl` (e.g. "memory", "cpu").
+pub fn cgroup_of(pid: i32, ctl: &str) -> Result<String> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
     s.lines()
-        .filter_map(|l| l.splitn(3, ':').nth(1).zip(l.splitn(3, ':').nth(2)))
-        .find(|(ctls, _)| ctls.split(',').any(|c| c == "memory"))
-        .map(|(_, p)| p.to_string())
-        .with_context(|| format!("no memory cgroup for {pid}: {s}"))
+        .find_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let (_, ctls, path) = (p.next()?, p.next()?, p.next()?);
+            ctls.split(',').any(|c| c == ctl).then(|| path.to_string())
+        })
+        .with_context(|| format!("no {ctl} cgroup for {pid}: {s}"))
+}
+
+/// The memory cgroup path (relative to the v1 memory mount) of `pid`.
+pub fn memory_cgroup_of(pid: i32) -> Result<String> {
+    cgroup_of(pid, "memory")
 }
 
 /// Reads a file of the memory controller for the cgroup `path`.
 pub fn memory_cgroup_file(path: &str, file: &str) -> Result<String> {
-    let p = Path::new("/sys/fs/cgroup/memory")
-        .join(path.trim_start_matches('/'))
-        .join(file);
-    Ok(std::fs::read_to_string(&p)
-        .with_context(|| format!("read {}", p.display()))?
-        .trim()
-        .to_string())
+    cgroup_file("memory", path, file)
 }
 
 /// Whether `pid` exists and is not a zombie.

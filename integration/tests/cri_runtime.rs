@@ -1220,7 +1220,7 @@ async fn failing_cni_plugin_fails_the_pod_and_leaks_nothing() -> Result<()> {
         // Below the configured default parent, only the pod's own parent
         // (kubelet's to manage) may exist: no sandbox or container cgroups.
         let mut cgs = Vec::new();
-        for ctl in cri::CGROUP_CONTROLLERS {
+        for ctl in cri::cgroup_controllers() {
             let ctl_root = std::path::Path::new("/sys/fs/cgroup").join(ctl);
             let pod_cg = ctl_root.join(parent.trim_start_matches('/'));
             let root = ctl_root.join(env.cgroup_parent.trim_start_matches('/'));
@@ -1539,21 +1539,9 @@ async fn update_resources_and_reopen_log() -> Result<()> {
         cri::memory_cgroup_file(&cg, "memory.limit_in_bytes")? == (128u64 << 20).to_string(),
         "memory limit after update"
     );
-    let cpu_cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?
-        .lines()
-        .find_map(|l| {
-            let mut p = l.splitn(3, ':');
-            let (_, ctls, path) = (p.next()?, p.next()?, p.next()?);
-            ctls.split(',')
-                .any(|c| c == "cpu")
-                .then(|| path.to_string())
-        })
-        .context("no cpu cgroup")?;
-    let shares = std::fs::read_to_string(format!(
-        "/sys/fs/cgroup/cpu,cpuacct/{}/cpu.shares",
-        cpu_cg.trim_start_matches('/')
-    ))?;
-    ensure!(shares.trim() == "1024", "cpu.shares after update: {shares}");
+    let cpu_cg = cri::cgroup_of(pid, "cpu")?;
+    let shares = cri::cgroup_file("cpu", &cpu_cg, "cpu.shares")?;
+    ensure!(shares == "1024", "cpu.shares after update: {shares}");
     // The container still runs.
     ensure!(cstatus(&mut rt, &c).await?.state == api::ContainerState::ContainerRunning as i32);
 
