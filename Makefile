@@ -34,7 +34,9 @@ build-debug:
 
 # Sets up and runs the main job: berthd in the foreground with its default
 # config (/etc/berth/config.toml if present) and socket (/run/berth/berth.sock).
+# A default CNI network (berth0, 10.88.0.0/16) is installed if none exists.
 run: deps-run build
+	./target/release/berthd config cni --write
 	./target/release/berthd
 
 # Sets up and passes the tests: unit tests beside the code, end-to-end tests in

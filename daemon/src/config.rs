@@ -49,6 +49,43 @@ pub struct Config {
     pub snapshotter: SnapshotterConfig,
     pub shim: ShimConfig,
     pub cni: CniConfig,
+    pub cri: CriConfig,
+}
+
+/// The CRI runtime service: how pods hold their namespaces, cgroups, limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CriConfig {
+    /// "pinned" (default): a pod's network, IPC and UTS namespaces are
+    /// bind-mounted files under the state dir, with no pause process and no
+    /// image to pull; "pause": a pause container from `sandbox_image` holds
+    /// them (needed for pods sharing one PID namespace).
+    pub sandbox_mode: String,
+    /// The pause image for "pause" mode and for pods that share a PID
+    /// namespace; it must be present (pulled or imported).
+    pub sandbox_image: String,
+    /// "cgroupfs" (default) or "systemd", as kubelet's cgroupDriver.
+    pub cgroup_driver: String,
+    /// The cgroup parent of pods whose config names none: each such pod gets
+    /// `<cgroup_parent>/<pod id>` (cgroupfs driver).
+    pub cgroup_parent: String,
+    /// Output kept per stream by ExecSync (bytes); the rest is discarded.
+    pub max_exec_output_bytes: usize,
+    /// Containers per ListContainers/StreamContainers message.
+    pub stream_chunk: usize,
+}
+
+impl Default for CriConfig {
+    fn default() -> Self {
+        CriConfig {
+            sandbox_mode: "pinned".into(),
+            sandbox_image: String::new(),
+            cgroup_driver: "cgroupfs".into(),
+            cgroup_parent: "/berth".into(),
+            max_exec_output_bytes: 16 << 20,
+            stream_chunk: 256,
+        }
+    }
 }
 
 /// Pod networking: where CNI configs and plugins live, and where pod network
@@ -214,6 +251,7 @@ impl Default for Config {
             snapshotter: SnapshotterConfig::default(),
             shim: ShimConfig::default(),
             cni: CniConfig::default(),
+            cri: CriConfig::default(),
         }
     }
 }
@@ -306,6 +344,20 @@ impl Config {
         if self.cni.bin_dirs.is_empty() {
             return Err(invalid("cni.bin_dirs must list at least one directory"));
         }
+        if !matches!(self.cri.sandbox_mode.as_str(), "pinned" | "pause") {
+            return Err(invalid("cri.sandbox_mode must be \"pinned\" or \"pause\""));
+        }
+        if !matches!(self.cri.cgroup_driver.as_str(), "cgroupfs" | "systemd") {
+            return Err(invalid(
+                "cri.cgroup_driver must be \"cgroupfs\" or \"systemd\"",
+            ));
+        }
+        if self.cri.sandbox_mode == "pause" && self.cri.sandbox_image.trim().is_empty() {
+            return Err(invalid("cri.sandbox_mode \"pause\" needs cri.sandbox_image"));
+        }
+        if !self.cri.cgroup_parent.is_empty() && !self.cri.cgroup_parent.starts_with('/') {
+            return Err(invalid("cri.cgroup_parent must be an absolute cgroup path"));
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(invalid("log_format must be \"text\" or \"json\""));
         }
@@ -340,6 +392,11 @@ impl Config {
     }
 
     /// Where pod network namespaces are pinned, defaulting to `<state>/netns`.
+    /// Per-pod files (resolv.conf, hostname, hosts, shm, namespace pins).
+    pub fn sandboxes_dir(&self) -> PathBuf {
+        self.state.join("sandboxes")
+    }
+
     pub fn netns_dir(&self) -> PathBuf {
         if self.cni.netns_dir.as_os_str().is_empty() {
             self.state.join("netns")

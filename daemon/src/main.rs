@@ -61,6 +61,13 @@ enum ConfigCommand {
     Default,
     /// The effective configuration (file plus flags), as TOML.
     Dump,
+    /// The default CNI network (bridge `berth0` + host-local on
+    /// 10.88.0.0/16 + portmap + loopback), as a conflist. With `--write`,
+    /// installs it in the CNI conf dir unless a network config is there.
+    Cni {
+        #[arg(long)]
+        write: bool,
+    },
 }
 
 fn effective_config(cli: &Cli) -> anyhow::Result<Config> {
@@ -121,6 +128,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             what: ConfigCommand::Dump,
         }) => {
             print!("{}", cfg.to_toml());
+            return Ok(());
+        }
+        Some(Command::Config {
+            what: ConfigCommand::Cni { write },
+        }) => {
+            let text = berthd::network::default_conflist();
+            if !write {
+                print!("{text}");
+                return Ok(());
+            }
+            match berthd::network::install_default_conflist(&cfg.cni.conf_dir)? {
+                Some(path) => println!("wrote {}", path.display()),
+                None => println!(
+                    "{} already has a network config; left as is",
+                    cfg.cni.conf_dir.display()
+                ),
+            }
             return Ok(());
         }
         Some(Command::Publish { .. }) => return publish(),

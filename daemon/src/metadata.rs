@@ -32,6 +32,10 @@ pub const IMAGES: Bucket = Bucket("images");
 pub const LEASES: Bucket = Bucket("leases");
 /// Task records (`berthctl run`): one per container, keyed by its id.
 pub const TASKS: Bucket = Bucket("tasks");
+/// CRI pod sandboxes, keyed by id.
+pub const SANDBOXES: Bucket = Bucket("sandboxes");
+/// Records recovery could not read, kept aside under `<bucket>/<key>`.
+pub const QUARANTINE: Bucket = Bucket("quarantine");
 
 pub enum Op {
     Put(String, Vec<u8>),

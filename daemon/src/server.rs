@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use berth_api::content::v1::content_server::ContentServer;
 use berth_api::images::v1::images_server::ImagesServer;
 use berth_api::runtime::v1::image_service_server::ImageServiceServer as CriImageServiceServer;
+use berth_api::runtime::v1::runtime_service_server::RuntimeServiceServer as CriRuntimeServiceServer;
 use berth_api::snapshots::v1::snapshots_server::SnapshotsServer;
 use berth_api::system::v1 as syspb;
 use berth_api::system::v1::system_server::SystemServer;
@@ -22,6 +23,8 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::cri::image::CriImageApi;
+use crate::cri::runtime::CriRuntimeApi;
+use crate::cri::CriRuntime;
 use crate::images::gc::Leases;
 use crate::images::grpc::{ContentApi, ImagesApi};
 use crate::images::snapshots::SnapshotsApi;
@@ -123,6 +126,7 @@ pub struct Daemon {
     pub meta: Arc<dyn MetaStore>,
     pub images: Arc<ImageService>,
     pub tasks: Arc<TaskService>,
+    pub cri: Arc<CriRuntime>,
     _lock: RootLock,
 }
 
@@ -150,11 +154,13 @@ impl Daemon {
         let images = ImageService::new(config.clone(), content, images, leases, unpacker);
         images.sweep_stale_views();
         let tasks = TaskService::new(config.clone(), meta.clone(), images.clone());
+        let cri = CriRuntime::new(config.clone(), meta.clone(), images.clone(), tasks.clone());
         Ok(Daemon {
             config,
             meta,
             images,
             tasks,
+            cri,
             _lock: lock,
         })
     }
@@ -166,6 +172,8 @@ impl Daemon {
         // Shims and tasks from the previous run are settled before the first
         // request, so lists are right from the start.
         self.tasks.recover().await;
+        self.cri.recover_sandboxes().await;
+        self.cri.forward_exits();
         let listener = bind_socket(&socket)?;
         self.images.spawn_gc_loop();
         // Unreferenced content and snapshots a crash left behind go now.
@@ -183,6 +191,10 @@ impl Daemon {
             // The CRI ImageService (runtime.v1) over the same image store.
             .add_service(
                 CriImageServiceServer::new(CriImageApi::new(self.images.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                CriRuntimeServiceServer::new(CriRuntimeApi::new(self.cri.clone()))
                     .max_decoding_message_size(max),
             )
             .add_service(ContentServer::new(ContentApi {

@@ -1,4 +1,287 @@
 //! The Kubernetes CRI (`runtime.v1`) served on berthd's socket, as thin layers
-//! over berth's own services (one image store: the CRI sees what berthctl sees).
+//! over berth's own services (one image store: the CRI sees what berthctl sees;
+//! one runtime core: a CRI container is a task in its pod's shim).
+//!
+//! [`CriRuntime`] holds the pod (sandbox) index and the in-flight creates;
+//! containers live in the [`TaskService`]'s index. Both indexes are in
+//! memory, rebuilt from the metadata DB at start, and answer every list call;
+//! no lock is held across a shim, CNI or disk-heavy call.
 
+pub mod container;
 pub mod image;
+pub mod meta;
+pub mod podfiles;
+pub mod podns;
+pub mod runtime;
+pub mod sandbox;
+pub mod seccomp;
+pub mod spec;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use berth_api::runtime::v1 as cri;
+use tokio::sync::{broadcast, watch};
+use tonic::{Code, Status};
+use tracing::error;
+
+use crate::config::Config;
+use crate::images::store::now_nanos;
+use crate::images::ImageService;
+use crate::metadata::{MetaStore, SANDBOXES};
+use crate::network::PodNetworks;
+use crate::tasks::error::blocking;
+use crate::tasks::TaskService;
+use meta::SandboxRecord;
+
+/// What a create that others may join ends with: the new object's id, or
+/// the error (code and message; `Status` itself is not `Clone`).
+type Outcome = Result<String, (Code, String)>;
+
+/// One pod in memory.
+pub struct Sandbox {
+    pub id: String,
+    rec: Mutex<SandboxRecord>,
+    /// Serialises stop and remove of this pod (they call CNI and shims).
+    op: tokio::sync::Mutex<()>,
+}
+
+impl Sandbox {
+    fn new(rec: SandboxRecord) -> Sandbox {
+        Sandbox {
+            id: rec.id.clone(),
+            rec: Mutex::new(rec),
+            op: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn record(&self) -> SandboxRecord {
+        lock(&self.rec).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut SandboxRecord)) -> SandboxRecord {
+        let mut r = lock(&self.rec);
+        f(&mut r);
+        r.clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub struct CriRuntime {
+    config: Arc<Config>,
+    meta: Arc<dyn MetaStore>,
+    images: Arc<ImageService>,
+    tasks: Arc<TaskService>,
+    networks: PodNetworks,
+    sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
+    /// Creates under way, by unique name: a retry with the same name joins.
+    inflight: Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>,
+    events: broadcast::Sender<cri::ContainerEventResponse>,
+    cgroups: stats::CgroupLayout,
+    /// Host facts the OCI spec builder needs, read once.
+    spec_opts: spec::SpecOptions,
+    /// CNI ADD and DEL run one at a time: concurrent bridge/portmap runs
+    /// race on iptables (seen here with iptables-nft).
+    cni_lock: tokio::sync::Mutex<()>,
+}
+
+impl CriRuntime {
+    pub fn new(
+        config: Arc<Config>,
+        meta: Arc<dyn MetaStore>,
+        images: Arc<ImageService>,
+        tasks: Arc<TaskService>,
+    ) -> Arc<CriRuntime> {
+        let spec_opts = spec::SpecOptions::detect(if config.cri.cgroup_driver == "systemd" {
+            spec::CgroupDriver::Systemd
+        } else {
+            spec::CgroupDriver::Cgroupfs
+        });
+        Arc::new(CriRuntime {
+            networks: PodNetworks::from_config(&config),
+            config,
+            meta,
+            images,
+            tasks,
+            sandboxes: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
+            events: broadcast::channel(1024).0,
+            cgroups: stats::CgroupLayout::detect(),
+            spec_opts,
+            cni_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Runs `create` once per unique `name`: a second call while the first
+    /// is under way waits for it and gets its result (kubelet retries a slow
+    /// create with the same name); a name already taken by a finished object
+    /// (`taken`) is `AlreadyExists`. The create runs in its own task, so a
+    /// caller that gives up (deadline, disconnect) does not abort it half-way.
+    async fn create_once<F>(
+        self: &Arc<Self>,
+        name: String,
+        taken: impl FnOnce(&Self) -> Option<String>,
+        create: F,
+    ) -> Result<String, Status>
+    where
+        F: Future<Output = Result<String, Status>> + Send + 'static,
+    {
+        let mut rx = {
+            let mut inflight = lock(&self.inflight);
+            match inflight.get(&name) {
+                Some(rx) => rx.clone(),
+                None => {
+                    if let Some(msg) = taken(self) {
+                        return Err(Status::already_exists(msg));
+                    }
+                    let (tx, rx) = watch::channel(None);
+                    inflight.insert(name.clone(), rx.clone());
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let outcome = create
+                            .await
+                            .map_err(|s| (s.code(), s.message().to_string()));
+                        lock(&this.inflight).remove(&name);
+                        tx.send_replace(Some(outcome));
+                    });
+                    rx
+                }
+            }
+        };
+        loop {
+            if let Some(o) = rx.borrow_and_update().clone() {
+                return o.map_err(|(code, msg)| Status::new(code, msg));
+            }
+            if rx.changed().await.is_err() {
+                return Err(Status::internal("the create this call joined was lost"));
+            }
+        }
+    }
+
+    fn emit(
+        &self,
+        id: &str,
+        kind: cri::ContainerEventType,
+        pod: Option<cri::PodSandboxStatus>,
+        containers: Vec<cri::ContainerStatus>,
+    ) {
+        // No subscriber is fine.
+        let _ = self.events.send(cri::ContainerEventResponse {
+            container_id: id.to_string(),
+            container_event_type: kind as i32,
+            created_at: now_nanos(),
+            pod_sandbox_status: pod,
+            containers_statuses: containers,
+        });
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<cri::ContainerEventResponse> {
+        self.events.subscribe()
+    }
+
+    async fn persist_sandbox(&self, rec: &SandboxRecord) -> Result<(), Status> {
+        let meta = self.meta.clone();
+        let key = rec.id.clone();
+        let value = serde_json::to_vec(rec).map_err(|e| Status::internal(e.to_string()))?;
+        blocking(move || {
+            meta.put(SANDBOXES, &key, value)?;
+            meta.flush()?;
+            Ok(())
+        })
+        .await
+        .map_err(Status::from)
+    }
+
+    async fn persist_sandbox_logged(&self, rec: &SandboxRecord) {
+        if let Err(e) = self.persist_sandbox(rec).await {
+            error!(pod = %rec.id, error = %e.message(), "cannot record the pod");
+        }
+    }
+
+    async fn delete_sandbox_record(&self, id: &str) -> Result<(), Status> {
+        let meta = self.meta.clone();
+        let key = id.to_string();
+        blocking(move || {
+            meta.delete(SANDBOXES, &key)?;
+            meta.flush()?;
+            Ok(())
+        })
+        .await
+        .map_err(Status::from)
+    }
+}
+
+/// Finds one object by exact id or unique id prefix, as CRI callers (crictl)
+/// abbreviate ids.
+fn find_by_prefix<'a, T>(
+    items: impl Iterator<Item = (&'a String, T)>,
+    id: &str,
+    what: &str,
+) -> Result<T, Status> {
+    let mut hit = None;
+    let mut n = 0;
+    for (k, v) in items {
+        if k == id {
+            return Ok(v);
+        }
+        if k.starts_with(id) {
+            n += 1;
+            hit = Some(v);
+        }
+    }
+    match (n, hit) {
+        (1, Some(v)) => Ok(v),
+        (0, _) => Err(Status::not_found(format!("{what} {id} not found"))),
+        _ => Err(Status::invalid_argument(format!(
+            "{what} id prefix {id} is ambiguous ({n} matches)"
+        ))),
+    }
+}
+
+/// Whether `labels` has every pair of `selector`.
+fn labels_match(
+    labels: &std::collections::BTreeMap<String, String>,
+    selector: &HashMap<String, String>,
+) -> bool {
+    selector
+        .iter()
+        .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_lookup() {
+        let m: HashMap<String, u32> = [("abc1".to_string(), 1), ("abd2".to_string(), 2)]
+            .into_iter()
+            .collect();
+        assert_eq!(find_by_prefix(m.iter(), "abc1", "pod").unwrap(), &1);
+        assert_eq!(find_by_prefix(m.iter(), "abd", "pod").unwrap(), &2);
+        assert_eq!(
+            find_by_prefix(m.iter(), "ab", "pod").unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            find_by_prefix(m.iter(), "x", "pod").unwrap_err().code(),
+            Code::NotFound
+        );
+    }
+
+    #[test]
+    fn label_selection() {
+        let labels = [("a".to_string(), "1".to_string())].into_iter().collect();
+        let mut sel = HashMap::new();
+        assert!(labels_match(&labels, &sel));
+        sel.insert("a".to_string(), "1".to_string());
+        assert!(labels_match(&labels, &sel));
+        sel.insert("b".to_string(), "2".to_string());
+        assert!(!labels_match(&labels, &sel));
+    }
+}

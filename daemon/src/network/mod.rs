@@ -236,6 +236,46 @@ impl PodNetworks {
     }
 }
 
+/// The network `berthd config cni` writes: a bridge with NAT for pod
+/// egress, addresses from 10.88.0.0/16, host port mappings, and loopback.
+pub fn default_conflist() -> String {
+    let v = json!({
+        "cniVersion": "1.0.0",
+        "name": "berth",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": "berth0",
+                "isGateway": true,
+                "ipMasq": true,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": "10.88.0.0/16"}]],
+                    "routes": [{"dst": "0.0.0.0/0"}]
+                }
+            },
+            {"type": "portmap", "capabilities": {"portMappings": true}},
+            {"type": "loopback"}
+        ]
+    });
+    let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+/// Writes [`default_conflist`] as `<dir>/10-berth.conflist` when `dir` has
+/// no network config yet; returns the path written, or None if one exists.
+pub fn install_default_conflist(dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    if NetworkConfigList::load_first(dir).is_ok() {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("10-berth.conflist");
+    crate::shim::write_atomic(&path, default_conflist().as_bytes())?;
+    Ok(Some(path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +305,20 @@ mod tests {
             json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}])
         );
         assert!(PodNetworkOptions::default().capability_args().is_empty());
+    }
+
+    #[test]
+    fn default_network_loads_and_installs_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = NetworkConfigList::from_conflist(
+            default_conflist().as_bytes(),
+            Path::new("x.conflist"),
+        )
+        .unwrap();
+        assert_eq!(list.name, "berth");
+        let p = install_default_conflist(dir.path()).unwrap().unwrap();
+        assert!(p.ends_with("10-berth.conflist"));
+        assert_eq!(install_default_conflist(dir.path()).unwrap(), None);
     }
 
     #[test]

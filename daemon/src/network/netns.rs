@@ -30,18 +30,42 @@ pub enum NetnsError {
     ThreadPanicked(PathBuf),
 }
 
-fn sys(path: &Path, op: &'static str) -> impl FnOnce(Errno) -> NetnsError {
+/// How pinning a namespace failed. The pinning helpers below are shared with
+/// `cri::podns` (a pod's IPC and UTS namespaces are pinned the same way), and
+/// each caller turns this into its own error type.
+#[derive(Debug)]
+pub(crate) enum PinError {
+    Sys {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
+    Exists(PathBuf),
+    ThreadPanicked(PathBuf),
+}
+
+impl From<PinError> for NetnsError {
+    fn from(e: PinError) -> NetnsError {
+        match e {
+            PinError::Sys { path, op, source } => NetnsError::Sys { path, op, source },
+            PinError::Exists(p) => NetnsError::Exists(p),
+            PinError::ThreadPanicked(p) => NetnsError::ThreadPanicked(p),
+        }
+    }
+}
+
+pub(crate) fn sys(path: &Path, op: &'static str) -> impl FnOnce(Errno) -> PinError {
     let path = path.to_path_buf();
-    move |e| NetnsError::Sys {
+    move |e| PinError::Sys {
         path,
         op,
         source: std::io::Error::from(e),
     }
 }
 
-fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> NetnsError {
+pub(crate) fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> PinError {
     let path = path.to_path_buf();
-    move |source| NetnsError::Sys { path, op, source }
+    move |source| PinError::Sys { path, op, source }
 }
 
 /// A pinned network namespace: its path is what CNI_NETNS and the OCI spec get.
@@ -98,7 +122,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(|_| NetnsError::ThreadPanicked(PathBuf::new()))
 }
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
         && name != "."
@@ -109,7 +133,7 @@ fn valid_name(name: &str) -> bool {
 
 /// Makes `dir` a mount point with shared propagation, so pins made in it show
 /// up in other mount namespaces (what `ip netns add` does with /run/netns).
-fn ensure_shared_dir(dir: &Path) -> Result<(), NetnsError> {
+pub(crate) fn ensure_shared_dir(dir: &Path) -> Result<(), PinError> {
     std::fs::create_dir_all(dir).map_err(io(dir, "creating the directory"))?;
     let flags = MsFlags::MS_SHARED | MsFlags::MS_REC;
     match mount(None::<&str>, dir, None::<&str>, flags, None::<&str>) {
@@ -131,56 +155,90 @@ fn ensure_shared_dir(dir: &Path) -> Result<(), NetnsError> {
     }
 }
 
+/// Creates the empty file a namespace gets bind-mounted onto; an existing
+/// one is [`PinError::Exists`] (never reuse a pin someone else owns).
+pub(crate) fn create_pin_file(path: &Path) -> Result<(), PinError> {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(PinError::Exists(path.to_path_buf()))
+        }
+        Err(e) => Err(io(path, "creating the pin file")(e)),
+    }
+}
+
+/// On a dedicated OS thread: unshares the namespaces in `flags`, runs `setup`
+/// inside them (e.g. sethostname), then bind-mounts each
+/// `/proc/self/task/<tid>/ns/<kind>` onto its (already created) pin file.
+/// The thread exits afterwards, taking its membership with it; the bind
+/// mounts keep the namespaces alive. Pins already mounted when a later step
+/// fails stay mounted: the caller removes all of them with [`remove_pin`].
+pub(crate) fn pin_new_namespaces<F>(
+    thread_name: &str,
+    flags: CloneFlags,
+    setup: F,
+    pins: Vec<(&'static str, PathBuf)>,
+) -> Result<(), PinError>
+where
+    F: FnOnce() -> Result<(), PinError> + Send + 'static,
+{
+    // Errors name the first pin: the namespaces are created together.
+    let first = pins.first().map(|(_, p)| p.clone()).unwrap_or_default();
+    let first_in = first.clone();
+    let joined = std::thread::Builder::new()
+        .name(thread_name.into())
+        .spawn(move || -> Result<(), PinError> {
+            unshare(flags).map_err(sys(&first_in, "unshare"))?;
+            setup()?;
+            let tid = nix::unistd::gettid();
+            for (kind, target) in &pins {
+                let src = PathBuf::from(format!("/proc/self/task/{tid}/ns/{kind}"));
+                mount(
+                    Some(&src),
+                    target,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(sys(target, "bind-mounting the namespace"))?;
+            }
+            Ok(())
+        })
+        .map_err(io(&first, "spawning the namespace thread"))?
+        .join();
+    match joined {
+        Ok(r) => r,
+        Err(_) => Err(PinError::ThreadPanicked(first)),
+    }
+}
+
 fn create_blocking(dir: &Path, name: &str) -> Result<NetNs, NetnsError> {
     if !valid_name(name) {
         return Err(NetnsError::InvalidName(name.into()));
     }
     ensure_shared_dir(dir)?;
     let path = dir.join(name);
-    match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o444)
-        .open(&path)
-    {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(NetnsError::Exists(path))
-        }
-        Err(e) => return Err(io(&path, "creating the pin file")(e)),
-    }
-    let target = path.clone();
-    let joined = std::thread::Builder::new()
-        .name("netns-create".into())
-        .spawn(move || -> Result<(), NetnsError> {
-            unshare(CloneFlags::CLONE_NEWNET).map_err(sys(&target, "unshare(CLONE_NEWNET)"))?;
-            let tid = nix::unistd::gettid();
-            let src = PathBuf::from(format!("/proc/self/task/{tid}/ns/net"));
-            mount(
-                Some(&src),
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(sys(&target, "bind-mounting the namespace"))
-            // The thread exits here, taking its namespace membership with it;
-            // the bind mount keeps the namespace alive.
-        })
-        .map_err(io(&path, "spawning the namespace thread"))?
-        .join();
-    let result = match joined {
-        Ok(r) => r,
-        Err(_) => Err(NetnsError::ThreadPanicked(path.clone())),
-    };
+    create_pin_file(&path)?;
+    let result = pin_new_namespaces(
+        "netns-create",
+        CloneFlags::CLONE_NEWNET,
+        || Ok(()),
+        vec![("net", path.clone())],
+    );
     if let Err(e) = result {
-        let _ = remove_blocking(&path);
-        return Err(e);
+        let _ = remove_pin(&path);
+        return Err(e.into());
     }
     Ok(NetNs { path })
 }
 
-fn remove_blocking(path: &Path) -> Result<(), NetnsError> {
+/// Unmounts and unlinks a pin; one that is already gone is fine.
+pub(crate) fn remove_pin(path: &Path) -> Result<(), PinError> {
     match umount2(path, MntFlags::MNT_DETACH) {
         // EINVAL: not a mount point (already unmounted); ENOENT: gone.
         Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
@@ -191,6 +249,10 @@ fn remove_blocking(path: &Path) -> Result<(), NetnsError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io(path, "removing the pin file")(e)),
     }
+}
+
+fn remove_blocking(path: &Path) -> Result<(), NetnsError> {
+    Ok(remove_pin(path)?)
 }
 
 fn run_in_blocking<F, T>(path: &Path, f: F) -> Result<T, NetnsError>
@@ -234,5 +296,32 @@ mod tests {
         let ns = NetNs::from_path(dir.path().join("gone"));
         ns.remove().await.unwrap();
         ns.remove().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn create_run_remove() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping create_run_remove: needs root");
+            return;
+        }
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("netns");
+        let ns = NetNs::create(&dir, "pod1").await.unwrap();
+        assert!(matches!(
+            NetNs::create(&dir, "pod1").await,
+            Err(NetnsError::Exists(_))
+        ));
+        let pinned = std::fs::metadata(ns.path()).unwrap().ino();
+        let inside = ns
+            .run(|| std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino())
+            .await
+            .unwrap();
+        assert_eq!(inside, pinned);
+        let ours = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        assert_ne!(ours, pinned);
+        ns.remove().await.unwrap();
+        assert!(!ns.exists());
+        umount2(&dir, MntFlags::MNT_DETACH).unwrap();
     }
 }

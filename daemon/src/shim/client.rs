@@ -439,3 +439,8 @@ mod tests {
         assert!(err.is_connection(), "{err}");
     }
 }
+// STUB-BEGIN
+impl TaskClient {
+    pub async fn update(&self, _id: &str, _r: containerd_shim_protos::protobuf::well_known_types::any::Any, _a: std::collections::HashMap<String, String>) -> Result<(), ShimError> { todo!() }
+}
+// STUB-END

@@ -14,6 +14,7 @@
 //! exits it missed, and settles the tasks of shims that died.
 
 pub mod error;
+pub mod exec;
 pub mod grpc;
 pub mod logs;
 pub mod record;
@@ -42,7 +43,7 @@ use crate::shim::{write_atomic, Launcher, PodRecord, PodShim, ShimManager, NAMES
 use error::blocking;
 pub use error::TaskError;
 use logs::LogFollower;
-use record::{TaskRecord, TaskStatus};
+pub use record::{TaskKind, TaskRecord, TaskStatus};
 
 /// Label on a task's rootfs snapshot naming the task.
 pub const TASK_LABEL: &str = "berth.io/task";
@@ -50,6 +51,27 @@ pub const TASK_LABEL: &str = "berth.io/task";
 const SANDBOX_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 /// How long Remove --force waits for a killed task to exit.
 const KILL_WAIT: Duration = Duration::from_secs(20);
+
+/// What a caller gives [`TaskService::create`].
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub id: String,
+    pub name: String,
+    pub sandbox_id: String,
+    pub image: String,
+    pub args: Vec<String>,
+    pub tty: bool,
+    pub stdin: bool,
+    pub auto_remove: bool,
+    pub kind: TaskKind,
+    pub log_path: PathBuf,
+    pub keep_log: bool,
+    pub cgroups_path: String,
+    pub cri: Option<crate::cri::meta::ContainerMeta>,
+}
+
+/// Builds a task's bundle (blocking): rootfs mounted, config.json written.
+pub type Prepare = Box<dyn FnOnce(&TaskRecord) -> Result<(), TaskError> + Send>;
 
 /// One task in memory: its record and a channel carrying its exit.
 pub struct Task {
@@ -101,6 +123,8 @@ pub struct TaskService {
     tasks: Mutex<HashMap<String, Arc<Task>>>,
     /// Names of Runs that have not written their record yet.
     reserved: Mutex<HashSet<String>>,
+    /// Ids of tasks as they exit (the CRI turns them into events).
+    exits: tokio::sync::broadcast::Sender<String>,
 }
 
 /// Releases a reserved name when a Run ends, however it ends.
@@ -123,7 +147,12 @@ fn ts_nanos(t: &MessageField<Timestamp>) -> i64 {
     }
 }
 
-fn new_id() -> String {
+/// A 64-hex id, the length containerd's CRI ids have.
+pub fn new_long_id() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+pub fn new_id() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
 
@@ -194,6 +223,7 @@ impl TaskService {
             images,
             tasks: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
+            exits: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
@@ -239,9 +269,27 @@ impl TaskService {
 
     /// Every task, from memory.
     pub fn list(&self) -> Vec<TaskRecord> {
-        let mut out: Vec<TaskRecord> = lock(&self.tasks).values().map(|t| t.record()).collect();
+        let mut out = self.list_kind(TaskKind::Native);
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
         out
+    }
+
+    /// The tasks of one kind (e.g. the CRI's containers), from memory.
+    pub fn list_kind(&self, kind: TaskKind) -> Vec<TaskRecord> {
+        lock(&self.tasks)
+            .values()
+            .map(|t| t.record())
+            .filter(|r| r.kind == kind)
+            .collect()
+    }
+
+    /// The task objects of one pod, from memory.
+    pub fn tasks_of(&self, sandbox_id: &str) -> Vec<Arc<Task>> {
+        lock(&self.tasks)
+            .values()
+            .filter(|t| lock(&t.rec).sandbox_id == sandbox_id)
+            .cloned()
+            .collect()
     }
 
     /// Writes a record and makes it durable.
@@ -303,20 +351,6 @@ impl TaskService {
                 )));
             }
         }
-        let reservation = {
-            let tasks = lock(&self.tasks);
-            let mut reserved = lock(&self.reserved);
-            if tasks.values().any(|t| lock(&t.rec).name == name) || reserved.contains(&name) {
-                return Err(TaskError::AlreadyExists(format!(
-                    "a task named {name} already exists"
-                )));
-            }
-            reserved.insert(name.clone());
-            Reservation {
-                svc: self,
-                name: name.clone(),
-            }
-        };
         let resolved = self.images.resolve(image.clone(), None).await?;
         let cfg = spec::parse_image_config(&resolved.config, &image.name)?;
         let args = spec::command_line(&cfg, &req.args);
@@ -327,25 +361,93 @@ impl TaskService {
             )));
         }
         let chain = self.images.platform_chain(&image).await?;
+        let top = chain.last().map(|c| c.chain_id.clone());
+        {
+            let images = self.images.clone();
+            let image_name = image.name.clone();
+            blocking(move || images.unpack_chain(&image_name, &chain).map_err(Into::into)).await?;
+        }
+        let new = NewTask {
+            id: id.clone(),
+            name,
+            sandbox_id: id.clone(),
+            image: image.name.clone(),
+            args,
+            tty: req.tty,
+            stdin: false,
+            auto_remove: req.rm,
+            kind: TaskKind::Native,
+            log_path: self.logs_dir().join(format!("{id}.log")),
+            keep_log: false,
+            cgroups_path: format!("/berth/{id}"),
+            cri: None,
+        };
+        let snap = self.images.unpacker.snapshotter.clone();
+        let logs_dir = self.logs_dir();
+        let extra_env = req.env.clone();
+        let prepare: Prepare = Box::new(move |rec: &TaskRecord| {
+            prepare_bundle(rec, snap.as_ref(), top.as_deref(), &cfg, &extra_env, &logs_dir)
+        });
+        let task = self.create(new, prepare).await?;
+        let follower = if follow {
+            match LogFollower::open(&task.record().log_path, task.record().stdio).await {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    let e = TaskError::io(format!("opening the log of {}", task.record().name))(e);
+                    self.abort_run(&task).await;
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        if let Err(e) = self.start(&task.id).await {
+            warn!(task = %task.id, error = %e, "start failed; cleaning up");
+            self.abort_run(&task).await;
+            return Err(e);
+        }
+        Ok((task, follower))
+    }
+
+    /// Creates a task in its pod's shim: the record is written first
+    /// (`creating`), then `prepare` (blocking) builds the bundle (rootfs
+    /// mounted at `<bundle>/rootfs`, config.json), then the shim creates the
+    /// task. On failure everything is undone. The task is not started.
+    pub async fn create(
+        self: &Arc<Self>,
+        new: NewTask,
+        prepare: Prepare,
+    ) -> Result<Arc<Task>, TaskError> {
+        let reservation = {
+            let tasks = lock(&self.tasks);
+            let mut reserved = lock(&self.reserved);
+            if tasks.values().any(|t| lock(&t.rec).name == new.name)
+                || reserved.contains(&new.name)
+            {
+                return Err(TaskError::AlreadyExists(format!(
+                    "a task named {} already exists",
+                    new.name
+                )));
+            }
+            reserved.insert(new.name.clone());
+            Reservation {
+                svc: self,
+                name: new.name.clone(),
+            }
+        };
         // A missing shim binary is the caller's to fix: say so before any work.
         let launcher = self
             .shims
             .launcher()
-            .map_err(TaskError::shim(format!("cannot run {name}")))?;
-        {
-            let images = self.images.clone();
-            let image_name = image.name.clone();
-            let chain = chain.clone();
-            blocking(move || images.unpack_chain(&image_name, &chain).map_err(Into::into)).await?;
-        }
+            .map_err(TaskError::shim(format!("cannot create {}", new.name)))?;
         let rec = TaskRecord {
-            id: id.clone(),
-            name: name.clone(),
-            sandbox_id: id.clone(),
-            image: image.name.clone(),
-            args: args.clone(),
-            tty: req.tty,
-            auto_remove: req.rm,
+            id: new.id.clone(),
+            name: new.name.clone(),
+            sandbox_id: new.sandbox_id,
+            image: new.image,
+            args: new.args,
+            tty: new.tty,
+            auto_remove: new.auto_remove,
             status: TaskStatus::Creating,
             pid: 0,
             exit_code: None,
@@ -353,68 +455,43 @@ impl TaskService {
             started_at: 0,
             finished_at: 0,
             reason: String::new(),
-            bundle: self.bundles_dir().join(&id),
-            log_path: self.logs_dir().join(format!("{id}.log")),
+            bundle: self.bundles_dir().join(&new.id),
+            log_path: new.log_path,
             stdio: launcher.binary.stdio,
-            snapshot: id.clone(),
+            snapshot: new.id.clone(),
             shim_address: String::new(),
             shim_binary: launcher.binary.path.clone(),
             runtime_root: self.config.runtime_root(),
+            kind: new.kind,
+            keep_log: new.keep_log,
+            stdin: new.stdin,
+            cgroups_path: new.cgroups_path,
+            cri: new.cri,
         };
         self.persist(&rec).await?;
         let task = Arc::new(Task::new(rec));
-        lock(&self.tasks).insert(id.clone(), task.clone());
+        lock(&self.tasks).insert(new.id.clone(), task.clone());
         drop(reservation);
-        let top = chain.last().map(|c| c.chain_id.clone());
-        match self
-            .create_and_start(&task, cfg, &req, top, launcher, follow)
-            .await
-        {
-            Ok(follower) => Ok((task, follower)),
+        match self.create_in_shim(&task, prepare).await {
+            Ok(()) => Ok(task),
             Err(e) => {
-                warn!(task = %name, error = %e, "run failed; cleaning up");
+                warn!(task = %new.name, error = %e, "create failed; cleaning up");
                 self.abort_run(&task).await;
                 Err(e)
             }
         }
     }
 
-    async fn create_and_start(
+    async fn create_in_shim(
         self: &Arc<Self>,
         task: &Arc<Task>,
-        cfg: spec::ContainerConfig,
-        req: &pb::RunRequest,
-        top: Option<String>,
-        launcher: Launcher,
-        follow: bool,
-    ) -> Result<Option<LogFollower>, TaskError> {
+        prepare: Prepare,
+    ) -> Result<(), TaskError> {
         let rec = task.record();
-        let snap = self.images.unpacker.snapshotter.clone();
-        let logs_dir = self.logs_dir();
         {
             let rec = rec.clone();
-            let extra_env = req.env.clone();
-            blocking(move || {
-                prepare_bundle(
-                    &rec,
-                    snap.as_ref(),
-                    top.as_deref(),
-                    &cfg,
-                    &extra_env,
-                    &logs_dir,
-                )
-            })
-            .await?;
+            blocking(move || prepare(&rec)).await?;
         }
-        let follower = if follow {
-            Some(
-                LogFollower::open(&rec.log_path, launcher.binary.stdio)
-                    .await
-                    .map_err(TaskError::io(format!("opening the log of {}", rec.name)))?,
-            )
-        } else {
-            None
-        };
         let pod = self
             .shims
             .get_or_start(&rec.sandbox_id, &rec.bundle)
@@ -439,8 +516,8 @@ impl TaskService {
             options: MessageField::some(self.runc_options(&rec.runtime_root)?),
             ..Default::default()
         };
-        let client = pod.client();
-        let created = client
+        let created = pod
+            .client()
             .create(&create)
             .await
             .map_err(TaskError::shim(format!("creating task {}", rec.name)))?;
@@ -448,25 +525,48 @@ impl TaskService {
             r.status = TaskStatus::Created;
             r.pid = created.pid;
         });
-        self.persist(&rec).await?;
-        let started = client
+        // Watched from now on: a created task that is killed exits too.
+        let persisted = self.persist(&rec).await;
+        tokio::spawn(self.clone().watch(task.clone(), pod));
+        persisted
+    }
+
+    /// Starts a created task.
+    pub async fn start(self: &Arc<Self>, id: &str) -> Result<TaskRecord, TaskError> {
+        let task = self.lookup(id)?;
+        let rec = task.record();
+        if rec.status != TaskStatus::Created {
+            return Err(TaskError::FailedPrecondition(format!(
+                "task {} is {}, not created",
+                rec.name,
+                rec.status.as_str()
+            )));
+        }
+        let pod = self
+            .shims
+            .get(&rec.sandbox_id)
+            .filter(|p| !p.is_dead())
+            .ok_or_else(|| {
+                TaskError::FailedPrecondition(format!("the shim of task {} is gone", rec.name))
+            })?;
+        let started = pod
+            .client()
             .start(&rec.id)
             .await
             .map_err(TaskError::shim(format!("starting task {}", rec.name)))?;
         let rec = task.update(|r| {
-            r.status = TaskStatus::Running;
+            // A quick exit may already have been recorded by the watcher.
+            if r.status == TaskStatus::Created {
+                r.status = TaskStatus::Running;
+            }
             if started.pid != 0 {
                 r.pid = started.pid;
             }
             r.started_at = now_nanos();
         });
-        // Recorded before the watcher starts, so a quick exit's record is
-        // never overwritten by this one; watched even if recording failed.
-        let persisted = self.persist(&rec).await;
-        tokio::spawn(self.clone().watch(task.clone(), pod));
-        persisted?;
+        self.persist(&rec).await?;
         info!(task = %rec.name, id = %rec.id, pid = rec.pid, image = %rec.image, "task started");
-        Ok(follower)
+        Ok(rec)
     }
 
     /// Undoes a Run that failed half-way: the task in the shim, the shim if it
@@ -553,6 +653,18 @@ impl TaskService {
     ) {
         let client = pod.client();
         let mut at = at;
+        // Read before the delete: the runtime removes the cgroup with it.
+        let reason = if reason.is_empty() && code != 0 {
+            let path = task.record().cgroups_path;
+            let killed = blocking(move || Ok(oom_killed(&path))).await.unwrap_or(false);
+            if killed {
+                "OOMKilled: the kernel killed it for exceeding its memory limit".to_string()
+            } else {
+                reason
+            }
+        } else {
+            reason
+        };
         match client.delete(&task.id).await {
             Ok(d) => {
                 if at == 0 {
@@ -587,6 +699,44 @@ impl TaskService {
             }
         }
         task.exit.send_replace(Some(rec.exit_pb()));
+        let _ = self.exits.send(rec.id.clone());
+    }
+
+    /// Changes the CRI metadata of a task and records it.
+    pub async fn update_cri(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut crate::cri::meta::ContainerMeta),
+    ) -> Result<(), TaskError> {
+        let task = self
+            .get(id)
+            .ok_or_else(|| TaskError::NotFound(format!("container {id} not found")))?;
+        let rec = task.update(|r| {
+            if let Some(m) = r.cri.as_mut() {
+                f(m)
+            }
+        });
+        self.persist(&rec).await
+    }
+
+    /// Ids of tasks as they exit.
+    pub fn subscribe_exits(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.exits.subscribe()
+    }
+
+    /// The snapshotter that holds task rootfs snapshots.
+    pub fn snapshotter(&self) -> Arc<dyn snapshotter::Snapshotter> {
+        self.images.unpacker.snapshotter.clone()
+    }
+
+    /// A task by exact id.
+    pub fn get_task(&self, id: &str) -> Option<Arc<Task>> {
+        self.get(id)
+    }
+
+    /// A shim of a pod, if one is running.
+    pub fn pod_shim(&self, sandbox_id: &str) -> Option<Arc<PodShim>> {
+        self.shims.get(sandbox_id).filter(|p| !p.is_dead())
     }
 
     /// A shim died: settles every task it had and forgets it.
@@ -830,6 +980,7 @@ impl TaskService {
             }
         };
         let mut by_pod: BTreeMap<String, Vec<Arc<Task>>> = BTreeMap::new();
+        let mut unfinished = Vec::new();
         for (key, value) in rows {
             let rec = match serde_json::from_slice::<TaskRecord>(&value) {
                 Ok(r) => r,
@@ -840,6 +991,11 @@ impl TaskService {
             };
             let task = Arc::new(Task::new(rec.clone()));
             lock(&self.tasks).insert(rec.id.clone(), task.clone());
+            // A CRI create that did not finish failed for its caller (who
+            // retries with a new id): whatever it made goes.
+            if rec.kind == TaskKind::Cri && rec.status == TaskStatus::Creating {
+                unfinished.push(task.clone());
+            }
             if rec.status.is_live() || rec.status == TaskStatus::Creating {
                 by_pod.entry(rec.sandbox_id.clone()).or_default().push(task);
             }
@@ -879,6 +1035,12 @@ impl TaskService {
         }
         for id in broken_pods {
             self.shims.remove_leftovers(&id, None);
+        }
+        for t in unfinished {
+            info!(task = %t.id, "removing a container whose create did not finish");
+            if let Err(e) = self.remove_resources(&t).await {
+                warn!(task = %t.id, error = %e, "cannot remove an unfinished create");
+            }
         }
         self.sweep_orphans().await;
         // Exited tasks that asked to go.
@@ -959,6 +1121,15 @@ impl TaskService {
                             });
                             self.persist_logged(&rec).await;
                             info!(task = %rec.name, pid = rec.pid, "re-adopted a running task");
+                            tokio::spawn(self.clone().watch(t.clone(), pod.clone()));
+                        }
+                        Status::CREATED
+                            if t.record().kind == TaskKind::Cri
+                                && t.record().status == TaskStatus::Created =>
+                        {
+                            // A CRI container lives in `created` until
+                            // StartContainer: keep it, watched.
+                            info!(task = %t.id, "re-adopted a created container");
                             tokio::spawn(self.clone().watch(t.clone(), pod.clone()));
                         }
                         Status::CREATED | Status::UNKNOWN => {
@@ -1079,6 +1250,70 @@ fn prepare_bundle(
     extra_env: &[String],
     logs_dir: &Path,
 ) -> Result<(), TaskError> {
+    let rootfs = prepare_rootfs(rec, snap, top)?;
+    let hostname = rec.id[..12.min(rec.id.len())].to_string();
+    let (uid, gid) = spec::resolve_user(cfg.user.as_deref().unwrap_or(""), &rootfs)?;
+    let process = spec::ProcessSpec {
+        args: rec.args.clone(),
+        env: spec::environment(cfg, extra_env, &hostname, rec.tty),
+        cwd: cfg
+            .working_dir
+            .clone()
+            .filter(|w| w.starts_with('/'))
+            .unwrap_or_else(|| "/".into()),
+        uid,
+        gid,
+        terminal: rec.tty,
+        hostname,
+    };
+    let mut annotations = BTreeMap::new();
+    annotations.insert(SANDBOX_ANNOTATION.to_string(), rec.sandbox_id.clone());
+    annotations.insert("berth.io/task-name".to_string(), rec.name.clone());
+    let spec = spec::build_spec(&process, &rec.cgroups_path, &annotations);
+    let body = serde_json::to_vec_pretty(&spec).map_err(|e| TaskError::Internal(e.to_string()))?;
+    write_atomic(&rec.bundle.join("config.json"), &body).map_err(TaskError::io(format!(
+        "writing the config.json of {}",
+        rec.name
+    )))?;
+    std::fs::create_dir_all(logs_dir)
+        .map_err(TaskError::io(format!("creating {}", logs_dir.display())))?;
+    std::fs::File::create(&rec.log_path).map_err(TaskError::io(format!(
+        "creating {}",
+        rec.log_path.display()
+    )))?;
+    Ok(())
+}
+
+/// Whether the kernel's OOM killer killed a process in the cgroup (cgroup
+/// v1 `memory.oom_control` or v2 `memory.events`, both `oom_kill N`).
+/// Blocking.
+fn oom_killed(cgroups_path: &str) -> bool {
+    let rel = cgroups_path.trim_start_matches('/');
+    if rel.is_empty() || !cgroups_path.starts_with('/') || rel.contains("..") {
+        return false;
+    }
+    [
+        format!("/sys/fs/cgroup/memory/{rel}/memory.oom_control"),
+        format!("/sys/fs/cgroup/{rel}/memory.events"),
+    ]
+    .iter()
+    .filter_map(|f| std::fs::read_to_string(f).ok())
+    .any(|text| {
+        text.lines().any(|l| {
+            l.strip_prefix("oom_kill ")
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        })
+    })
+}
+
+/// A task's rootfs: an active snapshot on `top` (labelled with the task id,
+/// so an orphan is found at start) mounted at `<bundle>/rootfs`. Blocking.
+pub fn prepare_rootfs(
+    rec: &TaskRecord,
+    snap: &dyn snapshotter::Snapshotter,
+    top: Option<&str>,
+) -> Result<PathBuf, TaskError> {
     use std::os::unix::fs::DirBuilderExt;
     let rootfs = rec.rootfs();
     std::fs::DirBuilder::new()
@@ -1098,38 +1333,7 @@ fn prepare_bundle(
         context: format!("mounting the rootfs of {}", rec.name),
         source,
     })?;
-    let hostname = rec.id[..12.min(rec.id.len())].to_string();
-    let (uid, gid) = spec::resolve_user(cfg.user.as_deref().unwrap_or(""), &rootfs)?;
-    let process = spec::ProcessSpec {
-        args: rec.args.clone(),
-        env: spec::environment(cfg, extra_env, &hostname, rec.tty),
-        cwd: cfg
-            .working_dir
-            .clone()
-            .filter(|w| w.starts_with('/'))
-            .unwrap_or_else(|| "/".into()),
-        uid,
-        gid,
-        terminal: rec.tty,
-        hostname,
-    };
-    let mut annotations = BTreeMap::new();
-    annotations.insert(SANDBOX_ANNOTATION.to_string(), rec.sandbox_id.clone());
-    annotations.insert("berth.io/task-name".to_string(), rec.name.clone());
-    let cgroups = format!("/berth/{}", rec.id);
-    let spec = spec::build_spec(&process, &cgroups, &annotations);
-    let body = serde_json::to_vec_pretty(&spec).map_err(|e| TaskError::Internal(e.to_string()))?;
-    write_atomic(&rec.bundle.join("config.json"), &body).map_err(TaskError::io(format!(
-        "writing the config.json of {}",
-        rec.name
-    )))?;
-    std::fs::create_dir_all(logs_dir)
-        .map_err(TaskError::io(format!("creating {}", logs_dir.display())))?;
-    std::fs::File::create(&rec.log_path).map_err(TaskError::io(format!(
-        "creating {}",
-        rec.log_path.display()
-    )))?;
-    Ok(())
+    Ok(rootfs)
 }
 
 /// Unmounts and removes a task's rootfs snapshot, bundle and log. Blocking;
@@ -1161,6 +1365,9 @@ fn remove_files(rec: &TaskRecord, snap: &dyn snapshotter::Snapshotter) -> Result
     if rec.bundle.exists() {
         std::fs::remove_dir_all(&rec.bundle)
             .map_err(TaskError::io(format!("removing {}", rec.bundle.display())))?;
+    }
+    if rec.keep_log {
+        return Ok(());
     }
     match std::fs::remove_file(&rec.log_path) {
         Ok(()) => Ok(()),

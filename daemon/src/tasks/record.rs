@@ -21,10 +21,32 @@ pub enum TaskStatus {
     Unknown,
 }
 
+/// Who made a task: `berthctl run` (native) or the CRI (a pod's container).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    #[default]
+    Native,
+    /// A CRI container.
+    Cri,
+    /// A CRI pod's pause container (holds the pod's PID namespace).
+    Sandbox,
+}
+
 impl TaskStatus {
     /// Whether a process may still be alive in the shim.
     pub fn is_live(self) -> bool {
         matches!(self, TaskStatus::Created | TaskStatus::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Creating => "creating",
+            TaskStatus::Created => "created",
+            TaskStatus::Running => "running",
+            TaskStatus::Exited => "exited",
+            TaskStatus::Unknown => "unknown",
+        }
     }
 
     pub fn to_pb(self) -> pb::task::Status {
@@ -71,6 +93,20 @@ pub struct TaskRecord {
     #[serde(default)]
     pub shim_binary: PathBuf,
     pub runtime_root: PathBuf,
+    #[serde(default)]
+    pub kind: TaskKind,
+    /// The log belongs to someone else (kubelet's pod log dir): removing the
+    /// task leaves it.
+    #[serde(default)]
+    pub keep_log: bool,
+    #[serde(default)]
+    pub stdin: bool,
+    /// The OCI spec's `linux.cgroupsPath` (stats and updates read it).
+    #[serde(default)]
+    pub cgroups_path: String,
+    /// What the CRI knows about the container (None for native tasks).
+    #[serde(default)]
+    pub cri: Option<crate::cri::meta::ContainerMeta>,
 }
 
 impl TaskRecord {
@@ -138,6 +174,11 @@ mod tests {
             shim_address: "unix:///x".into(),
             shim_binary: "/usr/bin/containerd-shim-runc-v2".into(),
             runtime_root: "/run/berth/runc".into(),
+            kind: TaskKind::Native,
+            keep_log: false,
+            stdin: false,
+            cgroups_path: String::new(),
+            cri: None,
         };
         let back: TaskRecord = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
         assert_eq!(back, r);

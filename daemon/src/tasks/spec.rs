@@ -44,6 +44,9 @@ pub struct ContainerConfig {
     pub cmd: Option<Vec<String>>,
     #[serde(default)]
     pub working_dir: Option<String>,
+    /// The image's `StopSignal` ("SIGTERM", "15", ...), if it names one.
+    #[serde(default)]
+    pub stop_signal: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -1,0 +1,945 @@
+//! Containers: CreateContainer, StartContainer, StopContainer,
+//! RemoveContainer, status, lists, ExecSync, stats, resource updates and
+//! log reopening. A CRI container is a task (kind `Cri`) in its pod's shim;
+//! what the CRI adds (names, labels, the request) rides in the task record.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_api::runtime::v1 as cri;
+use prost::Message;
+use serde_json::json;
+use tonic::Status;
+use tracing::{info, warn};
+
+use super::meta::{ContainerMeta, SandboxRecord, SandboxState};
+use super::{find_by_prefix, labels_match, lock, spec, stats, CriRuntime};
+use crate::images::store::now_nanos;
+use crate::shim::write_atomic;
+use crate::tasks::{
+    prepare_rootfs, NewTask, Prepare, Task, TaskError, TaskKind, TaskRecord, TaskStatus,
+};
+
+/// How long a SIGKILLed container may take to be reported gone.
+const KILL_GRACE: Duration = Duration::from_secs(30);
+
+/// `<name>_<pod name>_<pod namespace>_<pod uid>_<attempt>`: unique per pod
+/// and attempt (containerd's form).
+fn container_name(c: &cri::ContainerMetadata, pod: &cri::PodSandboxMetadata) -> String {
+    format!(
+        "{}_{}_{}_{}_{}",
+        c.name, pod.name, pod.namespace, pod.uid, c.attempt
+    )
+}
+
+/// `<log_directory>/<log_path>`; the relative part may not climb out.
+fn log_path(pod_dir: &str, rel: &str, name: &str) -> Result<Option<PathBuf>, Status> {
+    if pod_dir.is_empty() || rel.is_empty() {
+        return Ok(None);
+    }
+    let rel_path = Path::new(rel);
+    if rel_path.is_absolute()
+        || rel_path
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err(Status::invalid_argument(format!(
+            "container {name}: log_path {rel:?} must be relative to the pod's log directory, without '..'"
+        )));
+    }
+    Ok(Some(Path::new(pod_dir).join(rel_path)))
+}
+
+fn state_pb(s: TaskStatus) -> cri::ContainerState {
+    match s {
+        TaskStatus::Creating | TaskStatus::Created => cri::ContainerState::ContainerCreated,
+        TaskStatus::Running => cri::ContainerState::ContainerRunning,
+        TaskStatus::Exited => cri::ContainerState::ContainerExited,
+        TaskStatus::Unknown => cri::ContainerState::ContainerUnknown,
+    }
+}
+
+/// kubelet's reasons: `Completed` for 0, `OOMKilled` when the kernel killed
+/// it for memory, `Error` otherwise.
+fn exit_reason(rec: &TaskRecord) -> String {
+    match rec.status {
+        TaskStatus::Exited if rec.reason.contains("OOMKilled") => "OOMKilled".into(),
+        TaskStatus::Exited if rec.exit_code == Some(0) => "Completed".into(),
+        TaskStatus::Exited => "Error".into(),
+        TaskStatus::Unknown => "Unknown".into(),
+        _ => String::new(),
+    }
+}
+
+fn u64v(v: Option<u64>) -> Option<cri::UInt64Value> {
+    v.map(|value| cri::UInt64Value { value })
+}
+
+fn spec_error(e: spec::SpecError) -> TaskError {
+    match e {
+        spec::SpecError::NotFound(m) => TaskError::NotFound(m),
+        spec::SpecError::InvalidArgument(m) => TaskError::InvalidArgument(m),
+        spec::SpecError::Internal(m) => TaskError::Internal(m),
+    }
+}
+
+impl CriRuntime {
+    /// The CRI containers of a pod (created or later), from memory.
+    pub(crate) fn containers_of(&self, sandbox_id: &str) -> Vec<Arc<Task>> {
+        self.tasks
+            .tasks_of(sandbox_id)
+            .into_iter()
+            .filter(|t| t.record().kind == TaskKind::Cri)
+            .collect()
+    }
+
+    /// A container by id or unique id prefix.
+    fn container(&self, id: &str) -> Result<Arc<Task>, Status> {
+        let id = id.trim();
+        if id.is_empty() {
+            return Err(Status::invalid_argument("container id is empty"));
+        }
+        if let Some(t) = self.tasks.get_task(id) {
+            if t.record().kind == TaskKind::Cri {
+                return Ok(t);
+            }
+        }
+        let recs: Vec<(String, String)> = self
+            .tasks
+            .list_kind(TaskKind::Cri)
+            .into_iter()
+            .map(|r| (r.id.clone(), r.id))
+            .collect();
+        let full = find_by_prefix(recs.iter().map(|(k, v)| (k, v)), id, "container")?;
+        self.tasks
+            .get_task(full)
+            .ok_or_else(|| Status::not_found(format!("container {id} not found")))
+    }
+
+    pub async fn create_container(
+        self: &Arc<Self>,
+        req: cri::CreateContainerRequest,
+    ) -> Result<String, Status> {
+        let sandbox = self.sandbox(&req.pod_sandbox_id)?;
+        let cfg = req
+            .config
+            .ok_or_else(|| Status::invalid_argument("CreateContainer: no container config"))?;
+        let m = cfg
+            .metadata
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("CreateContainer: the config has no metadata"))?;
+        if m.name.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "CreateContainer: metadata.name is empty",
+            ));
+        }
+        let image = cfg
+            .image
+            .as_ref()
+            .map(|i| i.image.trim().to_string())
+            .unwrap_or_default();
+        if image.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "container {}: no image given",
+                m.name
+            )));
+        }
+        let srec = sandbox.record();
+        if srec.state != SandboxState::Ready {
+            return Err(Status::failed_precondition(format!(
+                "container {}: pod sandbox {} is not ready",
+                m.name, srec.id
+            )));
+        }
+        // The pod's config as the pod was made: kubelet sends it again, but
+        // the record is what the pod's namespaces and files follow.
+        let pod_cfg = srec.config();
+        let pod_meta = pod_cfg.metadata.clone().unwrap_or_default();
+        let name = container_name(&m, &pod_meta);
+        let this = self.clone();
+        let n = name.clone();
+        self.create_once(
+            format!("container/{name}"),
+            move |rt| {
+                rt.tasks
+                    .list_kind(TaskKind::Cri)
+                    .into_iter()
+                    .find(|r| r.name == n)
+                    .map(|r| format!("container name {n:?} is reserved for {}", r.id))
+            },
+            async move { this.do_create_container(srec, cfg, image, name).await },
+        )
+        .await
+    }
+
+    async fn do_create_container(
+        self: Arc<Self>,
+        srec: SandboxRecord,
+        cfg: cri::ContainerConfig,
+        image_name: String,
+        name: String,
+    ) -> Result<String, Status> {
+        let short = cfg
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let image = self.images.lookup(&image_name).map_err(|e| match e {
+            crate::images::error::ImageError::NotFound(_) => Status::not_found(format!(
+                "container {short}: image {image_name} not found: pull it first"
+            )),
+            other => Status::from(other),
+        })?;
+        let resolved = self
+            .images
+            .resolve(image.clone(), None)
+            .await
+            .map_err(Status::from)?;
+        let image_cfg = crate::tasks::spec::parse_image_config(&resolved.config, &image.name)?;
+        let chain = self
+            .images
+            .platform_chain(&image)
+            .await
+            .map_err(Status::from)?;
+        let top = chain.last().map(|c| c.chain_id.clone());
+        {
+            let images = self.images.clone();
+            let n = image.name.clone();
+            crate::tasks::error::blocking(move || {
+                images.unpack_chain(&n, &chain).map_err(Into::into)
+            })
+            .await?;
+        }
+        let pod_cfg = srec.config();
+        let id = crate::tasks::new_long_id();
+        let (log, keep_log) = match log_path(&pod_cfg.log_directory, &cfg.log_path, &short)? {
+            Some(p) => (p, true),
+            None => (
+                self.config.root.join("logs").join(format!("{id}.log")),
+                false,
+            ),
+        };
+        let driver = if self.config.cri.cgroup_driver == "systemd" {
+            spec::CgroupDriver::Systemd
+        } else {
+            spec::CgroupDriver::Cgroupfs
+        };
+        let cgroups_path = spec::cgroups_path(driver, &srec.cgroup_parent, &srec.id, &id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let stop_signal = spec::stop_signal(&cfg, &image_cfg).map_err(Status::from)?;
+        let mut args = cfg.command.clone();
+        args.extend(cfg.args.iter().cloned());
+        let meta = ContainerMeta {
+            name: short.clone(),
+            attempt: cfg.metadata.as_ref().map(|m| m.attempt).unwrap_or(0),
+            labels: cfg.labels.clone().into_iter().collect(),
+            annotations: cfg.annotations.clone().into_iter().collect(),
+            image_spec: image_name.clone(),
+            image_id: crate::cri::image::image_id(&image),
+            config: cfg.encode_to_vec(),
+            stop_signal,
+            resources: Vec::new(),
+        };
+        let new = NewTask {
+            id: id.clone(),
+            name,
+            sandbox_id: srec.id.clone(),
+            image: image.name.clone(),
+            args,
+            tty: cfg.tty,
+            stdin: cfg.stdin,
+            auto_remove: false,
+            kind: TaskKind::Cri,
+            log_path: log,
+            keep_log,
+            cgroups_path,
+            cri: Some(meta),
+        };
+        let snap = self.tasks.snapshotter();
+        let opts = self.spec_opts.clone();
+        let pod_status = self.sandbox_status_pb(&srec);
+        // A pod sharing one PID namespace has it held by its pause process.
+        let pid_ns = (srec.pause_pid != 0
+            && super::sandbox::namespace_options(&pod_cfg).pid == cri::NamespaceMode::Pod as i32)
+            .then(|| PathBuf::from(format!("/proc/{}/ns/pid", srec.pause_pid)));
+        let prepare: Prepare = Box::new(move |rec: &TaskRecord| {
+            // The log first: a log dir that cannot be written fails before
+            // any mount exists.
+            if let Some(dir) = rec.log_path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    TaskError::InvalidArgument(format!(
+                        "container {short}: cannot create its log directory {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&rec.log_path)
+                .map_err(|e| {
+                    TaskError::InvalidArgument(format!(
+                        "container {short}: cannot write its log {}: {e}",
+                        rec.log_path.display()
+                    ))
+                })?;
+            let rootfs = prepare_rootfs(rec, snap.as_ref(), top.as_deref())?;
+            let pod = spec::PodContext {
+                sandbox_id: &srec.id,
+                config: &pod_cfg,
+                netns: srec.netns.as_deref(),
+                ipc_ns: srec.ipc_ns.as_deref(),
+                uts_ns: srec.uts_ns.as_deref(),
+                pid_ns: pid_ns.as_deref(),
+                resolv_conf: Some(&srec.dir.join("resolv.conf")),
+                hostname_file: Some(&srec.dir.join("hostname")),
+                hosts_file: Some(&srec.dir.join("hosts")),
+                shm: srec.shm.as_deref(),
+            };
+            let mut doc = spec::container_spec(&rec.id, &cfg, &pod, &image_cfg, &rootfs, &opts)
+                .map_err(spec_error)?;
+            doc["linux"]["cgroupsPath"] = json!(rec.cgroups_path);
+            let body =
+                serde_json::to_vec_pretty(&doc).map_err(|e| TaskError::Internal(e.to_string()))?;
+            write_atomic(&rec.bundle.join("config.json"), &body).map_err(TaskError::io(format!(
+                "writing the config.json of container {short}"
+            )))
+        });
+        let task = self.tasks.create(new, prepare).await?;
+        let rec = task.record();
+        info!(container = %id, name = %rec.name, pod = %rec.sandbox_id, "container created");
+        self.emit(
+            &id,
+            cri::ContainerEventType::ContainerCreatedEvent,
+            Some(pod_status),
+            vec![self.container_status_pb(&rec)],
+        );
+        Ok(id)
+    }
+
+    pub async fn start_container(&self, id: &str) -> Result<(), Status> {
+        let task = self.container(id)?;
+        let rec = self.tasks.start(&task.id).await?;
+        self.emit_container(&rec, cri::ContainerEventType::ContainerStartedEvent);
+        Ok(())
+    }
+
+    fn emit_container(&self, rec: &TaskRecord, kind: cri::ContainerEventType) {
+        let pod = lock(&self.sandboxes)
+            .get(&rec.sandbox_id)
+            .map(|s| s.record());
+        self.emit(
+            &rec.id,
+            kind,
+            pod.map(|p| self.sandbox_status_pb(&p)),
+            vec![self.container_status_pb(rec)],
+        );
+    }
+
+    /// Turns task exits into CONTAINER_STOPPED events, for as long as the
+    /// runtime lives.
+    pub fn forward_exits(self: &Arc<Self>) {
+        let mut rx = self.tasks.subscribe_exits();
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let id = match rx.recv().await {
+                    Ok(id) => id,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        warn!(missed = n, "container exit events were dropped");
+                        continue;
+                    }
+                    Err(_) => return,
+                };
+                let Some(rt) = this.upgrade() else { return };
+                if let Some(t) = rt.tasks.get_task(&id) {
+                    let rec = t.record();
+                    if rec.kind == TaskKind::Cri {
+                        rt.emit_container(&rec, cri::ContainerEventType::ContainerStoppedEvent);
+                    }
+                }
+            }
+        });
+    }
+
+    /// StopContainer: the stop signal, then SIGKILL after `timeout` seconds.
+    /// Stopping a container that is not running (or gone) succeeds.
+    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<(), Status> {
+        let task = match self.container(id) {
+            Ok(t) => t,
+            Err(e) if e.code() == tonic::Code::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.stop_container_task(&task, timeout).await
+    }
+
+    pub(crate) async fn stop_container_task(
+        &self,
+        task: &Arc<Task>,
+        timeout: i64,
+    ) -> Result<(), Status> {
+        let rec = task.record();
+        if rec.status != TaskStatus::Running {
+            return Ok(());
+        }
+        let signal = rec
+            .cri
+            .as_ref()
+            .map(|m| m.stop_signal)
+            .filter(|s| *s > 0)
+            .unwrap_or(15) as u32;
+        if timeout > 0 && signal != 9 {
+            match self.tasks.kill(&rec.id, signal, false).await {
+                Ok(()) => {}
+                Err(TaskError::FailedPrecondition(_)) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+            let grace = Duration::from_secs(timeout as u64);
+            if tokio::time::timeout(grace, self.tasks.wait(&rec.id))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            info!(container = %rec.id, timeout, "container ignored its stop signal; killing it");
+        }
+        match self.tasks.kill(&rec.id, 9, true).await {
+            Ok(()) | Err(TaskError::FailedPrecondition(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match tokio::time::timeout(KILL_GRACE, self.tasks.wait(&rec.id)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "container {}: still running {}s after SIGKILL",
+                rec.id,
+                KILL_GRACE.as_secs()
+            ))),
+        }
+    }
+
+    /// RemoveContainer: kills it if it still runs, then removes its rootfs,
+    /// bundle and record (kubelet's log stays). A missing one is fine.
+    pub async fn remove_container(&self, id: &str) -> Result<(), Status> {
+        let task = match self.container(id) {
+            Ok(t) => t,
+            Err(e) if e.code() == tonic::Code::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.remove_container_task(&task).await
+    }
+
+    pub(crate) async fn remove_container_task(&self, task: &Arc<Task>) -> Result<(), Status> {
+        let rec = task.record();
+        if rec.status == TaskStatus::Running {
+            self.stop_container_task(task, 0).await?;
+        }
+        match self.tasks.remove(&rec.id, true).await {
+            Ok(()) => {}
+            Err(TaskError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        info!(container = %rec.id, "container removed");
+        self.emit_container(&rec, cri::ContainerEventType::ContainerDeletedEvent);
+        Ok(())
+    }
+
+    pub(crate) fn container_status_pb(&self, rec: &TaskRecord) -> cri::ContainerStatus {
+        let meta = rec.cri.clone().unwrap_or_default();
+        let cfg = meta.config();
+        let resources = meta
+            .resources()
+            .or_else(|| cfg.linux.as_ref().and_then(|l| l.resources.clone()));
+        cri::ContainerStatus {
+            id: rec.id.clone(),
+            metadata: cfg.metadata.clone(),
+            state: state_pb(rec.status) as i32,
+            created_at: rec.created_at,
+            started_at: rec.started_at,
+            finished_at: rec.finished_at,
+            exit_code: rec.exit_code.map(|c| c as i32).unwrap_or(0),
+            image: Some(cri::ImageSpec {
+                image: meta.image_spec.clone(),
+                ..Default::default()
+            }),
+            image_ref: meta.image_id.clone(),
+            reason: exit_reason(rec),
+            message: rec.reason.clone(),
+            labels: meta.labels.clone().into_iter().collect(),
+            annotations: meta.annotations.clone().into_iter().collect(),
+            mounts: cfg.mounts.clone(),
+            log_path: rec.log_path.display().to_string(),
+            resources: resources.map(|r| cri::ContainerResources {
+                linux: Some(r),
+                windows: None,
+            }),
+            image_id: meta.image_id.clone(),
+            user: None,
+            stop_signal: 0,
+        }
+    }
+
+    pub fn container_status(
+        &self,
+        req: cri::ContainerStatusRequest,
+    ) -> Result<cri::ContainerStatusResponse, Status> {
+        let task = self.container(&req.container_id)?;
+        let rec = task.record();
+        let mut info = HashMap::new();
+        if req.verbose {
+            let v = json!({
+                "sandboxID": rec.sandbox_id,
+                "pid": if rec.status == TaskStatus::Running { rec.pid } else { 0 },
+                "bundle": rec.bundle,
+                "rootfs": rec.rootfs(),
+                "snapshotKey": rec.snapshot,
+                "cgroupsPath": rec.cgroups_path,
+                "shim": rec.shim_address,
+                "runtimeType": rec.shim_binary,
+                "args": rec.args,
+                "image": rec.image,
+                "reason": rec.reason,
+            });
+            info.insert("info".to_string(), v.to_string());
+        }
+        Ok(cri::ContainerStatusResponse {
+            status: Some(self.container_status_pb(&rec)),
+            info,
+        })
+    }
+
+    pub fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
+        let mut recs: Vec<TaskRecord> = self
+            .tasks
+            .list_kind(TaskKind::Cri)
+            .into_iter()
+            .filter(|r| r.status != TaskStatus::Creating)
+            .filter(|r| match &filter {
+                None => true,
+                Some(f) => {
+                    (f.id.is_empty() || r.id.starts_with(&f.id))
+                        && (f.pod_sandbox_id.is_empty() || r.sandbox_id.starts_with(&f.pod_sandbox_id))
+                        && f
+                            .state
+                            .as_ref()
+                            .is_none_or(|s| s.state == state_pb(r.status) as i32)
+                        && (f.label_selector.is_empty()
+                            || r
+                                .cri
+                                .as_ref()
+                                .is_some_and(|m| labels_match(&m.labels, &f.label_selector)))
+                }
+            })
+            .collect();
+        recs.sort_by_key(|r| r.created_at);
+        recs.iter()
+            .map(|r| {
+                let meta = r.cri.clone().unwrap_or_default();
+                cri::Container {
+                    id: r.id.clone(),
+                    pod_sandbox_id: r.sandbox_id.clone(),
+                    metadata: Some(cri::ContainerMetadata {
+                        name: meta.name.clone(),
+                        attempt: meta.attempt,
+                    }),
+                    image: Some(cri::ImageSpec {
+                        image: meta.image_spec.clone(),
+                        ..Default::default()
+                    }),
+                    image_ref: meta.image_id.clone(),
+                    state: state_pb(r.status) as i32,
+                    created_at: r.created_at,
+                    labels: meta.labels.into_iter().collect(),
+                    annotations: meta.annotations.into_iter().collect(),
+                    image_id: meta.image_id,
+                }
+            })
+            .collect()
+    }
+
+    pub async fn exec_sync(
+        &self,
+        req: cri::ExecSyncRequest,
+    ) -> Result<cri::ExecSyncResponse, Status> {
+        let task = self.container(&req.container_id)?;
+        if req.cmd.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "ExecSync in container {}: no command",
+                task.id
+            )));
+        }
+        let timeout = (req.timeout > 0).then(|| Duration::from_secs(req.timeout as u64));
+        let out = self
+            .tasks
+            .exec_sync(
+                &task.id,
+                req.cmd,
+                timeout,
+                self.config.cri.max_exec_output_bytes,
+            )
+            .await?;
+        Ok(cri::ExecSyncResponse {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            exit_code: out.exit_code,
+        })
+    }
+
+    /// Stats of one container: its cgroup and its writable layer. Blocking.
+    fn container_stats_blocking(
+        layout: &stats::CgroupLayout,
+        snap: &dyn snapshotter::Snapshotter,
+        rec: &TaskRecord,
+    ) -> cri::ContainerStats {
+        let meta = rec.cri.clone().unwrap_or_default();
+        let now = now_nanos();
+        let cg = if rec.status == TaskStatus::Running && !rec.cgroups_path.is_empty() {
+            stats::read(layout, &rec.cgroups_path).ok()
+        } else {
+            None
+        };
+        let usage = snap.usage(&rec.snapshot).ok();
+        cri::ContainerStats {
+            attributes: Some(cri::ContainerAttributes {
+                id: rec.id.clone(),
+                metadata: Some(cri::ContainerMetadata {
+                    name: meta.name.clone(),
+                    attempt: meta.attempt,
+                }),
+                labels: meta.labels.into_iter().collect(),
+                annotations: meta.annotations.into_iter().collect(),
+            }),
+            cpu: cg.as_ref().map(|s| cri::CpuUsage {
+                timestamp: s.timestamp_ns,
+                usage_core_nano_seconds: u64v(s.cpu_usage_ns),
+                usage_nano_cores: None,
+                psi: None,
+            }),
+            memory: cg.as_ref().map(|s| cri::MemoryUsage {
+                timestamp: s.timestamp_ns,
+                working_set_bytes: u64v(s.memory_working_set_bytes),
+                available_bytes: u64v(s.memory_available_bytes),
+                usage_bytes: u64v(s.memory_usage_bytes),
+                rss_bytes: u64v(s.memory_rss_bytes),
+                page_faults: u64v(s.page_faults),
+                major_page_faults: u64v(s.major_page_faults),
+                psi: None,
+            }),
+            writable_layer: usage.map(|u| cri::FilesystemUsage {
+                timestamp: now,
+                fs_id: Some(cri::FilesystemIdentifier {
+                    mountpoint: rec.rootfs().display().to_string(),
+                }),
+                used_bytes: Some(cri::UInt64Value { value: u.size }),
+                inodes_used: Some(cri::UInt64Value { value: u.inodes }),
+            }),
+            swap: None,
+            io: None,
+        }
+    }
+
+    async fn stats_of(&self, recs: Vec<TaskRecord>) -> Vec<cri::ContainerStats> {
+        let layout = self.cgroups.clone();
+        let snap = self.tasks.snapshotter();
+        tokio::task::spawn_blocking(move || {
+            recs.iter()
+                .map(|r| Self::container_stats_blocking(&layout, snap.as_ref(), r))
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    pub async fn container_stats(&self, id: &str) -> Result<cri::ContainerStats, Status> {
+        let task = self.container(id)?;
+        Ok(self
+            .stats_of(vec![task.record()])
+            .await
+            .pop()
+            .unwrap_or_default())
+    }
+
+    pub async fn list_container_stats(
+        &self,
+        filter: Option<cri::ContainerStatsFilter>,
+    ) -> Vec<cri::ContainerStats> {
+        let recs: Vec<TaskRecord> = self
+            .tasks
+            .list_kind(TaskKind::Cri)
+            .into_iter()
+            .filter(|r| r.status == TaskStatus::Running)
+            .filter(|r| match &filter {
+                None => true,
+                Some(f) => {
+                    (f.id.is_empty() || r.id.starts_with(&f.id))
+                        && (f.pod_sandbox_id.is_empty() || r.sandbox_id.starts_with(&f.pod_sandbox_id))
+                        && (f.label_selector.is_empty()
+                            || r
+                                .cri
+                                .as_ref()
+                                .is_some_and(|m| labels_match(&m.labels, &f.label_selector)))
+                }
+            })
+            .collect();
+        self.stats_of(recs).await
+    }
+
+    /// Stats of one pod: its cgroup, its network interfaces, its containers.
+    pub async fn pod_sandbox_stats(&self, id: &str) -> Result<cri::PodSandboxStats, Status> {
+        let sandbox = self.sandbox(id)?;
+        let rec = sandbox.record();
+        let containers: Vec<TaskRecord> = self
+            .containers_of(&rec.id)
+            .iter()
+            .map(|t| t.record())
+            .filter(|r| r.status == TaskStatus::Running)
+            .collect();
+        let containers = self.stats_of(containers).await;
+        let layout = self.cgroups.clone();
+        let cgroup = rec.cgroup_parent.clone();
+        let driver_systemd = self.config.cri.cgroup_driver == "systemd";
+        let cg = tokio::task::spawn_blocking(move || {
+            // A systemd parent is a slice name; the reader resolves the
+            // "slice:prefix:name" form, so give it one.
+            let path = if driver_systemd && !cgroup.starts_with('/') {
+                format!("{cgroup}::")
+            } else {
+                cgroup
+            };
+            stats::read(&layout, &path).ok()
+        })
+        .await
+        .ok()
+        .flatten();
+        let network = match &rec.netns {
+            Some(ns) => network_usage(ns).await,
+            None => None,
+        };
+        let cfg = rec.config();
+        Ok(cri::PodSandboxStats {
+            attributes: Some(cri::PodSandboxAttributes {
+                id: rec.id.clone(),
+                metadata: cfg.metadata.clone(),
+                labels: cfg.labels.clone(),
+                annotations: cfg.annotations.clone(),
+            }),
+            linux: Some(cri::LinuxPodSandboxStats {
+                cpu: cg.as_ref().map(|s| cri::CpuUsage {
+                    timestamp: s.timestamp_ns,
+                    usage_core_nano_seconds: u64v(s.cpu_usage_ns),
+                    usage_nano_cores: None,
+                    psi: None,
+                }),
+                memory: cg.as_ref().map(|s| cri::MemoryUsage {
+                    timestamp: s.timestamp_ns,
+                    working_set_bytes: u64v(s.memory_working_set_bytes),
+                    available_bytes: u64v(s.memory_available_bytes),
+                    usage_bytes: u64v(s.memory_usage_bytes),
+                    rss_bytes: u64v(s.memory_rss_bytes),
+                    page_faults: u64v(s.page_faults),
+                    major_page_faults: u64v(s.major_page_faults),
+                    psi: None,
+                }),
+                network,
+                process: cg.as_ref().map(|s| cri::ProcessUsage {
+                    timestamp: s.timestamp_ns,
+                    process_count: u64v(s.pids),
+                }),
+                containers,
+                io: None,
+            }),
+            windows: None,
+        })
+    }
+
+    pub async fn list_pod_sandbox_stats(
+        &self,
+        filter: Option<cri::PodSandboxStatsFilter>,
+    ) -> Vec<cri::PodSandboxStats> {
+        let ids: Vec<String> = lock(&self.sandboxes)
+            .values()
+            .map(|s| s.record())
+            .filter(|r| r.state == SandboxState::Ready)
+            .filter(|r| match &filter {
+                None => true,
+                Some(f) => {
+                    (f.id.is_empty() || r.id.starts_with(&f.id))
+                        && (f.label_selector.is_empty() || {
+                            let labels = r.config().labels.into_iter().collect();
+                            labels_match(&labels, &f.label_selector)
+                        })
+                }
+            })
+            .map(|r| r.id)
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Ok(s) = self.pod_sandbox_stats(&id).await {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    /// UpdateContainerResources: the new limits go to the runtime through
+    /// the shim (runc update) and are recorded for status.
+    pub async fn update_container_resources(
+        &self,
+        req: cri::UpdateContainerResourcesRequest,
+    ) -> Result<(), Status> {
+        let task = self.container(&req.container_id)?;
+        let rec = task.record();
+        let Some(res) = req.linux else {
+            return Ok(());
+        };
+        let doc = spec::linux_resources(&format!("container {}", rec.id), &res, &self.spec_opts)
+            .map_err(Status::from)?;
+        if rec.status == TaskStatus::Running || rec.status == TaskStatus::Created {
+            let pod = self.tasks.pod_shim(&rec.sandbox_id).ok_or_else(|| {
+                Status::failed_precondition(format!("container {}: its shim is gone", rec.id))
+            })?;
+            let any = containerd_shim_protos::protobuf::well_known_types::any::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+                    .into(),
+                value: serde_json::to_vec(&doc).map_err(|e| Status::internal(e.to_string()))?,
+                ..Default::default()
+            };
+            pod.client()
+                .update(&rec.id, any, HashMap::new())
+                .await
+                .map_err(|e| {
+                    Status::from(TaskError::shim(format!(
+                        "updating the resources of container {}",
+                        rec.id
+                    ))(e))
+                })?;
+        }
+        self.tasks
+            .update_cri(&rec.id, |m| m.resources = res.encode_to_vec())
+            .await?;
+        info!(container = %rec.id, "container resources updated");
+        Ok(())
+    }
+
+    /// ReopenContainerLog: the shim reopens the log file (kubelet rotated
+    /// it). Only a running container has a log being written.
+    pub async fn reopen_container_log(&self, id: &str) -> Result<(), Status> {
+        let task = self.container(id)?;
+        let rec = task.record();
+        if rec.status != TaskStatus::Running {
+            return Err(Status::failed_precondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        let pod = self.tasks.pod_shim(&rec.sandbox_id).ok_or_else(|| {
+            Status::failed_precondition(format!("container {}: its shim is gone", rec.id))
+        })?;
+        let mut annotations = HashMap::new();
+        annotations.insert("io.berth.shim.reopen-log".to_string(), "true".to_string());
+        pod.client()
+            .update(&rec.id, Default::default(), annotations)
+            .await
+            .map_err(|e| {
+                Status::from(TaskError::shim(format!(
+                    "reopening the log of container {}",
+                    rec.id
+                ))(e))
+            })?;
+        Ok(())
+    }
+}
+
+/// rx/tx counters of the pod's interfaces, read inside its namespace.
+async fn network_usage(netns: &Path) -> Option<cri::NetworkUsage> {
+    let ns = crate::network::NetNs::from_path(netns);
+    let text = ns
+        .run(|| std::fs::read_to_string("/proc/thread-self/net/dev"))
+        .await
+        .ok()?
+        .ok()?;
+    let now = now_nanos();
+    let mut interfaces = Vec::new();
+    for line in text.lines().skip(2) {
+        let Some((name, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let name = name.trim();
+        if name == "lo" {
+            continue;
+        }
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        if f.len() < 16 {
+            continue;
+        }
+        interfaces.push(cri::NetworkInterfaceUsage {
+            name: name.to_string(),
+            rx_bytes: u64v(Some(f[0])),
+            rx_errors: u64v(Some(f[2])),
+            tx_bytes: u64v(Some(f[8])),
+            tx_errors: u64v(Some(f[10])),
+        });
+    }
+    let default_interface = interfaces
+        .iter()
+        .find(|i| i.name == crate::network::POD_IFNAME)
+        .cloned();
+    Some(cri::NetworkUsage {
+        timestamp: now,
+        default_interface,
+        interfaces,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_log_paths() {
+        let c = cri::ContainerMetadata {
+            name: "app".into(),
+            attempt: 2,
+        };
+        let p = cri::PodSandboxMetadata {
+            name: "web".into(),
+            uid: "u1".into(),
+            namespace: "ns".into(),
+            attempt: 0,
+        };
+        assert_eq!(container_name(&c, &p), "app_web_ns_u1_2");
+        assert_eq!(
+            log_path("/var/log/pods/x", "app/0.log", "app").unwrap(),
+            Some(PathBuf::from("/var/log/pods/x/app/0.log"))
+        );
+        assert_eq!(log_path("", "app/0.log", "app").unwrap(), None);
+        assert!(log_path("/var/log/pods/x", "../../etc/passwd", "app").is_err());
+        assert!(log_path("/var/log/pods/x", "/etc/passwd", "app").is_err());
+    }
+
+    #[test]
+    fn reasons() {
+        let mut r: TaskRecord = serde_json::from_value(json!({
+            "id": "a", "name": "a", "sandbox_id": "s", "image": "i", "args": [],
+            "status": "exited", "exit_code": 0, "created_at": 1, "bundle": "/b",
+            "log_path": "/l", "stdio": "cri-log", "snapshot": "a", "runtime_root": "/r"
+        }))
+        .unwrap();
+        assert_eq!(exit_reason(&r), "Completed");
+        r.exit_code = Some(137);
+        assert_eq!(exit_reason(&r), "Error");
+        r.reason = "OOMKilled".into();
+        assert_eq!(exit_reason(&r), "OOMKilled");
+        r.status = TaskStatus::Running;
+        assert_eq!(exit_reason(&r), "");
+        assert_eq!(
+            state_pb(TaskStatus::Unknown),
+            cri::ContainerState::ContainerUnknown
+        );
+    }
+}
