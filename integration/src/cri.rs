@@ -556,14 +556,23 @@ impl Env {
         Ok(())
     }
 
-    /// An error for an unexpected gRPC failure, with the daemon log tail.
+    /// An error for an unexpected gRPC failure, with berthd's log excerpt.
     pub fn status_err(&self, what: &str, s: tonic::Status) -> anyhow::Error {
         anyhow::anyhow!(
-            "{what} failed: {:?}: {}\n--- berthd log tail ---\n{}",
+            "{what} failed: {:?}: {}\n--- berthd log excerpt ---\n{}",
             s.code(),
             s.message(),
-            crate::daemon::tail(&self.d().log(), 40)
+            self.log_excerpt(40)
         )
+    }
+
+    /// The last `n` lines of berthd's log without the h2/sled/hyper debug
+    /// chatter and colour codes.
+    pub fn log_excerpt(&self, n: usize) -> String {
+        self.daemon
+            .as_ref()
+            .map(|d| log_excerpt(&d.log(), n))
+            .unwrap_or_default()
     }
 
     /// Everything a pod may leave behind, after it was removed: netns pins,
@@ -587,7 +596,7 @@ impl Env {
             bail!(
                 "pod {pod_id} leaked: {:#?}\n--- berthd log tail ---\n{}",
                 self.leaks(&ids, pids),
-                crate::daemon::tail(&self.d().log(), 60)
+                self.log_excerpt(60)
             );
         }
         Ok(())
@@ -640,9 +649,45 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        // Captured by the test harness: shown only when the test fails.
+        println!(
+            "--- berthd log excerpt ({}) ---\n{}",
+            self.daemon
+                .as_ref()
+                .map(|d| d.log_path().display().to_string())
+                .unwrap_or_default(),
+            self.log_excerpt(150)
+        );
         drop(self.daemon.take());
         remove_cgroup_tree(&self.cgroup_parent);
     }
+}
+
+/// The last `n` lines of a berthd log, without ANSI colours and without the
+/// debug chatter of h2, hyper, tower and sled.
+pub fn log_excerpt(log: &str, n: usize) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    for l in log.lines() {
+        let mut clean = String::with_capacity(l.len());
+        let mut chars = l.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                clean.push(c);
+            }
+        }
+        const NOISE: &[&str] = &["h2::", "sled::", "hyper", "tower::", "tonic::transport"];
+        if NOISE.iter().any(|n| clean.contains(n)) {
+            continue;
+        }
+        lines.push(clean);
+    }
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 // ---------------------------------------------------------------- builders

@@ -780,12 +780,7 @@ async fn pods_ping_each_other_and_port_mapping() -> Result<()> {
                 .ok()
                 .filter(|r| r.contains("hello-from-berth")))
         })
-        .with_context(|| {
-            format!(
-                "berthd log tail:\n{}",
-                integration::daemon::tail(&env.d().log(), 40)
-            )
-        })?;
+        .with_context(|| format!("berthd log tail:\n{}", env.log_excerpt(40)))?;
         ensure!(body.starts_with("HTTP/1."), "{body}");
     }
 
