@@ -213,6 +213,33 @@ pub enum TasksCommand {
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
+    /// Run a command in a running task, print its output and exit with its
+    /// exit code
+    Exec {
+        /// Kill the command after this many seconds (exit status 124)
+        #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+        timeout: Option<f64>,
+        /// Keep at most this many bytes of each output stream (for tests)
+        #[arg(long, hide = true, value_name = "BYTES")]
+        output_limit: Option<u64>,
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Command and arguments (after `--` when they start with a dash)
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        command: Vec<String>,
+    },
+}
+
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(t) if t.is_finite() && t > 0.0 && t <= 1e9 => Ok(t),
+        _ => Err(format!("{s:?} is not a number of seconds above 0")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -475,6 +502,22 @@ mod tests {
         assert_eq!(names, ["a", "b"]);
         assert!(parse(&["tasks", "kill", "-s", "BOGUS", "a"]).is_err());
         assert!(parse(&["tasks", "rm"]).is_err());
+        let cli = parse(&["tasks", "exec", "--timeout", "1.5", "t", "--", "ls", "-l"]).unwrap();
+        let Command::Tasks(TasksCommand::Exec {
+            timeout,
+            name,
+            command,
+            output_limit,
+        }) = cli.command
+        else {
+            panic!("not exec")
+        };
+        assert_eq!(timeout, Some(1.5));
+        assert_eq!(output_limit, None);
+        assert_eq!(name, "t");
+        assert_eq!(command, ["ls", "-l"]);
+        assert!(parse(&["tasks", "exec", "t"]).is_err());
+        assert!(parse(&["tasks", "exec", "--timeout", "0", "t", "ls"]).is_err());
         assert!(matches!(
             parse(&["task", "list", "--format", "json"])
                 .unwrap()

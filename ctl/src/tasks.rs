@@ -6,8 +6,8 @@ use anyhow::{anyhow, bail, Result};
 use berth_api::tasks::v1::run_response::Event;
 use berth_api::tasks::v1::tasks_client::TasksClient;
 use berth_api::tasks::v1::{
-    output, task, KillTaskRequest, ListTasksRequest, RemoveTaskRequest, RunRequest, Task,
-    WaitTaskRequest,
+    output, task, ExecTaskRequest, KillTaskRequest, ListTasksRequest, RemoveTaskRequest,
+    RunRequest, Task, WaitTaskRequest,
 };
 use serde_json::{json, Value};
 use tonic::transport::Channel;
@@ -270,6 +270,59 @@ pub async fn tasks(address: &str, cmd: TasksCommand) -> Result<()> {
             }
             Ok(())
         }
+        TasksCommand::Exec {
+            timeout,
+            output_limit,
+            name,
+            command,
+        } => exec(&mut c, name, command, timeout, output_limit).await,
+    }
+}
+
+/// Exit status of `tasks exec` when the command timed out, as timeout(1) has it.
+const TIMED_OUT: u8 = 124;
+
+async fn exec(
+    c: &mut TasksClient<Channel>,
+    name: String,
+    args: Vec<String>,
+    timeout: Option<f64>,
+    output_limit: Option<u64>,
+) -> Result<()> {
+    let timeout_ms = timeout.map(|t| ((t * 1000.0).ceil() as u64).max(1));
+    let res = c
+        .exec(ExecTaskRequest {
+            name,
+            args,
+            timeout_ms: timeout_ms.unwrap_or(0),
+            output_limit: output_limit.unwrap_or(0),
+        })
+        .await;
+    let out = match res {
+        Ok(r) => r.into_inner(),
+        Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
+            eprintln!("berthctl: {}", render(&status.into()));
+            return Err(Exit(TIMED_OUT).into());
+        }
+        Err(status) => return Err(status.into()),
+    };
+    {
+        let mut o = io::stdout().lock();
+        o.write_all(&out.stdout)?;
+        o.flush()?;
+    }
+    {
+        let mut e = io::stderr().lock();
+        e.write_all(&out.stderr)?;
+        if out.truncated {
+            writeln!(e, "berthctl: output truncated")?;
+        }
+        e.flush()?;
+    }
+    match out.exit_code {
+        0 => Ok(()),
+        // A negative code (never from runc) or one past 255 still fails.
+        code => Err(Exit(u8::try_from(code).unwrap_or(255).max(1)).into()),
     }
 }
 

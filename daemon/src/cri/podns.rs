@@ -201,9 +201,11 @@ fn unpin_blocking(dir: &Path, sandbox_id: &str) -> Result<(), PodNsError> {
     for kind in ["ipc", "uts"] {
         remove_pin(&pod_dir.join(kind))?;
     }
+    // The directory may hold the pod's other files; its owner removes it.
     match std::fs::remove_dir(&pod_dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => Ok(()),
         Err(source) => Err(PodNsError::Sys {
             path: pod_dir,
             op: "removing the pod directory",

@@ -271,18 +271,11 @@ impl CriRuntime {
                 ));
             }
         }
-        if !host_ipc {
-            let dir = rec.dir.clone();
-            let shm = tokio::task::spawn_blocking(move || podfiles::mount_shm(&dir))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| {
-                    Status::internal(format!("pod {pod_name}: mounting its /dev/shm: {e}"))
-                })?;
-            sandbox.update(|r| r.shm = Some(shm));
-        }
+        // Pins before the shm mount: the first pin makes the sandboxes dir
+        // a (shared) bind mount of itself, which would hide a mount made
+        // under it before.
         let pins = podns::pin(
-            &rec.dir,
+            &self.config.sandboxes_dir(),
             &rec.id,
             !host_ipc,
             (!host_net).then_some(hostname.as_str()),
@@ -293,6 +286,16 @@ impl CriRuntime {
             r.ipc_ns = pins.ipc.clone();
             r.uts_ns = pins.uts.clone();
         });
+        if !host_ipc {
+            let dir = rec.dir.clone();
+            let shm = tokio::task::spawn_blocking(move || podfiles::mount_shm(&dir))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| {
+                    Status::internal(format!("pod {pod_name}: mounting its /dev/shm: {e}"))
+                })?;
+            sandbox.update(|r| r.shm = Some(shm));
+        }
         if !host_net {
             let opts = PodNetworkOptions {
                 port_mappings: port_mappings(cfg),
@@ -419,6 +422,12 @@ impl CriRuntime {
         let pod_cfg = cfg.clone();
         let srec = rec.clone();
         let prepare: crate::tasks::Prepare = Box::new(move |t: &crate::tasks::TaskRecord| {
+            if let Some(dir) = t.log_path.parent() {
+                std::fs::create_dir_all(dir).map_err(crate::tasks::TaskError::io(format!(
+                    "creating {}",
+                    dir.display()
+                )))?;
+            }
             std::fs::File::create(&t.log_path).map_err(crate::tasks::TaskError::io(format!(
                 "creating {}",
                 t.log_path.display()
@@ -485,7 +494,7 @@ impl CriRuntime {
         let mut clean = self.remove_pause(sandbox).await;
         clean &= self.teardown_network(sandbox).await;
         let rec = sandbox.record();
-        if let Err(e) = podns::unpin(&rec.dir, &rec.id).await {
+        if let Err(e) = podns::unpin(&self.config.sandboxes_dir(), &rec.id).await {
             warn!(pod = %rec.id, error = %e, "cannot remove the pod's namespace pins");
             clean = false;
         }

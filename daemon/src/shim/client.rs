@@ -7,10 +7,12 @@
 //! with ttrpc's low-level client: service name, method name and the
 //! protobuf-encoded v3 message.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
 use containerd_shim_protos::api;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::{Enum, Message};
 use ttrpc::asynchronous::transport::Socket;
 use ttrpc::asynchronous::Client;
@@ -358,6 +360,145 @@ impl TaskClient {
         self.call("Delete", &req, Some(self.timeout * 3)).await
     }
 
+    /// Registers an exec process in a task (not started yet).
+    pub async fn exec(&self, req: &api::ExecProcessRequest) -> Result<(), ShimError> {
+        let _: api::Empty = self.call("Exec", req, Some(self.timeout)).await?;
+        Ok(())
+    }
+
+    /// Starts a registered exec process: the OCI runtime's exec, so it gets
+    /// Create's allowance. A command the runtime cannot run fails here.
+    pub async fn start_exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<api::StartResponse, ShimError> {
+        let req = api::StartRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        self.call("Start", &req, Some(self.timeout * 3)).await
+    }
+
+    /// Blocks until an exec process has exited. No deadline is sent: berth-shim
+    /// kills an exec whose Wait deadline passes, and how long a command may
+    /// run is the caller's decision.
+    pub async fn wait_exec(&self, id: &str, exec_id: &str) -> Result<api::WaitResponse, ShimError> {
+        let req = api::WaitRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        self.call("Wait", &req, None).await
+    }
+
+    /// Signals an exec process (`all` is meaningful for a task's init only).
+    pub async fn kill_exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<(), ShimError> {
+        let req = api::KillRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            signal,
+            all,
+            ..Default::default()
+        };
+        let _: api::Empty = self.call("Kill", &req, Some(self.timeout)).await?;
+        Ok(())
+    }
+
+    /// Forgets an exited (or never started) exec process. Shims wait for its
+    /// output to drain first (up to a couple of seconds), hence the allowance.
+    pub async fn delete_exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<api::DeleteResponse, ShimError> {
+        let req = api::DeleteRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        self.call("Delete", &req, Some(self.timeout * 3)).await
+    }
+
+    /// Sets the terminal size of a task (empty `exec_id`) or exec process.
+    pub async fn resize_pty(
+        &self,
+        id: &str,
+        exec_id: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<(), ShimError> {
+        let req = api::ResizePtyRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            width,
+            height,
+            ..Default::default()
+        };
+        let _: api::Empty = self.call("ResizePty", &req, Some(self.timeout)).await?;
+        Ok(())
+    }
+
+    /// Closes the stdin of a task (empty `exec_id`) or exec process, so it
+    /// reads EOF.
+    pub async fn close_io(&self, id: &str, exec_id: &str, stdin: bool) -> Result<(), ShimError> {
+        let req = api::CloseIORequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            stdin,
+            ..Default::default()
+        };
+        let _: api::Empty = self.call("CloseIO", &req, Some(self.timeout)).await?;
+        Ok(())
+    }
+
+    /// Updates a task's resources (`LinuxResources` as JSON in an `Any`, as
+    /// containerd sends it; None changes none) and passes `annotations`
+    /// (berth-shim reopens the task's CRI logs for
+    /// `io.berth.shim.reopen-log`). Runs the OCI runtime's update.
+    pub async fn update(
+        &self,
+        id: &str,
+        resources: Option<Any>,
+        annotations: HashMap<String, String>,
+    ) -> Result<(), ShimError> {
+        let req = api::UpdateTaskRequest {
+            id: id.to_string(),
+            resources: resources.into(),
+            annotations,
+            ..Default::default()
+        };
+        let _: api::Empty = self.call("Update", &req, Some(self.timeout * 3)).await?;
+        Ok(())
+    }
+
+    /// The processes in a task's container (the OCI runtime's `ps`), with
+    /// the exec id of those that are exec processes.
+    pub async fn pids(&self, id: &str) -> Result<api::PidsResponse, ShimError> {
+        let req = api::PidsRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        self.call("Pids", &req, Some(self.timeout * 3)).await
+    }
+
+    /// A task's cgroup metrics, as an `Any` holding
+    /// `io.containerd.cgroups.v1.Metrics` or `io.containerd.cgroups.v2.Metrics`.
+    pub async fn stats(&self, id: &str) -> Result<api::StatsResponse, ShimError> {
+        let req = api::StatsRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        self.call("Stats", &req, Some(self.timeout)).await
+    }
+
     pub async fn shutdown(&self, id: &str) -> Result<(), ShimError> {
         let req = api::ShutdownRequest {
             id: id.to_string(),
@@ -439,8 +580,3 @@ mod tests {
         assert!(err.is_connection(), "{err}");
     }
 }
-// STUB-BEGIN
-impl TaskClient {
-    pub async fn update(&self, _id: &str, _r: containerd_shim_protos::protobuf::well_known_types::any::Any, _a: std::collections::HashMap<String, String>) -> Result<(), ShimError> { todo!() }
-}
-// STUB-END

@@ -10,6 +10,11 @@ use tonic::{Request, Response, Status};
 
 use super::TaskService;
 
+/// Output kept per stream of an Exec when the request sets no limit: room for
+/// what a probe or a debugging command prints, bounded so a runaway command
+/// cannot make berthd hold (and send) gigabytes.
+pub const DEFAULT_EXEC_OUTPUT: usize = 16 << 20;
+
 pub struct TasksApi {
     pub svc: Arc<TaskService>,
 }
@@ -107,5 +112,29 @@ impl pb::tasks_server::Tasks for TasksApi {
         let req = req.into_inner();
         self.svc.remove(&req.name, req.force).await?;
         Ok(Response::new(pb::RemoveTaskResponse {}))
+    }
+
+    async fn exec(
+        &self,
+        req: Request<pb::ExecTaskRequest>,
+    ) -> Result<Response<pb::ExecTaskResponse>, Status> {
+        let req = req.into_inner();
+        let timeout = (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms));
+        let cap = match req.output_limit {
+            0 => DEFAULT_EXEC_OUTPUT,
+            n => usize::try_from(n)
+                .unwrap_or(usize::MAX)
+                .min(DEFAULT_EXEC_OUTPUT),
+        };
+        let out = self
+            .svc
+            .exec_sync(&req.name, req.args, timeout, cap)
+            .await?;
+        Ok(Response::new(pb::ExecTaskResponse {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            exit_code: out.exit_code,
+            truncated: out.truncated,
+        }))
     }
 }
