@@ -353,7 +353,9 @@ impl Config {
             ));
         }
         if self.cri.sandbox_mode == "pause" && self.cri.sandbox_image.trim().is_empty() {
-            return Err(invalid("cri.sandbox_mode \"pause\" needs cri.sandbox_image"));
+            return Err(invalid(
+                "cri.sandbox_mode \"pause\" needs cri.sandbox_image",
+            ));
         }
         if !self.cri.cgroup_parent.is_empty() && !self.cri.cgroup_parent.starts_with('/') {
             return Err(invalid("cri.cgroup_parent must be an absolute cgroup path"));

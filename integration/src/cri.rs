@@ -609,9 +609,14 @@ impl Env {
             out.push(format!("netns pin {p}"));
         }
         let d = self.d();
+        // The pin directory is a shared bind mount of itself for the
+        // daemon's lifetime (as `ip netns` does with /run/netns), not a pod's.
+        let pins_dir = d.state().join("sandboxes").display().to_string();
         for dir in [d.root(), d.state()] {
             for m in mounts_under(&dir) {
-                out.push(format!("mount {m}"));
+                if m != pins_dir {
+                    out.push(format!("mount {m}"));
+                }
             }
         }
         for v in self.net.bridge_ports() {

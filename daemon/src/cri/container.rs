@@ -126,10 +126,9 @@ impl CriRuntime {
         let cfg = req
             .config
             .ok_or_else(|| Status::invalid_argument("CreateContainer: no container config"))?;
-        let m = cfg
-            .metadata
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("CreateContainer: the config has no metadata"))?;
+        let m = cfg.metadata.clone().ok_or_else(|| {
+            Status::invalid_argument("CreateContainer: the config has no metadata")
+        })?;
         if m.name.trim().is_empty() {
             return Err(Status::invalid_argument(
                 "CreateContainer: metadata.name is empty",
@@ -520,14 +519,13 @@ impl CriRuntime {
                 None => true,
                 Some(f) => {
                     (f.id.is_empty() || r.id.starts_with(&f.id))
-                        && (f.pod_sandbox_id.is_empty() || r.sandbox_id.starts_with(&f.pod_sandbox_id))
-                        && f
-                            .state
+                        && (f.pod_sandbox_id.is_empty()
+                            || r.sandbox_id.starts_with(&f.pod_sandbox_id))
+                        && f.state
                             .as_ref()
                             .is_none_or(|s| s.state == state_pb(r.status) as i32)
                         && (f.label_selector.is_empty()
-                            || r
-                                .cri
+                            || r.cri
                                 .as_ref()
                                 .is_some_and(|m| labels_match(&m.labels, &f.label_selector)))
                 }
@@ -674,10 +672,10 @@ impl CriRuntime {
                 None => true,
                 Some(f) => {
                     (f.id.is_empty() || r.id.starts_with(&f.id))
-                        && (f.pod_sandbox_id.is_empty() || r.sandbox_id.starts_with(&f.pod_sandbox_id))
+                        && (f.pod_sandbox_id.is_empty()
+                            || r.sandbox_id.starts_with(&f.pod_sandbox_id))
                         && (f.label_selector.is_empty()
-                            || r
-                                .cri
+                            || r.cri
                                 .as_ref()
                                 .is_some_and(|m| labels_match(&m.labels, &f.label_selector)))
                 }
@@ -801,13 +799,12 @@ impl CriRuntime {
                 Status::failed_precondition(format!("container {}: its shim is gone", rec.id))
             })?;
             let any = containerd_shim_protos::protobuf::well_known_types::any::Any {
-                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
-                    .into(),
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
                 value: serde_json::to_vec(&doc).map_err(|e| Status::internal(e.to_string()))?,
                 ..Default::default()
             };
             pod.client()
-                .update(&rec.id, any, HashMap::new())
+                .update(&rec.id, Some(any), HashMap::new())
                 .await
                 .map_err(|e| {
                     Status::from(TaskError::shim(format!(
@@ -840,7 +837,7 @@ impl CriRuntime {
         let mut annotations = HashMap::new();
         annotations.insert("io.berth.shim.reopen-log".to_string(), "true".to_string());
         pod.client()
-            .update(&rec.id, Default::default(), annotations)
+            .update(&rec.id, None, annotations)
             .await
             .map_err(|e| {
                 Status::from(TaskError::shim(format!(

@@ -132,7 +132,11 @@ fn container_metrics(s: &cri::ContainerStats) -> Vec<cri::Metric> {
             }
         }
     }
-    if let Some(v) = s.writable_layer.as_ref().and_then(|w| w.used_bytes.as_ref()) {
+    if let Some(v) = s
+        .writable_layer
+        .as_ref()
+        .and_then(|w| w.used_bytes.as_ref())
+    {
         out.push(metric(
             "container_fs_usage_bytes",
             Gauge,
@@ -162,7 +166,9 @@ impl RuntimeService for CriRuntimeApi {
         req: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
         let id = self.rt.run_pod_sandbox(req.into_inner()).await?;
-        Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id: id }))
+        Ok(Response::new(cri::RunPodSandboxResponse {
+            pod_sandbox_id: id,
+        }))
     }
 
     async fn stop_pod_sandbox(
@@ -207,9 +213,11 @@ impl RuntimeService for CriRuntimeApi {
         req: Request<cri::StreamPodSandboxesRequest>,
     ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
         let items = self.rt.list_pod_sandboxes(req.into_inner().filter);
-        Ok(Response::new(chunked(items, self.chunk(), |pod_sandboxes| {
-            cri::StreamPodSandboxesResponse { pod_sandboxes }
-        })))
+        Ok(Response::new(chunked(
+            items,
+            self.chunk(),
+            |pod_sandboxes| cri::StreamPodSandboxesResponse { pod_sandboxes },
+        )))
     }
 
     async fn create_container(
@@ -217,7 +225,9 @@ impl RuntimeService for CriRuntimeApi {
         req: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
         let id = self.rt.create_container(req.into_inner()).await?;
-        Ok(Response::new(cri::CreateContainerResponse { container_id: id }))
+        Ok(Response::new(cri::CreateContainerResponse {
+            container_id: id,
+        }))
     }
 
     async fn start_container(
@@ -282,9 +292,7 @@ impl RuntimeService for CriRuntimeApi {
         &self,
         req: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        self.rt
-            .update_container_resources(req.into_inner())
-            .await?;
+        self.rt.update_container_resources(req.into_inner()).await?;
         Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
@@ -340,7 +348,9 @@ impl RuntimeService for CriRuntimeApi {
             .rt
             .container_stats(&req.into_inner().container_id)
             .await?;
-        Ok(Response::new(cri::ContainerStatsResponse { stats: Some(stats) }))
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_container_stats(
@@ -358,9 +368,11 @@ impl RuntimeService for CriRuntimeApi {
         req: Request<cri::StreamContainerStatsRequest>,
     ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
         let stats = self.rt.list_container_stats(req.into_inner().filter).await;
-        Ok(Response::new(chunked(stats, self.chunk(), |container_stats| {
-            cri::StreamContainerStatsResponse { container_stats }
-        })))
+        Ok(Response::new(chunked(
+            stats,
+            self.chunk(),
+            |container_stats| cri::StreamContainerStatsResponse { container_stats },
+        )))
     }
 
     async fn pod_sandbox_stats(
@@ -371,14 +383,19 @@ impl RuntimeService for CriRuntimeApi {
             .rt
             .pod_sandbox_stats(&req.into_inner().pod_sandbox_id)
             .await?;
-        Ok(Response::new(cri::PodSandboxStatsResponse { stats: Some(stats) }))
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
         req: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-        let stats = self.rt.list_pod_sandbox_stats(req.into_inner().filter).await;
+        let stats = self
+            .rt
+            .list_pod_sandbox_stats(req.into_inner().filter)
+            .await;
         Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
 
@@ -388,10 +405,15 @@ impl RuntimeService for CriRuntimeApi {
         &self,
         req: Request<cri::StreamPodSandboxStatsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
-        let stats = self.rt.list_pod_sandbox_stats(req.into_inner().filter).await;
-        Ok(Response::new(chunked(stats, self.chunk(), |pod_sandbox_stats| {
-            cri::StreamPodSandboxStatsResponse { pod_sandbox_stats }
-        })))
+        let stats = self
+            .rt
+            .list_pod_sandbox_stats(req.into_inner().filter)
+            .await;
+        Ok(Response::new(chunked(
+            stats,
+            self.chunk(),
+            |pod_sandbox_stats| cri::StreamPodSandboxStatsResponse { pod_sandbox_stats },
+        )))
     }
 
     async fn update_runtime_config(
@@ -436,7 +458,11 @@ impl RuntimeService for CriRuntimeApi {
                 r#type: "NetworkReady".into(),
                 status: net_ok,
                 reason: net_reason,
-                message: if net_ok { String::new() } else { net_msg.clone() },
+                message: if net_ok {
+                    String::new()
+                } else {
+                    net_msg.clone()
+                },
             },
         ];
         let mut info = HashMap::new();

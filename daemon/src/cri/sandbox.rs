@@ -299,9 +299,9 @@ impl CriRuntime {
         if !host_net {
             let opts = PodNetworkOptions {
                 port_mappings: port_mappings(cfg),
-                dns: cfg.dns_config.as_ref().map(|d| {
-                    json!({"servers": d.servers, "searches": d.searches, "options": d.options})
-                }),
+                dns: cfg.dns_config.as_ref().map(
+                    |d| json!({"servers": d.servers, "searches": d.searches, "options": d.options}),
+                ),
                 bandwidth: None,
             };
             let pod = pod_ref(&sandbox.record());
@@ -310,9 +310,7 @@ impl CriRuntime {
                 self.networks.setup(&pod, &opts).await
             }
             .map_err(|e| {
-                Status::failed_precondition(format!(
-                    "pod {pod_name}: setting up its network: {e}"
-                ))
+                Status::failed_precondition(format!("pod {pod_name}: setting up its network: {e}"))
             })?;
             let ips: Vec<String> = net.ips.iter().map(|ip| ip.to_string()).collect();
             sandbox.update(|r| {
@@ -452,7 +450,9 @@ impl CriRuntime {
             let body = serde_json::to_vec_pretty(&doc)
                 .map_err(|e| crate::tasks::TaskError::Internal(e.to_string()))?;
             crate::shim::write_atomic(&t.bundle.join("config.json"), &body).map_err(
-                crate::tasks::TaskError::io("writing the pause container's config.json".to_string()),
+                crate::tasks::TaskError::io(
+                    "writing the pause container's config.json".to_string(),
+                ),
             )
         });
         // Recorded before it exists, so a failure below is cleaned up.
@@ -500,9 +500,8 @@ impl CriRuntime {
         }
         let dir = rec.dir.clone();
         let id = rec.id.clone();
-        let cgroup = (rec.cgroup_parent
-            == format!("{}/{}", self.config.cri.cgroup_parent, rec.id))
-        .then(|| rec.cgroup_parent.clone());
+        let cgroup = (rec.cgroup_parent == format!("{}/{}", self.config.cri.cgroup_parent, rec.id))
+            .then(|| rec.cgroup_parent.clone());
         let layout = self.cgroups.clone();
         let files_ok = tokio::task::spawn_blocking(move || {
             let mut ok = true;
@@ -723,7 +722,10 @@ impl CriRuntime {
         })
     }
 
-    pub fn list_pod_sandboxes(&self, filter: Option<cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
+    pub fn list_pod_sandboxes(
+        &self,
+        filter: Option<cri::PodSandboxFilter>,
+    ) -> Vec<cri::PodSandbox> {
         let mut out: Vec<(i64, cri::PodSandbox)> = lock(&self.sandboxes)
             .values()
             .map(|s| s.record())

@@ -386,7 +386,14 @@ impl TaskService {
         let logs_dir = self.logs_dir();
         let extra_env = req.env.clone();
         let prepare: Prepare = Box::new(move |rec: &TaskRecord| {
-            prepare_bundle(rec, snap.as_ref(), top.as_deref(), &cfg, &extra_env, &logs_dir)
+            prepare_bundle(
+                rec,
+                snap.as_ref(),
+                top.as_deref(),
+                &cfg,
+                &extra_env,
+                &logs_dir,
+            )
         });
         let task = self.create(new, prepare).await?;
         let follower = if follow {
@@ -421,8 +428,7 @@ impl TaskService {
         let reservation = {
             let tasks = lock(&self.tasks);
             let mut reserved = lock(&self.reserved);
-            if tasks.values().any(|t| lock(&t.rec).name == new.name)
-                || reserved.contains(&new.name)
+            if tasks.values().any(|t| lock(&t.rec).name == new.name) || reserved.contains(&new.name)
             {
                 return Err(TaskError::AlreadyExists(format!(
                     "a task named {} already exists",
@@ -549,6 +555,9 @@ impl TaskService {
             .ok_or_else(|| {
                 TaskError::FailedPrecondition(format!("the shim of task {} is gone", rec.name))
             })?;
+        // Taken before the start: an exit the watcher records meanwhile
+        // (a quick command) is always later than this.
+        let started_at = now_nanos();
         let started = pod
             .client()
             .start(&rec.id)
@@ -562,7 +571,7 @@ impl TaskService {
             if started.pid != 0 {
                 r.pid = started.pid;
             }
-            r.started_at = now_nanos();
+            r.started_at = started_at;
         });
         self.persist(&rec).await?;
         info!(task = %rec.name, id = %rec.id, pid = rec.pid, image = %rec.image, "task started");
@@ -656,7 +665,9 @@ impl TaskService {
         // Read before the delete: the runtime removes the cgroup with it.
         let reason = if reason.is_empty() && code != 0 {
             let path = task.record().cgroups_path;
-            let killed = blocking(move || Ok(oom_killed(&path))).await.unwrap_or(false);
+            let killed = blocking(move || Ok(oom_killed(&path)))
+                .await
+                .unwrap_or(false);
             if killed {
                 "OOMKilled: the kernel killed it for exceeding its memory limit".to_string()
             } else {
@@ -971,6 +982,8 @@ impl TaskService {
     /// was down, settles the tasks of dead shims and sweeps leftovers. One bad
     /// record or shim never stops the rest.
     pub async fn recover(self: &Arc<Self>) {
+        // No exec can be in flight before the first request.
+        self.sweep_exec_dirs().await;
         let meta = self.meta.clone();
         let rows = match blocking(move || Ok(meta.list(TASKS)?)).await {
             Ok(r) => r,
