@@ -224,10 +224,14 @@ async fn pod_and_container_lifecycle() -> Result<()> {
     );
 
     // --- CreateContainer / StartContainer
-    let c1cfg = env.container(
+    let mut c1cfg = env.container(
         "main",
         &["sh", "-c", "echo hello; echo err >&2; sleep 3600"],
     );
+    c1cfg.envs = vec![api::KeyValue {
+        key: "BERTH_E2E".into(),
+        value: "env-from-config".into(),
+    }];
     let log1 = log_path_of(&pod, &c1cfg)?;
     let c1 = env.create(&mut rt, &pod_id, &pod, &c1cfg).await?;
     let st = cstatus(&mut rt, &c1).await?;
@@ -473,7 +477,8 @@ async fn pod_and_container_lifecycle() -> Result<()> {
     ensure!(r.exit_code == 3, "{r:?}");
     ensure!(r.stderr == b"oops\n" && r.stdout.is_empty(), "{r:?}");
     let started = Instant::now();
-    let r = exec(&mut rt, &c1, &["sleep", "10"], 1).await;
+    // A unique argument, to find the command on the host afterwards.
+    let r = exec(&mut rt, &c1, &["sleep", "1317"], 1).await;
     let took = started.elapsed();
     match r {
         Err(s) => ensure!(
@@ -482,14 +487,20 @@ async fn pod_and_container_lifecycle() -> Result<()> {
             s.code(),
             s.message()
         ),
-        Ok(r) => anyhow::bail!("ExecSync with timeout 1 of sleep 10 returned {r:?}"),
+        Ok(r) => anyhow::bail!("ExecSync with timeout 1 of sleep 1317 returned {r:?}"),
     }
     ensure!(
         took < Duration::from_secs(8),
         "ExecSync timeout took {took:?}"
     );
-    // The container is unharmed.
+    // The timed-out command was killed; the container is unharmed.
+    integration::util::wait_for("the timed-out exec to be killed", TIMEOUT, || {
+        Ok(cri::processes_naming("sleep 1317").is_empty().then_some(()))
+    })?;
     ensure!(exec_ok(&mut rt, &c1, &["true"]).await?.is_empty());
+    // The config's environment and the pod's hostname (its own UTS namespace).
+    ensure!(exec_ok(&mut rt, &c1, &["sh", "-c", "echo $BERTH_E2E"]).await? == "env-from-config\n");
+    ensure!(exec_ok(&mut rt, &c1, &["hostname"]).await? == format!("{}\n", pod.hostname));
 
     // --- Stats
     let cs = rt
@@ -983,7 +994,7 @@ async fn bad_input_is_rejected_and_leaves_nothing() -> Result<()> {
         config: cfg,
         sandbox_config: Some(pod.clone()),
     };
-    let good = env.container("bad", &["sleep", "3600"]);
+    let good = env.container("wrongcfg", &["sleep", "3600"]);
 
     let r = rt.create_container(create(None, &pod_id)).await;
     expect_code(
@@ -1010,7 +1021,7 @@ async fn bad_input_is_rejected_and_leaves_nothing() -> Result<()> {
         "CreateContainer with an empty image",
         r,
         Code::InvalidArgument,
-        &["image"],
+        &["image", "wrongcfg"],
     )?;
 
     let mut c = good.clone();
@@ -1020,7 +1031,7 @@ async fn bad_input_is_rejected_and_leaves_nothing() -> Result<()> {
         "CreateContainer without an image",
         r,
         Code::InvalidArgument,
-        &["image"],
+        &["image", "wrongcfg"],
     )?;
 
     let mut c = good.clone();
@@ -1033,7 +1044,7 @@ async fn bad_input_is_rejected_and_leaves_nothing() -> Result<()> {
         "CreateContainer with an unknown image",
         r,
         Code::NotFound,
-        &["nothere"],
+        &["nothere", "wrongcfg"],
     )?;
 
     let unknown_pod = "fedcba9876543210fedcba9876543210";
@@ -1065,8 +1076,9 @@ async fn bad_input_is_rejected_and_leaves_nothing() -> Result<()> {
         s.message()
     );
     ensure!(
-        s.message().contains(&missing_src.display().to_string()),
-        "message does not name {}: {}",
+        s.message().contains(&missing_src.display().to_string())
+            && s.message().contains("wrongcfg"),
+        "message does not name the container and {}: {}",
         missing_src.display(),
         s.message()
     );
@@ -1086,7 +1098,7 @@ async fn bad_input_is_rejected_and_leaves_nothing() -> Result<()> {
         "CreateContainer with cpu_period -1",
         r,
         Code::InvalidArgument,
-        &["cpu", "period"],
+        &["cpu", "period", "wrongcfg"],
     )?;
 
     // None of these reserved the name or left a container behind.
