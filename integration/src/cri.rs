@@ -294,6 +294,55 @@ impl Drop for TestNet {
             .args(["link", "del", &self.bridge])
             .stderr(Stdio::null())
             .status();
+        remove_portmap_rules(&self.name);
+    }
+}
+
+/// Removes the portmap plugin's NAT rules for the CNI network `net_name`
+/// (left behind when a test fails before its pods are removed): each jump
+/// from CNI-HOSTPORT-DNAT whose comment names the network, and the
+/// per-pod CNI-DN-* chain it jumps to.
+pub fn remove_portmap_rules(net_name: &str) {
+    let needle = format!("dnat name: \"{net_name}\"");
+    // Rule numbers shift after each delete: list again every time.
+    for _ in 0..64 {
+        let Ok(out) = Command::new("iptables")
+            .args([
+                "-t",
+                "nat",
+                "-L",
+                "CNI-HOSTPORT-DNAT",
+                "-n",
+                "--line-numbers",
+            ])
+            .stderr(Stdio::null())
+            .output()
+        else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let Some((num, target)) = text.lines().find(|l| l.contains(&needle)).and_then(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.to_string(), f.next()?.to_string()))
+        }) else {
+            return;
+        };
+        let deleted = Command::new("iptables")
+            .args(["-t", "nat", "-D", "CNI-HOSTPORT-DNAT", &num])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if target.starts_with("CNI-DN-") {
+            for op in ["-F", "-X"] {
+                let _ = Command::new("iptables")
+                    .args(["-t", "nat", op, &target])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        if !deleted {
+            return;
+        }
     }
 }
 

@@ -880,10 +880,22 @@ async fn names_are_reserved_and_missing_ids() -> Result<()> {
     // Removing the pod removed its containers.
     ensure!(list_containers(&mut rt, None).await?.is_empty());
     env.assert_no_leaks(&p1, &[c1, c1b, c2], &[])?;
-    let p2 = env.run_pod(&mut rt, &pod).await?;
+    // The name is free again; this time without a cgroup parent in the
+    // config, so the configured default parent applies.
+    let mut pod2 = pod.clone();
+    pod2.linux.as_mut().unwrap().cgroup_parent = String::new();
+    let p2 = env.run_pod(&mut rt, &pod2).await?;
     ensure!(p2 != p1, "a new pod gets a new id");
+    let c3 = env.create_start(&mut rt, &p2, &pod2, &ccfg).await?;
+    let pid3 = cri::container_pid(&mut rt, &c3).await?;
+    let cg = cri::memory_cgroup_of(pid3)?;
+    ensure!(
+        cg.starts_with(&format!("{}/", env.cgroup_parent)),
+        "memory cgroup {cg} of a pod without a cgroup parent is not below the default {}",
+        env.cgroup_parent
+    );
     env.stop_remove_pod(&mut rt, &p2).await?;
-    env.assert_no_leaks(&p2, &[], &[])?;
+    env.assert_no_leaks(&p2, &[c3], &[pid3])?;
 
     // Missing ids: stop and remove succeed, the rest is NotFound naming the id.
     let missing = "0123456789abcdef0123456789abcdef";
