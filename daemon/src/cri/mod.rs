@@ -21,6 +21,7 @@ pub mod stats;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use berth_api::runtime::v1 as cri;
 use tokio::sync::{broadcast, watch};
@@ -39,6 +40,10 @@ use meta::SandboxRecord;
 /// What a create that others may join ends with: the new object's id, or
 /// the error (code and message; `Status` itself is not `Clone`).
 type Outcome = Result<String, (Code, String)>;
+
+/// How long a create nobody waited for keeps its result for a retry
+/// (kubelet retries within its 4-minute runtime request timeout).
+const UNCLAIMED_TTL: Duration = Duration::from_secs(600);
 
 /// One pod in memory.
 pub struct Sandbox {
@@ -81,6 +86,9 @@ pub struct CriRuntime {
     sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
     /// Creates under way, by unique name: a retry with the same name joins.
     inflight: Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>,
+    /// Creates that finished after every caller had given up (kubelet's
+    /// deadline passed): the id is handed to the first retry with the name.
+    unclaimed: Mutex<HashMap<String, (String, Instant)>>,
     events: broadcast::Sender<cri::ContainerEventResponse>,
     cgroups: stats::CgroupLayout,
     /// Host facts the OCI spec builder needs, read once.
@@ -110,6 +118,7 @@ impl CriRuntime {
             tasks,
             sandboxes: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            unclaimed: Mutex::new(HashMap::new()),
             events: broadcast::channel(1024).0,
             cgroups: stats::CgroupLayout::detect(),
             spec_opts,
@@ -136,6 +145,9 @@ impl CriRuntime {
             match inflight.get(&name) {
                 Some(rx) => rx.clone(),
                 None => {
+                    if let Some(id) = self.claim(&name) {
+                        return Ok(id);
+                    }
                     if let Some(msg) = taken(self) {
                         return Err(Status::already_exists(msg));
                     }
@@ -146,7 +158,18 @@ impl CriRuntime {
                         let outcome = create
                             .await
                             .map_err(|s| (s.code(), s.message().to_string()));
-                        lock(&this.inflight).remove(&name);
+                        // Under the lock, so no new caller can join between
+                        // the count and the removal.
+                        let mut inflight = lock(&this.inflight);
+                        inflight.remove(&name);
+                        // No caller is waiting any more: every one gave up.
+                        // Keep a success for the retry.
+                        if tx.receiver_count() == 0 {
+                            if let Ok(id) = &outcome {
+                                lock(&this.unclaimed).insert(name, (id.clone(), Instant::now()));
+                            }
+                        }
+                        drop(inflight);
                         tx.send_replace(Some(outcome));
                     });
                     rx
@@ -161,6 +184,17 @@ impl CriRuntime {
                 return Err(Status::internal("the create this call joined was lost"));
             }
         }
+    }
+
+    /// The id of a create with this name that finished unclaimed (and not
+    /// too long ago), taken out of the store.
+    fn claim(&self, name: &str) -> Option<String> {
+        let mut unclaimed = lock(&self.unclaimed);
+        unclaimed.retain(|_, (_, at)| at.elapsed() < UNCLAIMED_TTL);
+        let (id, _) = unclaimed.remove(name)?;
+        // Removed meanwhile: nothing to hand over.
+        let exists = lock(&self.sandboxes).contains_key(&id) || self.tasks.get_task(&id).is_some();
+        exists.then_some(id)
     }
 
     fn emit(
