@@ -275,6 +275,16 @@ async fn pod_and_container_lifecycle() -> Result<()> {
     ensure!(st.finished_at == 0, "{st:?}");
     let pid1 = cri::container_pid(&mut rt, &c1).await?;
     ensure!(cri::alive(pid1), "pid {pid1} of {c1} not alive");
+    // The pod's shim names the pod in its command line: what the leak check
+    // looks for once the pod is gone.
+    let shims: Vec<String> = cri::processes_naming(&pod_id)
+        .into_iter()
+        .map(cri::cmdline)
+        .collect();
+    ensure!(
+        shims.iter().any(|c| c.contains("shim")),
+        "no shim process names pod {pod_id}: {shims:?}"
+    );
     let cg = cri::memory_cgroup_of(pid1)?;
     let parent = pod.linux.as_ref().unwrap().cgroup_parent.clone();
     ensure!(
