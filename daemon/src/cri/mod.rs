@@ -93,9 +93,6 @@ pub struct CriRuntime {
     cgroups: stats::CgroupLayout,
     /// Host facts the OCI spec builder needs, read once.
     spec_opts: spec::SpecOptions,
-    /// CNI ADD and DEL run one at a time: concurrent bridge/portmap runs
-    /// race on iptables (seen here with iptables-nft).
-    cni_lock: tokio::sync::Mutex<()>,
 }
 
 impl CriRuntime {
@@ -122,7 +119,6 @@ impl CriRuntime {
             events: broadcast::channel(1024).0,
             cgroups: stats::CgroupLayout::detect(),
             spec_opts,
-            cni_lock: tokio::sync::Mutex::new(()),
         })
     }
 

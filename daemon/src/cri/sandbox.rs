@@ -305,11 +305,7 @@ impl CriRuntime {
                 bandwidth: None,
             };
             let pod = pod_ref(&sandbox.record());
-            let net = {
-                let _cni = self.cni_lock.lock().await;
-                self.networks.setup(&pod, &opts).await
-            }
-            .map_err(|e| {
+            let net = self.networks.setup(&pod, &opts).await.map_err(|e| {
                 Status::failed_precondition(format!("pod {pod_name}: setting up its network: {e}"))
             })?;
             let ips: Vec<String> = net.ips.iter().map(|ip| ip.to_string()).collect();
@@ -533,10 +529,7 @@ impl CriRuntime {
             return true;
         };
         let pod = pod_ref(&rec);
-        let r = {
-            let _cni = self.cni_lock.lock().await;
-            self.networks.teardown(&pod, &netns).await
-        };
+        let r = self.networks.teardown(&pod, &netns).await;
         match r {
             Ok(()) => {
                 let rec = sandbox.update(|r| {

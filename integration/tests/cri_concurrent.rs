@@ -1,0 +1,69 @@
+//! Many pods at once: concurrent RunPodSandbox/CreateContainer/StartContainer
+//! and removal against one real berthd and one CNI bridge network. Each pod
+//! must get its own address, run, answer ExecSync, and leave nothing behind.
+
+use std::collections::HashSet;
+
+use anyhow::{ensure, Context, Result};
+use integration::cri::{self, Env};
+
+const PODS: usize = 16;
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_pods_at_once() -> Result<()> {
+    let _net = cri::host_network_lock().await;
+    let env = Env::start()?;
+    let rt = env.rt().await?;
+    let mut jobs = Vec::new();
+    for i in 0..PODS {
+        let mut pod = env.pod(&format!("many{i}"))?;
+        // Half with a host port: the portmap plugin's iptables work is what
+        // concurrent pods would race on.
+        if i % 2 == 0 {
+            let port = free_port()?;
+            pod.port_mappings = vec![cri::port_mapping("127.0.0.1", port, 80)];
+        }
+        let ctr = env.container("main", &["sleep", "3600"]);
+        let mut rt = rt.clone();
+        let env_ref = &env;
+        jobs.push(async move {
+            let pod_id = env_ref.run_pod(&mut rt, &pod).await?;
+            let c = env_ref.create_start(&mut rt, &pod_id, &pod, &ctr).await?;
+            let ip = cri::pod_status(&mut rt, &pod_id, false)
+                .await?
+                .status
+                .and_then(|s| s.network)
+                .map(|n| n.ip)
+                .unwrap_or_default();
+            let host = cri::exec_ok(&mut rt, &c, &["hostname"]).await?;
+            Ok::<_, anyhow::Error>((pod_id, c, ip, host))
+        });
+    }
+    let results = futures::future::join_all(jobs).await;
+    let mut pods = Vec::new();
+    let mut ips = HashSet::new();
+    for r in results {
+        let (pod_id, c, ip, host) = r?;
+        ensure!(!ip.is_empty(), "pod {pod_id} has no IP");
+        ensure!(ips.insert(ip.clone()), "two pods got {ip}");
+        ensure!(host.trim().starts_with("many"), "hostname {host:?}");
+        pods.push((pod_id, c));
+    }
+    ensure!(cri::list_pods(&mut rt.clone(), None).await?.len() == PODS);
+    let removals = pods.iter().map(|(p, _)| {
+        let mut rt = rt.clone();
+        let env_ref = &env;
+        async move { env_ref.stop_remove_pod(&mut rt, p).await }
+    });
+    for r in futures::future::join_all(removals).await {
+        r.context("removing a pod")?;
+    }
+    for (p, c) in &pods {
+        env.assert_no_leaks(p, std::slice::from_ref(c), &[])?;
+    }
+    Ok(())
+}
