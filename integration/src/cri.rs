@@ -294,6 +294,55 @@ impl Drop for TestNet {
             .args(["link", "del", &self.bridge])
             .stderr(Stdio::null())
             .status();
+        remove_portmap_rules(&self.name);
+    }
+}
+
+/// Removes the portmap plugin's NAT rules for the CNI network `net_name`
+/// (left behind when a test fails before its pods are removed): each jump
+/// from CNI-HOSTPORT-DNAT whose comment names the network, and the
+/// per-pod CNI-DN-* chain it jumps to.
+pub fn remove_portmap_rules(net_name: &str) {
+    let needle = format!("dnat name: \"{net_name}\"");
+    // Rule numbers shift after each delete: list again every time.
+    for _ in 0..64 {
+        let Ok(out) = Command::new("iptables")
+            .args([
+                "-t",
+                "nat",
+                "-L",
+                "CNI-HOSTPORT-DNAT",
+                "-n",
+                "--line-numbers",
+            ])
+            .stderr(Stdio::null())
+            .output()
+        else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let Some((num, target)) = text.lines().find(|l| l.contains(&needle)).and_then(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.to_string(), f.next()?.to_string()))
+        }) else {
+            return;
+        };
+        let deleted = Command::new("iptables")
+            .args(["-t", "nat", "-D", "CNI-HOSTPORT-DNAT", &num])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if target.starts_with("CNI-DN-") {
+            for op in ["-F", "-X"] {
+                let _ = Command::new("iptables")
+                    .args(["-t", "nat", op, &target])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        if !deleted {
+            return;
+        }
     }
 }
 
@@ -556,14 +605,23 @@ impl Env {
         Ok(())
     }
 
-    /// An error for an unexpected gRPC failure, with the daemon log tail.
+    /// An error for an unexpected gRPC failure, with berthd's log excerpt.
     pub fn status_err(&self, what: &str, s: tonic::Status) -> anyhow::Error {
         anyhow::anyhow!(
-            "{what} failed: {:?}: {}\n--- berthd log tail ---\n{}",
+            "{what} failed: {:?}: {}\n--- berthd log excerpt ---\n{}",
             s.code(),
             s.message(),
-            crate::daemon::tail(&self.d().log(), 40)
+            self.log_excerpt(40)
         )
+    }
+
+    /// The last `n` lines of berthd's log without the h2/sled/hyper debug
+    /// chatter and colour codes.
+    pub fn log_excerpt(&self, n: usize) -> String {
+        self.daemon
+            .as_ref()
+            .map(|d| log_excerpt(&d.log(), n))
+            .unwrap_or_default()
     }
 
     /// Everything a pod may leave behind, after it was removed: netns pins,
@@ -587,7 +645,7 @@ impl Env {
             bail!(
                 "pod {pod_id} leaked: {:#?}\n--- berthd log tail ---\n{}",
                 self.leaks(&ids, pids),
-                crate::daemon::tail(&self.d().log(), 60)
+                self.log_excerpt(60)
             );
         }
         Ok(())
@@ -645,9 +703,45 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        // Captured by the test harness: shown only when the test fails.
+        println!(
+            "--- berthd log excerpt ({}) ---\n{}",
+            self.daemon
+                .as_ref()
+                .map(|d| d.log_path().display().to_string())
+                .unwrap_or_default(),
+            self.log_excerpt(150)
+        );
         drop(self.daemon.take());
         remove_cgroup_tree(&self.cgroup_parent);
     }
+}
+
+/// The last `n` lines of a berthd log, without ANSI colours and without the
+/// debug chatter of h2, hyper, tower and sled.
+pub fn log_excerpt(log: &str, n: usize) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    for l in log.lines() {
+        let mut clean = String::with_capacity(l.len());
+        let mut chars = l.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                clean.push(c);
+            }
+        }
+        const NOISE: &[&str] = &["h2::", "sled::", "hyper", "tower::", "tonic::transport"];
+        if NOISE.iter().any(|n| clean.contains(n)) {
+            continue;
+        }
+        lines.push(clean);
+    }
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 // ---------------------------------------------------------------- builders
@@ -1020,21 +1114,44 @@ fn unescape_mountinfo(s: &str) -> String {
     out
 }
 
-/// The cgroup v1 controllers the tests look at.
-pub const CGROUP_CONTROLLERS: &[&str] = &[
-    "memory",
-    "cpu,cpuacct",
-    "cpuset",
-    "pids",
-    "blkio",
-    "devices",
-    "freezer",
-];
+/// The cgroup v1 hierarchies mounted below /sys/fs/cgroup (e.g. "memory",
+/// "cpu" or "cpu,cpuacct"; symlinks to them are skipped, "unified" and
+/// "systemd" too).
+pub fn cgroup_controllers() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir("/sys/fs/cgroup")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "unified" && n != "systemd")
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Reads `/sys/fs/cgroup/<hierarchy>/<path>/<file>` (trimmed), where
+/// `hierarchy` is the mounted dir holding controller `ctl`.
+pub fn cgroup_file(ctl: &str, path: &str, file: &str) -> Result<String> {
+    let hier = cgroup_controllers()
+        .into_iter()
+        .find(|h| h.split(',').any(|c| c == ctl))
+        .with_context(|| format!("no cgroup v1 hierarchy for {ctl}"))?;
+    let p = Path::new("/sys/fs/cgroup")
+        .join(hier)
+        .join(path.trim_start_matches('/'))
+        .join(file);
+    Ok(std::fs::read_to_string(&p)
+        .with_context(|| format!("read {}", p.display()))?
+        .trim()
+        .to_string())
+}
 
 /// Dirs below `/sys/fs/cgroup/<ctl>/<parent>` whose name contains one of `ids`.
 pub fn cgroup_dirs_naming(parent: &str, ids: &[String]) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for ctl in CGROUP_CONTROLLERS {
+    for ctl in cgroup_controllers() {
         let root = Path::new("/sys/fs/cgroup")
             .join(ctl)
             .join(parent.trim_start_matches('/'));
@@ -1086,29 +1203,27 @@ pub fn remove_cgroup_tree(parent: &str) {
     }
 }
 
-/// The memory cgroup path (relative to the v1 memory mount) of `pid`.
-pub fn memory_cgroup_of(pid: i32) -> Result<String> {
+/// The cgroup v1 path (relative to the controller's mount) of `pid` for
+/// controller `ctl` (e.g. "memory", "cpu").
+pub fn cgroup_of(pid: i32, ctl: &str) -> Result<String> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
     s.lines()
-        .filter_map(|l| {
-            let mut f = l.splitn(3, ':');
-            f.next();
-            f.next().zip(f.next())
+        .find_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let (_, ctls, path) = (p.next()?, p.next()?, p.next()?);
+            ctls.split(',').any(|c| c == ctl).then(|| path.to_string())
         })
-        .find(|(ctls, _)| ctls.split(',').any(|c| c == "memory"))
-        .map(|(_, p)| p.to_string())
-        .with_context(|| format!("no memory cgroup for {pid}: {s}"))
+        .with_context(|| format!("no {ctl} cgroup for {pid}: {s}"))
+}
+
+/// The memory cgroup path (relative to the v1 memory mount) of `pid`.
+pub fn memory_cgroup_of(pid: i32) -> Result<String> {
+    cgroup_of(pid, "memory")
 }
 
 /// Reads a file of the memory controller for the cgroup `path`.
 pub fn memory_cgroup_file(path: &str, file: &str) -> Result<String> {
-    let p = Path::new("/sys/fs/cgroup/memory")
-        .join(path.trim_start_matches('/'))
-        .join(file);
-    Ok(std::fs::read_to_string(&p)
-        .with_context(|| format!("read {}", p.display()))?
-        .trim()
-        .to_string())
+    cgroup_file("memory", path, file)
 }
 
 /// Whether `pid` exists and is not a zombie.

@@ -224,10 +224,14 @@ async fn pod_and_container_lifecycle() -> Result<()> {
     );
 
     // --- CreateContainer / StartContainer
-    let c1cfg = env.container(
+    let mut c1cfg = env.container(
         "main",
         &["sh", "-c", "echo hello; echo err >&2; sleep 3600"],
     );
+    c1cfg.envs = vec![api::KeyValue {
+        key: "BERTH_E2E".into(),
+        value: "env-from-config".into(),
+    }];
     let log1 = log_path_of(&pod, &c1cfg)?;
     let c1 = env.create(&mut rt, &pod_id, &pod, &c1cfg).await?;
     let st = cstatus(&mut rt, &c1).await?;
@@ -271,6 +275,16 @@ async fn pod_and_container_lifecycle() -> Result<()> {
     ensure!(st.finished_at == 0, "{st:?}");
     let pid1 = cri::container_pid(&mut rt, &c1).await?;
     ensure!(cri::alive(pid1), "pid {pid1} of {c1} not alive");
+    // The pod's shim names the pod in its command line: what the leak check
+    // looks for once the pod is gone.
+    let shims: Vec<String> = cri::processes_naming(&pod_id)
+        .into_iter()
+        .map(cri::cmdline)
+        .collect();
+    ensure!(
+        shims.iter().any(|c| c.contains("shim")),
+        "no shim process names pod {pod_id}: {shims:?}"
+    );
     let cg = cri::memory_cgroup_of(pid1)?;
     let parent = pod.linux.as_ref().unwrap().cgroup_parent.clone();
     ensure!(
@@ -473,7 +487,8 @@ async fn pod_and_container_lifecycle() -> Result<()> {
     ensure!(r.exit_code == 3, "{r:?}");
     ensure!(r.stderr == b"oops\n" && r.stdout.is_empty(), "{r:?}");
     let started = Instant::now();
-    let r = exec(&mut rt, &c1, &["sleep", "10"], 1).await;
+    // A unique argument, to find the command on the host afterwards.
+    let r = exec(&mut rt, &c1, &["sleep", "1317"], 1).await;
     let took = started.elapsed();
     match r {
         Err(s) => ensure!(
@@ -482,14 +497,20 @@ async fn pod_and_container_lifecycle() -> Result<()> {
             s.code(),
             s.message()
         ),
-        Ok(r) => anyhow::bail!("ExecSync with timeout 1 of sleep 10 returned {r:?}"),
+        Ok(r) => anyhow::bail!("ExecSync with timeout 1 of sleep 1317 returned {r:?}"),
     }
     ensure!(
         took < Duration::from_secs(8),
         "ExecSync timeout took {took:?}"
     );
-    // The container is unharmed.
+    // The timed-out command was killed; the container is unharmed.
+    integration::util::wait_for("the timed-out exec to be killed", TIMEOUT, || {
+        Ok(cri::processes_naming("sleep 1317").is_empty().then_some(()))
+    })?;
     ensure!(exec_ok(&mut rt, &c1, &["true"]).await?.is_empty());
+    // The config's environment and the pod's hostname (its own UTS namespace).
+    ensure!(exec_ok(&mut rt, &c1, &["sh", "-c", "echo $BERTH_E2E"]).await? == "env-from-config\n");
+    ensure!(exec_ok(&mut rt, &c1, &["hostname"]).await? == format!("{}\n", pod.hostname));
 
     // --- Stats
     let cs = rt
@@ -780,12 +801,7 @@ async fn pods_ping_each_other_and_port_mapping() -> Result<()> {
                 .ok()
                 .filter(|r| r.contains("hello-from-berth")))
         })
-        .with_context(|| {
-            format!(
-                "berthd log tail:\n{}",
-                integration::daemon::tail(&env.d().log(), 40)
-            )
-        })?;
+        .with_context(|| format!("berthd log tail:\n{}", env.log_excerpt(40)))?;
         ensure!(body.starts_with("HTTP/1."), "{body}");
     }
 
@@ -874,10 +890,22 @@ async fn names_are_reserved_and_missing_ids() -> Result<()> {
     // Removing the pod removed its containers.
     ensure!(list_containers(&mut rt, None).await?.is_empty());
     env.assert_no_leaks(&p1, &[c1, c1b, c2], &[])?;
-    let p2 = env.run_pod(&mut rt, &pod).await?;
+    // The name is free again; this time without a cgroup parent in the
+    // config, so the configured default parent applies.
+    let mut pod2 = pod.clone();
+    pod2.linux.as_mut().unwrap().cgroup_parent = String::new();
+    let p2 = env.run_pod(&mut rt, &pod2).await?;
     ensure!(p2 != p1, "a new pod gets a new id");
+    let c3 = env.create_start(&mut rt, &p2, &pod2, &ccfg).await?;
+    let pid3 = cri::container_pid(&mut rt, &c3).await?;
+    let cg = cri::memory_cgroup_of(pid3)?;
+    ensure!(
+        cg.starts_with(&format!("{}/", env.cgroup_parent)),
+        "memory cgroup {cg} of a pod without a cgroup parent is not below the default {}",
+        env.cgroup_parent
+    );
     env.stop_remove_pod(&mut rt, &p2).await?;
-    env.assert_no_leaks(&p2, &[], &[])?;
+    env.assert_no_leaks(&p2, &[c3], &[pid3])?;
 
     // Missing ids: stop and remove succeed, the rest is NotFound naming the id.
     let missing = "0123456789abcdef0123456789abcdef";
@@ -988,7 +1016,7 @@ async fn bad_input_is_rejected_and_leaves_nothing() -> Result<()> {
         config: cfg,
         sandbox_config: Some(pod.clone()),
     };
-    let good = env.container("bad", &["sleep", "3600"]);
+    let good = env.container("wrongcfg", &["sleep", "3600"]);
 
     let r = rt.create_container(create(None, &pod_id)).await;
     expect_code(
@@ -1015,7 +1043,7 @@ async fn bad_input_is_rejected_and_leaves_nothing() -> Result<()> {
         "CreateContainer with an empty image",
         r,
         Code::InvalidArgument,
-        &["image"],
+        &["image", "wrongcfg"],
     )?;
 
     let mut c = good.clone();
@@ -1025,7 +1053,7 @@ async fn bad_input_is_rejected_and_leaves_nothing() -> Result<()> {
         "CreateContainer without an image",
         r,
         Code::InvalidArgument,
-        &["image"],
+        &["image", "wrongcfg"],
     )?;
 
     let mut c = good.clone();
@@ -1038,7 +1066,7 @@ async fn bad_input_is_rejected_and_leaves_nothing() -> Result<()> {
         "CreateContainer with an unknown image",
         r,
         Code::NotFound,
-        &["nothere"],
+        &["nothere", "wrongcfg"],
     )?;
 
     let unknown_pod = "fedcba9876543210fedcba9876543210";
@@ -1070,8 +1098,9 @@ async fn bad_input_is_rejected_and_leaves_nothing() -> Result<()> {
         s.message()
     );
     ensure!(
-        s.message().contains(&missing_src.display().to_string()),
-        "message does not name {}: {}",
+        s.message().contains(&missing_src.display().to_string())
+            && s.message().contains("wrongcfg"),
+        "message does not name the container and {}: {}",
         missing_src.display(),
         s.message()
     );
@@ -1091,7 +1120,7 @@ async fn bad_input_is_rejected_and_leaves_nothing() -> Result<()> {
         "CreateContainer with cpu_period -1",
         r,
         Code::InvalidArgument,
-        &["cpu", "period"],
+        &["cpu", "period", "wrongcfg"],
     )?;
 
     // None of these reserved the name or left a container behind.
@@ -1232,7 +1261,7 @@ async fn failing_cni_plugin_fails_the_pod_and_leaks_nothing() -> Result<()> {
         // Below the configured default parent, only the pod's own parent
         // (kubelet's to manage) may exist: no sandbox or container cgroups.
         let mut cgs = Vec::new();
-        for ctl in cri::CGROUP_CONTROLLERS {
+        for ctl in cri::cgroup_controllers() {
             let ctl_root = std::path::Path::new("/sys/fs/cgroup").join(ctl);
             let pod_cg = ctl_root.join(parent.trim_start_matches('/'));
             let root = ctl_root.join(env.cgroup_parent.trim_start_matches('/'));
@@ -1551,21 +1580,9 @@ async fn update_resources_and_reopen_log() -> Result<()> {
         cri::memory_cgroup_file(&cg, "memory.limit_in_bytes")? == (128u64 << 20).to_string(),
         "memory limit after update"
     );
-    let cpu_cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?
-        .lines()
-        .find_map(|l| {
-            let mut p = l.splitn(3, ':');
-            let (_, ctls, path) = (p.next()?, p.next()?, p.next()?);
-            ctls.split(',')
-                .any(|c| c == "cpu")
-                .then(|| path.to_string())
-        })
-        .context("no cpu cgroup")?;
-    let shares = std::fs::read_to_string(format!(
-        "/sys/fs/cgroup/cpu/{}/cpu.shares",
-        cpu_cg.trim_start_matches('/')
-    ))?;
-    ensure!(shares.trim() == "1024", "cpu.shares after update: {shares}");
+    let cpu_cg = cri::cgroup_of(pid, "cpu")?;
+    let shares = cri::cgroup_file("cpu", &cpu_cg, "cpu.shares")?;
+    ensure!(shares == "1024", "cpu.shares after update: {shares}");
     // The container still runs.
     ensure!(cstatus(&mut rt, &c).await?.state == api::ContainerState::ContainerRunning as i32);
 
