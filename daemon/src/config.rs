@@ -50,6 +50,37 @@ pub struct Config {
     pub shim: ShimConfig,
     pub cni: CniConfig,
     pub cri: CriConfig,
+    pub streaming: StreamingConfig,
+}
+
+/// The streaming server (exec/attach/port-forward URLs the CRI hands out).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// Where it listens; port 0 picks a free port at start.
+    pub address: String,
+    /// PEM certificate chain and key: both set means HTTPS URLs.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// A URL's token must be used within this long (seconds), once.
+    pub token_ttl_secs: u64,
+    /// A session with no traffic for this long is closed (seconds).
+    pub idle_timeout_secs: u64,
+    /// How long a client may take to open the streams it asked for.
+    pub stream_creation_timeout_secs: u64,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig {
+            address: "127.0.0.1:0".into(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            token_ttl_secs: 60,
+            idle_timeout_secs: 4 * 3600,
+            stream_creation_timeout_secs: 30,
+        }
+    }
 }
 
 /// The CRI runtime service: how pods hold their namespaces, cgroups, limits.
@@ -252,6 +283,7 @@ impl Default for Config {
             shim: ShimConfig::default(),
             cni: CniConfig::default(),
             cri: CriConfig::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 }
@@ -359,6 +391,14 @@ impl Config {
         }
         if !self.cri.cgroup_parent.is_empty() && !self.cri.cgroup_parent.starts_with('/') {
             return Err(invalid("cri.cgroup_parent must be an absolute cgroup path"));
+        }
+        if self.streaming.address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid("streaming.address must be IP:PORT (port 0 = any free port)"));
+        }
+        if self.streaming.tls_cert.as_os_str().is_empty()
+            != self.streaming.tls_key.as_os_str().is_empty()
+        {
+            return Err(invalid("streaming.tls_cert and streaming.tls_key go together"));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(invalid("log_format must be \"text\" or \"json\""));

@@ -18,6 +18,8 @@ use super::meta::{ContainerMeta, SandboxRecord, SandboxState};
 use super::{find_by_prefix, labels_match, lock, spec, stats, CriRuntime};
 use crate::images::store::now_nanos;
 use crate::shim::write_atomic;
+use crate::streaming::server::Pending;
+use crate::streaming::StreamOpts;
 use crate::tasks::{
     prepare_rootfs, NewTask, Prepare, Task, TaskError, TaskKind, TaskRecord, TaskStatus,
 };
@@ -847,6 +849,106 @@ impl CriRuntime {
             })?;
         Ok(())
     }
+}
+
+impl CriRuntime {
+    fn running_container(&self, id: &str, what: &str) -> Result<TaskRecord, Status> {
+        let rec = self.container(id)?.record();
+        if rec.status != TaskStatus::Running {
+            return Err(Status::failed_precondition(format!(
+                "{what}: container {} is not running",
+                rec.id
+            )));
+        }
+        Ok(rec)
+    }
+
+    /// Exec: validates, then hands out a single-use streaming URL.
+    pub fn exec_url(&self, req: cri::ExecRequest) -> Result<String, Status> {
+        let rec = self.running_container(&req.container_id, "Exec")?;
+        if req.cmd.first().is_none_or(|c| c.is_empty()) {
+            return Err(Status::invalid_argument(format!(
+                "Exec in container {}: no command",
+                rec.id
+            )));
+        }
+        let opts = stream_opts(req.stdin, req.stdout, req.stderr, req.tty, "Exec", &rec.id)?;
+        Ok(self.streaming()?.issue(Pending::Exec {
+            container_id: rec.id,
+            cmd: req.cmd,
+            opts,
+        }))
+    }
+
+    /// Attach: validates, then hands out a single-use streaming URL.
+    pub fn attach_url(&self, req: cri::AttachRequest) -> Result<String, Status> {
+        let rec = self.running_container(&req.container_id, "Attach")?;
+        let opts = stream_opts(req.stdin, req.stdout, req.stderr, req.tty, "Attach", &rec.id)?;
+        if opts.tty && !rec.tty {
+            return Err(Status::invalid_argument(format!(
+                "Attach: container {} has no TTY",
+                rec.id
+            )));
+        }
+        if opts.stdin && !rec.stdin {
+            return Err(Status::invalid_argument(format!(
+                "Attach: container {} was not created with stdin",
+                rec.id
+            )));
+        }
+        Ok(self.streaming()?.issue(Pending::Attach {
+            container_id: rec.id,
+            opts,
+        }))
+    }
+
+    /// PortForward: validates, then hands out a single-use streaming URL.
+    pub fn port_forward_url(&self, req: cri::PortForwardRequest) -> Result<String, Status> {
+        let rec = self.sandbox(&req.pod_sandbox_id)?.record();
+        if rec.state != SandboxState::Ready {
+            return Err(Status::failed_precondition(format!(
+                "PortForward: pod sandbox {} is not ready",
+                rec.id
+            )));
+        }
+        let mut ports = Vec::new();
+        for p in req.port {
+            ports.push(u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| {
+                Status::invalid_argument(format!("PortForward to pod {}: invalid port {p}", rec.id))
+            })?);
+        }
+        Ok(self.streaming()?.issue(Pending::PortForward {
+            sandbox_id: rec.id,
+            netns: rec.netns,
+            ports,
+        }))
+    }
+}
+
+fn stream_opts(
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
+    what: &str,
+    id: &str,
+) -> Result<StreamOpts, Status> {
+    if !(stdin || stdout || stderr) {
+        return Err(Status::invalid_argument(format!(
+            "{what} in container {id}: one of stdin, stdout or stderr must be set"
+        )));
+    }
+    if tty && stderr {
+        return Err(Status::invalid_argument(format!(
+            "{what} in container {id}: tty and stderr cannot both be set (a terminal has one output)"
+        )));
+    }
+    Ok(StreamOpts {
+        stdin,
+        stdout,
+        stderr,
+        tty,
+    })
 }
 
 /// rx/tx counters of the pod's interfaces, read inside its namespace.

@@ -91,6 +91,8 @@ pub struct CriRuntime {
     unclaimed: Mutex<HashMap<String, (String, Instant)>>,
     events: broadcast::Sender<cri::ContainerEventResponse>,
     cgroups: stats::CgroupLayout,
+    /// The streaming server exec/attach/port-forward URLs point at.
+    streaming: std::sync::OnceLock<Arc<crate::streaming::server::StreamServer>>,
     /// Host facts the OCI spec builder needs, read once.
     spec_opts: spec::SpecOptions,
 }
@@ -119,6 +121,7 @@ impl CriRuntime {
             events: broadcast::channel(1024).0,
             cgroups: stats::CgroupLayout::detect(),
             spec_opts,
+            streaming: std::sync::OnceLock::new(),
         })
     }
 
@@ -208,6 +211,17 @@ impl CriRuntime {
             pod_sandbox_status: pod,
             containers_statuses: containers,
         });
+    }
+
+    /// Hands the runtime the streaming server (started after recovery).
+    pub fn set_streaming(&self, server: Arc<crate::streaming::server::StreamServer>) {
+        let _ = self.streaming.set(server);
+    }
+
+    fn streaming(&self) -> Result<&Arc<crate::streaming::server::StreamServer>, Status> {
+        self.streaming
+            .get()
+            .ok_or_else(|| Status::unavailable("the streaming server is not running"))
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<cri::ContainerEventResponse> {

@@ -315,29 +315,26 @@ impl RuntimeService for CriRuntimeApi {
 
     async fn exec(
         &self,
-        _req: Request<cri::ExecRequest>,
+        req: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        Err(Status::unimplemented(
-            "Exec (streaming) is not implemented yet; ExecSync is",
-        ))
+        let url = self.rt.exec_url(req.into_inner())?;
+        Ok(Response::new(cri::ExecResponse { url }))
     }
 
     async fn attach(
         &self,
-        _req: Request<cri::AttachRequest>,
+        req: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        Err(Status::unimplemented(
-            "Attach (streaming) is not implemented yet",
-        ))
+        let url = self.rt.attach_url(req.into_inner())?;
+        Ok(Response::new(cri::AttachResponse { url }))
     }
 
     async fn port_forward(
         &self,
-        _req: Request<cri::PortForwardRequest>,
+        req: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        Err(Status::unimplemented(
-            "PortForward (streaming) is not implemented yet",
-        ))
+        let url = self.rt.port_forward_url(req.into_inner())?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
     async fn container_stats(

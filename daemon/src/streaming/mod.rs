@@ -5,6 +5,10 @@
 //! turn a connection into the protocol-independent streams below; the
 //! server (`server`) runs the command, attach or port connections on them.
 
+pub mod server;
+pub mod spdy;
+pub mod ws;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

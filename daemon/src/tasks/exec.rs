@@ -46,17 +46,17 @@ pub struct ExecOutput {
 
 /// The type URL containerd marshals an OCI process spec under (the value is
 /// its JSON). Shims read the JSON and ignore the URL.
-const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+pub(super) const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 /// Under `<state>`: one private directory of FIFOs per exec.
-const EXEC_DIR: &str = "exec";
+pub(super) const EXEC_DIR: &str = "exec";
 /// How long an exec killed at its deadline may take to be reaped.
-const REAP_WAIT: Duration = Duration::from_secs(10);
+pub(super) const REAP_WAIT: Duration = Duration::from_secs(10);
 /// How long output may keep coming after the exec was deleted: a background
 /// child that inherited stdout can hold the FIFO open for ever, and ExecSync
 /// must return once the command itself has.
-const DRAIN_WAIT: Duration = Duration::from_secs(2);
+pub(super) const DRAIN_WAIT: Duration = Duration::from_secs(2);
 /// Read size for the FIFOs.
-const CHUNK: usize = 64 * 1024;
+pub(super) const CHUNK: usize = 64 * 1024;
 
 /// The exec process's spec: the task's `process` from its config.json with
 /// `cmd` as args and no terminal; everything else (env, cwd, user,
@@ -86,7 +86,7 @@ pub fn exec_process_spec(
 }
 
 /// `sh -c 'echo hi'` as one would type it, for messages.
-fn command_display(cmd: &[String]) -> String {
+pub(super) fn command_display(cmd: &[String]) -> String {
     let mut out = String::new();
     for (i, a) in cmd.iter().enumerate() {
         if i > 0 {
@@ -104,7 +104,7 @@ fn command_display(cmd: &[String]) -> String {
     out
 }
 
-fn new_exec_id() -> String {
+pub(super) fn new_exec_id() -> String {
     format!("exec-{}", hex::encode(rand::random::<[u8; 8]>()))
 }
 
@@ -158,7 +158,7 @@ async fn drain(
 
 /// The directory of an exec's FIFOs, removed when dropped (however the exec
 /// ends).
-struct ExecDir(PathBuf);
+pub(super) struct ExecDir(pub(super) PathBuf);
 
 impl Drop for ExecDir {
     fn drop(&mut self) {
@@ -196,7 +196,7 @@ fn make_fifos(dir: &Path) -> Result<(PathBuf, PathBuf), TaskError> {
 
 /// A FIFO's read end (non-blocking, so it opens at once) and a write end
 /// berthd holds so the reader sees no EOF before the shim has opened its own.
-fn open_fifo(path: &Path) -> Result<(pipe::Receiver, std::fs::File), TaskError> {
+pub(super) fn open_fifo(path: &Path) -> Result<(pipe::Receiver, std::fs::File), TaskError> {
     use std::os::unix::fs::OpenOptionsExt;
     let rx = pipe::OpenOptions::new()
         .open_receiver(path)

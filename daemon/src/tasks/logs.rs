@@ -77,6 +77,15 @@ impl LogFollower {
         })
     }
 
+    /// A follower that starts at the file's current end (an attach sees
+    /// what is written from now on).
+    pub async fn open_at_end(path: &Path, scheme: StdioScheme) -> std::io::Result<LogFollower> {
+        use tokio::io::AsyncSeekExt;
+        let mut f = LogFollower::open(path, scheme).await?;
+        f.file.seek(std::io::SeekFrom::End(0)).await?;
+        Ok(f)
+    }
+
     /// What was written since the last call (possibly nothing).
     pub async fn read_available(&mut self) -> std::io::Result<Vec<Chunk>> {
         let mut out = Vec::new();

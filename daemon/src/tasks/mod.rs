@@ -15,6 +15,7 @@
 
 pub mod error;
 pub mod exec;
+pub mod exec_stream;
 pub mod grpc;
 pub mod logs;
 pub mod record;
@@ -125,6 +126,9 @@ pub struct TaskService {
     reserved: Mutex<HashSet<String>>,
     /// Ids of tasks as they exit (the CRI turns them into events).
     exits: tokio::sync::broadcast::Sender<String>,
+    /// Write ends of the stdin FIFOs of tasks created with stdin, held so
+    /// the task does not read EOF between attaches.
+    stdin_keepers: Mutex<HashMap<String, std::fs::File>>,
 }
 
 /// Releases a reserved name when a Run ends, however it ends.
@@ -224,6 +228,7 @@ impl TaskService {
             tasks: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
             exits: tokio::sync::broadcast::channel(1024).0,
+            stdin_keepers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -513,10 +518,20 @@ impl TaskService {
             r.stdio = pod.record.stdio;
         });
         let uri = rec.stdio.uri(&rec.log_path, rec.tty);
+        let stdin = if rec.stdin {
+            let path = rec.bundle.join("stdin");
+            let p = path.clone();
+            let keeper = blocking(move || open_stdin_fifo(&p, true)).await?;
+            lock(&self.stdin_keepers).insert(rec.id.clone(), keeper);
+            path.display().to_string()
+        } else {
+            String::new()
+        };
         let create = api::CreateTaskRequest {
             id: rec.id.clone(),
             bundle: rec.bundle.display().to_string(),
             terminal: rec.tty,
+            stdin,
             stdout: uri.clone(),
             stderr: if rec.tty { String::new() } else { uri },
             options: MessageField::some(self.runc_options(&rec.runtime_root)?),
@@ -690,6 +705,7 @@ impl TaskService {
         if pod.remove_task(&task.id) == 0 {
             self.shims.shutdown(pod).await;
         }
+        lock(&self.stdin_keepers).remove(&task.id);
         let rec = task.update(|r| {
             r.status = TaskStatus::Exited;
             r.exit_code = Some(code);
@@ -728,6 +744,22 @@ impl TaskService {
             }
         });
         self.persist(&rec).await
+    }
+
+    /// Holds the stdin FIFO of a re-adopted task open again. The shim read
+    /// EOF if it looked while berthd was down (a limitation containerd's
+    /// CRI shares); a later attach still finds the FIFO.
+    async fn reopen_stdin(&self, rec: &TaskRecord) {
+        if !rec.stdin {
+            return;
+        }
+        let path = rec.bundle.join("stdin");
+        match blocking(move || open_stdin_fifo(&path, false)).await {
+            Ok(f) => {
+                lock(&self.stdin_keepers).insert(rec.id.clone(), f);
+            }
+            Err(e) => warn!(task = %rec.id, error = %e, "cannot reopen the task's stdin"),
+        }
     }
 
     /// Ids of tasks as they exit.
@@ -974,6 +1006,7 @@ impl TaskService {
         })
         .await?;
         lock(&self.tasks).remove(&rec.id);
+        lock(&self.stdin_keepers).remove(&rec.id);
         Ok(())
     }
 
@@ -1143,6 +1176,7 @@ impl TaskService {
                                 }
                             });
                             self.persist_logged(&rec).await;
+                            self.reopen_stdin(&rec).await;
                             info!(task = %rec.name, pid = rec.pid, "re-adopted a running task");
                             tokio::spawn(self.clone().watch(t.clone(), pod.clone()));
                         }
@@ -1152,6 +1186,7 @@ impl TaskService {
                         {
                             // A CRI container lives in `created` until
                             // StartContainer: keep it, watched.
+                            self.reopen_stdin(&t.record()).await;
                             info!(task = %t.id, "re-adopted a created container");
                             tokio::spawn(self.clone().watch(t.clone(), pod.clone()));
                         }
@@ -1305,6 +1340,25 @@ fn prepare_bundle(
         rec.log_path.display()
     )))?;
     Ok(())
+}
+
+/// Opens (making it first with `create`) a task's stdin FIFO read-write:
+/// the handle keeps a writer alive without blocking for a reader. Blocking.
+fn open_stdin_fifo(path: &Path, create: bool) -> Result<std::fs::File, TaskError> {
+    if create {
+        nix::unistd::mkfifo(
+            path,
+            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        )
+        .map_err(|e| {
+            TaskError::io(format!("making the FIFO {}", path.display()))(std::io::Error::from(e))
+        })?;
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(TaskError::io(format!("opening {}", path.display())))
 }
 
 /// Whether the kernel's OOM killer killed a process in the cgroup (cgroup

@@ -1,0 +1,483 @@
+//! The streaming server: an HTTP/1.1 listener (hyper) that serves only the
+//! URLs the CRI's Exec, Attach and PortForward calls hand out. Each URL
+//! carries a random single-use token that expires after `token_ttl_secs`;
+//! an unknown, used or expired token gets 404. The connection is upgraded to
+//! SPDY/3.1 or WebSocket, negotiated like kubelet's streaming server
+//! (`X-Stream-Protocol-Version` for SPDY, `Sec-WebSocket-Protocol` for
+//! WebSocket), and handed to the protocol layer, whose streams are wired to
+//! the container (exec/attach through its shim) or the pod's ports.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{header, HeaderMap, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use super::{spdy, ws, Limits, PortConnector, StreamOpts};
+use crate::config::StreamingConfig;
+use crate::network::NetNs;
+use crate::tasks::TaskService;
+
+/// What a token stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pending {
+    Exec {
+        container_id: String,
+        cmd: Vec<String>,
+        opts: StreamOpts,
+    },
+    Attach {
+        container_id: String,
+        opts: StreamOpts,
+    },
+    PortForward {
+        sandbox_id: String,
+        /// The pod's network namespace; None for host-network pods.
+        netns: Option<PathBuf>,
+        ports: Vec<u16>,
+    },
+}
+
+impl Pending {
+    fn kind(&self) -> &'static str {
+        match self {
+            Pending::Exec { .. } => "exec",
+            Pending::Attach { .. } => "attach",
+            Pending::PortForward { .. } => "portforward",
+        }
+    }
+}
+
+pub struct StreamServer {
+    base: String,
+    addr: SocketAddr,
+    tokens: Mutex<HashMap<String, (Pending, Instant)>>,
+    ttl: Duration,
+    limits: Limits,
+    tasks: Arc<TaskService>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(code: StatusCode, msg: impl Into<String>) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(msg.into())));
+    *r.status_mut() = code;
+    r
+}
+
+/// Every value of a (possibly repeated, comma-separated) header.
+fn header_values(h: &HeaderMap, name: &str) -> Vec<String> {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// The first of the server's protocols (in its order of preference) that
+/// the client offered.
+fn negotiate(server: &[&str], offered: &[String]) -> Option<String> {
+    server
+        .iter()
+        .find(|p| offered.iter().any(|o| o == *p))
+        .map(|p| p.to_string())
+}
+
+/// The `port` query parameters (WebSocket port-forward lists its ports there).
+fn query_ports(query: Option<&str>) -> Result<Vec<u16>, String> {
+    let mut out = Vec::new();
+    for pair in query.unwrap_or_default().split('&') {
+        if let Some(v) = pair.strip_prefix("port=") {
+            out.push(
+                v.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("invalid port {v:?}"))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Connects to `port` on the loopback of the pod's network namespace (the
+/// host's for host-network pods), IPv4 first, as kubelet does.
+fn connector(netns: Option<PathBuf>) -> PortConnector {
+    Arc::new(move |port: u16| {
+        let netns = netns.clone();
+        Box::pin(async move {
+            let dial = move || -> std::io::Result<std::net::TcpStream> {
+                let timeout = Duration::from_secs(10);
+                let v4 = SocketAddr::from(([127, 0, 0, 1], port));
+                let s = match std::net::TcpStream::connect_timeout(&v4, timeout) {
+                    Ok(s) => s,
+                    Err(e4) => {
+                        let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+                        std::net::TcpStream::connect_timeout(&v6, timeout).map_err(|_| e4)?
+                    }
+                };
+                s.set_nonblocking(true)?;
+                Ok(s)
+            };
+            // The socket is made on a thread inside the namespace and stays
+            // there; only the thread leaves.
+            let std = match netns {
+                Some(p) => NetNs::from_path(p)
+                    .run(dial)
+                    .await
+                    .map_err(std::io::Error::other)??,
+                None => tokio::task::spawn_blocking(dial)
+                    .await
+                    .map_err(std::io::Error::other)??,
+            };
+            tokio::net::TcpStream::from_std(std)
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+    })
+}
+
+fn tls_acceptor(cfg: &StreamingConfig) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    if cfg.tls_cert.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.tls_cert)
+        .with_context(|| format!("reading {}", cfg.tls_cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing {}", cfg.tls_cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&cfg.tls_key)
+        .with_context(|| format!("reading {}", cfg.tls_key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the streaming server's certificate and key")?;
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+}
+
+impl StreamServer {
+    /// Binds the listener and serves in the background.
+    pub async fn start(
+        cfg: &StreamingConfig,
+        tasks: Arc<TaskService>,
+    ) -> anyhow::Result<Arc<StreamServer>> {
+        let tls = tls_acceptor(cfg)?;
+        let listener = TcpListener::bind(&cfg.address)
+            .await
+            .with_context(|| format!("binding the streaming server to {}", cfg.address))?;
+        let addr = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let server = Arc::new(StreamServer {
+            base: format!("{scheme}://{addr}"),
+            addr,
+            tokens: Mutex::new(HashMap::new()),
+            ttl: Duration::from_secs(cfg.token_ttl_secs.max(1)),
+            limits: Limits {
+                idle_timeout: Duration::from_secs(cfg.idle_timeout_secs.max(1)),
+                stream_creation_timeout: Duration::from_secs(
+                    cfg.stream_creation_timeout_secs.max(1),
+                ),
+            },
+            tasks,
+        });
+        info!(address = %server.base, "streaming server listening");
+        let weak = Arc::downgrade(&server);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(error = %e, "streaming server accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Some(this) = weak.upgrade() else { return };
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let _ = tcp.set_nodelay(true);
+                    let result = match tls {
+                        Some(acceptor) => match acceptor.accept(tcp).await {
+                            Ok(s) => this.serve_connection(TokioIo::new(s)).await,
+                            Err(e) => {
+                                debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                        },
+                        None => this.serve_connection(TokioIo::new(tcp)).await,
+                    };
+                    if let Err(e) = result {
+                        debug!(%peer, error = %e, "streaming connection ended with an error");
+                    }
+                });
+            }
+        });
+        Ok(server)
+    }
+
+    async fn serve_connection<IO>(self: Arc<Self>, io: TokioIo<IO>) -> hyper::Result<()>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let this = self.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let this = this.clone();
+            async move { Ok::<_, Infallible>(this.handle(req)) }
+        });
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, svc)
+            .with_upgrades()
+            .await
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A URL for `p`, valid once, for the token TTL.
+    pub fn issue(&self, p: Pending) -> String {
+        let token = hex::encode(rand::random::<[u8; 16]>());
+        let url = format!("{}/{}/{token}", self.base, p.kind());
+        let mut tokens = lock(&self.tokens);
+        let ttl = self.ttl;
+        tokens.retain(|_, (_, at)| at.elapsed() < ttl);
+        tokens.insert(token, (p, Instant::now()));
+        url
+    }
+
+    /// Takes a token out (single use); None if unknown or expired.
+    fn take(&self, token: &str) -> Option<Pending> {
+        let (p, at) = lock(&self.tokens).remove(token)?;
+        (at.elapsed() < self.ttl).then_some(p)
+    }
+
+    fn handle(self: &Arc<Self>, mut req: Request<Incoming>) -> Reply {
+        let path = req.uri().path().to_string();
+        let mut parts = path.trim_start_matches('/').split('/');
+        let (Some(kind), Some(token), None) = (parts.next(), parts.next(), parts.next()) else {
+            return reply(StatusCode::NOT_FOUND, "not found");
+        };
+        let Some(pending) = self.take(token) else {
+            return reply(StatusCode::NOT_FOUND, "unknown or expired streaming token");
+        };
+        if pending.kind() != kind {
+            return reply(StatusCode::NOT_FOUND, "unknown or expired streaming token");
+        }
+        let upgrade = req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let is_pf = matches!(pending, Pending::PortForward { .. });
+        let mut resp = reply(StatusCode::SWITCHING_PROTOCOLS, "");
+        let h = resp.headers_mut();
+        h.insert(header::CONNECTION, http::HeaderValue::from_static("Upgrade"));
+        let websocket = match upgrade.as_str() {
+            "websocket" => {
+                let offered = header_values(req.headers(), "sec-websocket-protocol");
+                let server: &[&str] = if is_pf {
+                    ws::PORT_FORWARD_PROTOCOLS
+                } else {
+                    ws::REMOTE_COMMAND_PROTOCOLS
+                };
+                let Some(proto) = negotiate(server, &offered) else {
+                    return reply(
+                        StatusCode::FORBIDDEN,
+                        format!("unable to negotiate a WebSocket protocol: client offered {offered:?}, server supports {server:?}"),
+                    );
+                };
+                let Some(key) = req
+                    .headers()
+                    .get("sec-websocket-key")
+                    .and_then(|v| v.to_str().ok())
+                else {
+                    return reply(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+                };
+                let accept = ws::accept_key(key);
+                h.insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
+                for (name, value) in [("sec-websocket-accept", accept), ("sec-websocket-protocol", proto.clone())] {
+                    if let Ok(v) = http::HeaderValue::from_str(&value) {
+                        h.insert(name, v);
+                    }
+                }
+                Some(proto)
+            }
+            "spdy/3.1" => {
+                let offered = header_values(req.headers(), "x-stream-protocol-version");
+                let server: &[&str] = if is_pf {
+                    &[spdy::PORT_FORWARD_PROTOCOL]
+                } else {
+                    spdy::REMOTE_COMMAND_PROTOCOLS
+                };
+                let Some(proto) = negotiate(server, &offered) else {
+                    return reply(
+                        StatusCode::FORBIDDEN,
+                        format!("unable to negotiate a stream protocol: client offered {offered:?}, server supports {server:?}"),
+                    );
+                };
+                h.insert(header::UPGRADE, http::HeaderValue::from_static("SPDY/3.1"));
+                if let Ok(v) = http::HeaderValue::from_str(&proto) {
+                    h.insert("x-stream-protocol-version", v);
+                }
+                return self.upgrade(&mut req, pending, proto, false, resp);
+            }
+            _ => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    "this URL needs an upgrade to SPDY/3.1 or websocket",
+                )
+            }
+        };
+        let proto = websocket.unwrap_or_default();
+        self.upgrade(&mut req, pending, proto, true, resp)
+    }
+
+    /// Answers 101 and, once hyper hands over the connection, runs the
+    /// protocol and the backend on it.
+    fn upgrade(
+        self: &Arc<Self>,
+        req: &mut Request<Incoming>,
+        pending: Pending,
+        proto: String,
+        websocket: bool,
+        resp: Reply,
+    ) -> Reply {
+        let ports = match query_ports(req.uri().query()) {
+            Ok(p) => p,
+            Err(e) => return reply(StatusCode::BAD_REQUEST, e),
+        };
+        let on_upgrade = hyper::upgrade::on(req);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let io = match on_upgrade.await {
+                Ok(u) => TokioIo::new(u),
+                Err(e) => {
+                    debug!(error = %e, "streaming upgrade failed");
+                    return;
+                }
+            };
+            debug!(kind = pending.kind(), protocol = %proto, websocket, "streaming session");
+            this.run(io, pending, &proto, websocket, ports).await;
+        });
+        resp
+    }
+
+    async fn run<IO>(&self, io: IO, pending: Pending, proto: &str, websocket: bool, ports: Vec<u16>)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let limits = self.limits;
+        match pending {
+            Pending::Exec {
+                container_id,
+                cmd,
+                opts,
+            } => {
+                let cio = if websocket {
+                    ws::remote_command(io, proto, opts, limits)
+                        .await
+                        .map_err(|e| e.to_string())
+                } else {
+                    spdy::remote_command(io, proto, opts, limits)
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                match cio {
+                    Ok(cio) => {
+                        self.tasks
+                            .exec_streaming(&container_id, cmd, opts.tty, cio)
+                            .await
+                    }
+                    Err(e) => warn!(container = %container_id, error = %e, "exec stream set-up failed"),
+                }
+            }
+            Pending::Attach { container_id, opts } => {
+                let cio = if websocket {
+                    ws::remote_command(io, proto, opts, limits)
+                        .await
+                        .map_err(|e| e.to_string())
+                } else {
+                    spdy::remote_command(io, proto, opts, limits)
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                match cio {
+                    Ok(cio) => self.tasks.attach_streaming(&container_id, cio).await,
+                    Err(e) => warn!(container = %container_id, error = %e, "attach stream set-up failed"),
+                }
+            }
+            Pending::PortForward {
+                sandbox_id,
+                netns,
+                ports: asked,
+            } => {
+                let connector = connector(netns);
+                let r = if websocket {
+                    let ports = if ports.is_empty() { asked } else { ports };
+                    ws::port_forward(io, proto, ports, connector, limits)
+                        .await
+                        .map_err(|e| e.to_string())
+                } else {
+                    spdy::port_forward(io, connector, limits)
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                if let Err(e) = r {
+                    debug!(pod = %sandbox_id, error = %e, "port-forward session ended with an error");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation_prefers_the_server_order() {
+        let offered = vec!["v2.channel.k8s.io".to_string(), "v4.channel.k8s.io".to_string()];
+        assert_eq!(
+            negotiate(&["v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io"], &offered),
+            Some("v4.channel.k8s.io".into())
+        );
+        assert_eq!(negotiate(&["v5.channel.k8s.io"], &offered), None);
+        let mut h = HeaderMap::new();
+        h.append("x-stream-protocol-version", "v4.channel.k8s.io".parse().unwrap());
+        h.append(
+            "x-stream-protocol-version",
+            "v3.channel.k8s.io, v2.channel.k8s.io".parse().unwrap(),
+        );
+        assert_eq!(
+            header_values(&h, "x-stream-protocol-version"),
+            ["v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io"]
+        );
+    }
+
+    #[test]
+    fn ports_from_the_query() {
+        assert_eq!(query_ports(Some("port=80&port=443")).unwrap(), [80, 443]);
+        assert_eq!(query_ports(None).unwrap(), Vec::<u16>::new());
+        assert!(query_ports(Some("port=0")).is_err());
+        assert!(query_ports(Some("port=x")).is_err());
+    }
+}
