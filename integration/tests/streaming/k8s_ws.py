@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""An independent Kubernetes streaming client over WebSocket, built on
+Debian's python3-websocket (websocket-client), for berth's end-to-end tests.
+
+  k8s_ws.py exec URL PROTO [--stdin TEXT] [--close-stdin] [--resize WxH] [--stdin-after-resize TEXT]
+      Speaks the channel protocol (v4/v5.channel.k8s.io): channel 0 stdin,
+      1 stdout, 2 stderr, 3 error (metav1.Status JSON), 4 resize; v5 closes
+      stdin with [255, 0]. Prints one JSON object: stdout, stderr, status.
+  k8s_ws.py portforward URL PROTO PORT REQUEST_FILE OUT_FILE
+      Port-forwards one connection: data channel 0 and error channel 1 (each
+      opened by the server with the port as 2 bytes little-endian), sends
+      REQUEST_FILE's bytes, writes what comes back to OUT_FILE until the
+      server closes; prints JSON {bytes, error}.
+"""
+import json
+import sys
+
+import websocket
+
+
+def ws_url(url):
+    if url.startswith("https://"):
+        return "wss://" + url[len("https://"):]
+    if url.startswith("http://"):
+        return "ws://" + url[len("http://"):]
+    return url
+
+
+def connect(url, proto):
+    ws = websocket.create_connection(ws_url(url), subprotocols=[proto], timeout=60)
+    got = ws.getsubprotocol()
+    if got != proto:
+        raise SystemExit(f"server chose subprotocol {got!r}, asked {proto!r}")
+    return ws
+
+
+def do_exec(args):
+    url, proto = args[0], args[1]
+    opts = {"stdin": None, "close": False, "resize": None, "after": None}
+    i = 2
+    while i < len(args):
+        a = args[i]
+        if a == "--stdin":
+            opts["stdin"] = args[i + 1]
+            i += 2
+        elif a == "--close-stdin":
+            opts["close"] = True
+            i += 1
+        elif a == "--resize":
+            w, h = args[i + 1].split("x")
+            opts["resize"] = (int(w), int(h))
+            i += 2
+        elif a == "--stdin-after-resize":
+            opts["after"] = args[i + 1]
+            i += 2
+        else:
+            raise SystemExit(f"unknown option {a}")
+    ws = connect(url, proto)
+    if opts["resize"]:
+        w, h = opts["resize"]
+        ws.send_binary(b"\x04" + json.dumps({"Width": w, "Height": h}).encode())
+    if opts["stdin"] is not None:
+        ws.send_binary(b"\x00" + opts["stdin"].encode())
+    if opts["after"] is not None:
+        ws.send_binary(b"\x00" + opts["after"].encode())
+    if opts["close"]:
+        ws.send_binary(b"\xff\x00")
+    out, err, status = b"", b"", None
+    while True:
+        try:
+            op, data = ws.recv_data(control_frame=False)
+        except websocket.WebSocketConnectionClosedException:
+            break
+        if op == websocket.ABNF.OPCODE_CLOSE:
+            break
+        if not data:
+            continue
+        ch, payload = data[0], data[1:]
+        if ch == 1:
+            out += payload
+        elif ch == 2:
+            err += payload
+        elif ch == 3:
+            status = (status or b"") + payload
+    print(json.dumps({
+        "stdout": out.decode(errors="replace"),
+        "stderr": err.decode(errors="replace"),
+        "status": json.loads(status) if status else None,
+    }))
+
+
+def do_portforward(args):
+    url, proto, port, req_file, out_file = args[0], args[1], int(args[2]), args[3], args[4]
+    ws = connect(url, proto)
+    seen = set()
+    # The server first announces the port on each channel of the pair.
+    while len(seen) < 2:
+        op, data = ws.recv_data(control_frame=False)
+        if len(data) >= 3 and data[0] in (0, 1) and int.from_bytes(data[1:3], "little") == port:
+            seen.add(data[0])
+        else:
+            raise SystemExit(f"unexpected first frame {data[:8]!r}")
+    with open(req_file, "rb") as f:
+        ws.send_binary(b"\x00" + f.read())
+    n, errtext = 0, b""
+    with open(out_file, "wb") as out:
+        while True:
+            try:
+                op, data = ws.recv_data(control_frame=False)
+            except websocket.WebSocketConnectionClosedException:
+                break
+            if op == websocket.ABNF.OPCODE_CLOSE:
+                break
+            if not data:
+                continue
+            if data[0] == 0:
+                out.write(data[1:])
+                n += len(data) - 1
+            elif data[0] == 1:
+                errtext += data[1:]
+    print(json.dumps({"bytes": n, "error": errtext.decode(errors="replace")}))
+
+
+def main():
+    if len(sys.argv) < 2:
+        raise SystemExit(__doc__)
+    cmd, rest = sys.argv[1], sys.argv[2:]
+    if cmd == "exec":
+        do_exec(rest)
+    elif cmd == "portforward":
+        do_portforward(rest)
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
