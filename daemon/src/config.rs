@@ -392,13 +392,22 @@ impl Config {
         if !self.cri.cgroup_parent.is_empty() && !self.cri.cgroup_parent.starts_with('/') {
             return Err(invalid("cri.cgroup_parent must be an absolute cgroup path"));
         }
-        if self.streaming.address.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid("streaming.address must be IP:PORT (port 0 = any free port)"));
+        if self
+            .streaming
+            .address
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            return Err(invalid(
+                "streaming.address must be IP:PORT (port 0 = any free port)",
+            ));
         }
         if self.streaming.tls_cert.as_os_str().is_empty()
             != self.streaming.tls_key.as_os_str().is_empty()
         {
-            return Err(invalid("streaming.tls_cert and streaming.tls_key go together"));
+            return Err(invalid(
+                "streaming.tls_cert and streaming.tls_key go together",
+            ));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(invalid("log_format must be \"text\" or \"json\""));

@@ -174,9 +174,11 @@ impl Daemon {
         self.tasks.recover().await;
         self.cri.recover_sandboxes().await;
         self.cri.forward_exits();
-        let streaming =
-            crate::streaming::server::StreamServer::start(&self.config.streaming, self.tasks.clone())
-                .await?;
+        let streaming = crate::streaming::server::StreamServer::start(
+            &self.config.streaming,
+            self.tasks.clone(),
+        )
+        .await?;
         self.cri.set_streaming(streaming);
         let listener = bind_socket(&socket)?;
         self.images.spawn_gc_loop();

@@ -883,7 +883,9 @@ impl CriRuntime {
     /// Attach: validates, then hands out a single-use streaming URL.
     pub fn attach_url(&self, req: cri::AttachRequest) -> Result<String, Status> {
         let rec = self.running_container(&req.container_id, "Attach")?;
-        let opts = stream_opts(req.stdin, req.stdout, req.stderr, req.tty, "Attach", &rec.id)?;
+        let opts = stream_opts(
+            req.stdin, req.stdout, req.stderr, req.tty, "Attach", &rec.id,
+        )?;
         if opts.tty && !rec.tty {
             return Err(Status::invalid_argument(format!(
                 "Attach: container {} has no TTY",

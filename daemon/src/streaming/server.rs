@@ -290,7 +290,10 @@ impl StreamServer {
         let is_pf = matches!(pending, Pending::PortForward { .. });
         let mut resp = reply(StatusCode::SWITCHING_PROTOCOLS, "");
         let h = resp.headers_mut();
-        h.insert(header::CONNECTION, http::HeaderValue::from_static("Upgrade"));
+        h.insert(
+            header::CONNECTION,
+            http::HeaderValue::from_static("Upgrade"),
+        );
         let websocket = match upgrade.as_str() {
             "websocket" => {
                 let offered = header_values(req.headers(), "sec-websocket-protocol");
@@ -314,7 +317,10 @@ impl StreamServer {
                 };
                 let accept = ws::accept_key(key);
                 h.insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
-                for (name, value) in [("sec-websocket-accept", accept), ("sec-websocket-protocol", proto.clone())] {
+                for (name, value) in [
+                    ("sec-websocket-accept", accept),
+                    ("sec-websocket-protocol", proto.clone()),
+                ] {
                     if let Ok(v) = http::HeaderValue::from_str(&value) {
                         h.insert(name, v);
                     }
@@ -407,7 +413,9 @@ impl StreamServer {
                             .exec_streaming(&container_id, cmd, opts.tty, cio)
                             .await
                     }
-                    Err(e) => warn!(container = %container_id, error = %e, "exec stream set-up failed"),
+                    Err(e) => {
+                        warn!(container = %container_id, error = %e, "exec stream set-up failed")
+                    }
                 }
             }
             Pending::Attach { container_id, opts } => {
@@ -422,7 +430,9 @@ impl StreamServer {
                 };
                 match cio {
                     Ok(cio) => self.tasks.attach_streaming(&container_id, cio).await,
-                    Err(e) => warn!(container = %container_id, error = %e, "attach stream set-up failed"),
+                    Err(e) => {
+                        warn!(container = %container_id, error = %e, "attach stream set-up failed")
+                    }
                 }
             }
             Pending::PortForward {
@@ -455,21 +465,38 @@ mod tests {
 
     #[test]
     fn negotiation_prefers_the_server_order() {
-        let offered = vec!["v2.channel.k8s.io".to_string(), "v4.channel.k8s.io".to_string()];
+        let offered = vec![
+            "v2.channel.k8s.io".to_string(),
+            "v4.channel.k8s.io".to_string(),
+        ];
         assert_eq!(
-            negotiate(&["v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io"], &offered),
+            negotiate(
+                &[
+                    "v4.channel.k8s.io",
+                    "v3.channel.k8s.io",
+                    "v2.channel.k8s.io"
+                ],
+                &offered
+            ),
             Some("v4.channel.k8s.io".into())
         );
         assert_eq!(negotiate(&["v5.channel.k8s.io"], &offered), None);
         let mut h = HeaderMap::new();
-        h.append("x-stream-protocol-version", "v4.channel.k8s.io".parse().unwrap());
+        h.append(
+            "x-stream-protocol-version",
+            "v4.channel.k8s.io".parse().unwrap(),
+        );
         h.append(
             "x-stream-protocol-version",
             "v3.channel.k8s.io, v2.channel.k8s.io".parse().unwrap(),
         );
         assert_eq!(
             header_values(&h, "x-stream-protocol-version"),
-            ["v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io"]
+            [
+                "v4.channel.k8s.io",
+                "v3.channel.k8s.io",
+                "v2.channel.k8s.io"
+            ]
         );
     }
 

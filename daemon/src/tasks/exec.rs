@@ -46,7 +46,8 @@ pub struct ExecOutput {
 
 /// The type URL containerd marshals an OCI process spec under (the value is
 /// its JSON). Shims read the JSON and ignore the URL.
-pub(super) const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+pub(super) const PROCESS_TYPE_URL: &str =
+    "types.containerd.io/opencontainers/runtime-spec/1/Process";
 /// Under `<state>`: one private directory of FIFOs per exec.
 pub(super) const EXEC_DIR: &str = "exec";
 /// How long an exec killed at its deadline may take to be reaped.

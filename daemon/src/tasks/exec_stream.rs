@@ -188,9 +188,13 @@ impl TaskService {
                     .create(&dir)
                     .map_err(TaskError::io(format!("creating {}", dir.display())))?;
                 let mut out: [Option<PathBuf>; 3] = [None, None, None];
-                for (i, (want, name)) in [(want_in, "stdin"), (want_out, "stdout"), (want_err, "stderr")]
-                    .into_iter()
-                    .enumerate()
+                for (i, (want, name)) in [
+                    (want_in, "stdin"),
+                    (want_out, "stdout"),
+                    (want_err, "stderr"),
+                ]
+                .into_iter()
+                .enumerate()
                 {
                     if want {
                         let p = dir.join(name);
