@@ -47,6 +47,7 @@ async fn exec_url(
             stdin,
             stdout: true,
             stderr: !tty,
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -152,6 +153,7 @@ async fn websocket_exec_and_port_forward() -> Result<()> {
         .port_forward(api::PortForwardRequest {
             pod_sandbox_id: pod_id.clone(),
             port: vec![80],
+            ..Default::default()
         })
         .await?
         .into_inner()
