@@ -304,7 +304,14 @@ impl CriRuntime {
                 ),
                 bandwidth: None,
             };
-            let pod = pod_ref(&sandbox.record());
+            // Recorded before the namespace exists: a berthd killed during
+            // the ADD finds it at start and tears it down (DEL is fine for a
+            // pod whose ADD never ran).
+            let rec = sandbox.update(|r| {
+                r.netns = Some(self.networks.netns_dir().join(&r.id));
+            });
+            self.persist_sandbox(&rec).await?;
+            let pod = pod_ref(&rec);
             let net = self.networks.setup(&pod, &opts).await.map_err(|e| {
                 Status::failed_precondition(format!("pod {pod_name}: setting up its network: {e}"))
             })?;

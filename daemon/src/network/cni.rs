@@ -601,7 +601,8 @@ impl Cni {
         };
         let cni_path = std::env::join_paths(&self.bin_dirs).unwrap_or_default();
         let stdin = serde_json::to_vec(conf).unwrap_or_default();
-        let mut child = tokio::process::Command::new(&bin)
+        let mut child = tokio::process::Command::new(&bin);
+        child
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", &rt.container_id)
             .env("CNI_NETNS", &rt.netns)
@@ -611,9 +612,20 @@ impl Cni {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(exec_err)?;
+            .kill_on_drop(true);
+        // A plugin must not outlive a berthd killed mid-call: recovery's DEL
+        // would race an ADD still running.
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches
+        // only the child's own state between fork and exec.
+        unsafe {
+            child.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = child.spawn().map_err(exec_err)?;
         let mut input = child.stdin.take();
         let run = async move {
             if let Some(mut i) = input.take() {
