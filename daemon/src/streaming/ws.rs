@@ -746,19 +746,22 @@ where
     let shutdown = CancellationToken::new();
     let (out_tx, mut out_rx) = mpsc::channel::<Message>(QUEUE);
 
-    // Every channel starts with its port number.
+    // Every channel starts with its port number, before any data.
+    let mut sink = sink;
     for (i, port) in ports.iter().enumerate() {
         let data_ch = channel_of(i);
         for ch in [data_ch, data_ch + 1] {
-            // The receiver is alive (the writer is not started yet) and
-            // the queue is larger than what fits: cannot fail.
-            let _ = out_tx.send(frame(codec, ch, &port.to_le_bytes())).await;
+            sink.feed(frame(codec, ch, &port.to_le_bytes()))
+                .await
+                .map_err(|e| WsError::WebSocket(Box::new(e)))?;
         }
     }
+    sink.flush()
+        .await
+        .map_err(|e| WsError::WebSocket(Box::new(e)))?;
 
     let writer = tokio::spawn({
         let (activity, gone, shutdown) = (activity.clone(), gone.clone(), shutdown.clone());
-        let mut sink = sink;
         async move {
             let mut result = Ok(());
             loop {
@@ -1371,6 +1374,33 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(r.is_ok(), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn port_forward_announces_many_ports() {
+        // More ports than the outgoing queue holds: announcing them must
+        // not wait for a writer that has not started.
+        let (port, _srv) = echo_server().await;
+        let ports = vec![port; 40];
+        let (mut ws, s) = client_pair().await;
+        let pf = tokio::spawn(port_forward(
+            s,
+            "v4.channel.k8s.io",
+            ports,
+            connector(),
+            Limits::default(),
+        ));
+        for ch in 0..80u8 {
+            assert_eq!(recv(&mut ws).await, Some((ch, port.to_le_bytes().to_vec())));
+        }
+        send(&mut ws, 78, b"last").await;
+        assert_eq!(recv(&mut ws).await, Some((78, b"last".to_vec())));
+        ws.close(None).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), pf)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]
