@@ -15,7 +15,9 @@
 //! The caller (the streaming server) does the HTTP part: it checks the
 //! request, picks the subprotocol with [`select_protocol`], answers `101`
 //! with `Sec-WebSocket-Accept` from [`accept_key`], and hands the upgraded
-//! connection to [`remote_command`] or [`port_forward`].
+//! connection to [`remote_command`] or [`port_forward`]. The background
+//! tasks inherit the caller's span, so call them inside a span carrying the
+//! container/exec/pod ids.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,7 +35,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 use super::{status_json, CommandIo, ExitStatus, Limits, PortConnector, StreamOpts, TermSize};
 
@@ -468,19 +470,22 @@ where
     };
     debug!(protocol, ?opts, "websocket remote command");
 
-    tokio::spawn({
-        let (activity, gone, shutdown) = (activity.clone(), gone.clone(), shutdown.clone());
-        async move {
-            let writer = CommandWriter {
-                proto,
-                limits,
-                activity: &activity,
-                gone: &gone,
-            };
-            writer.run(sink, hello, stdout_rx, stderr_rx, done_rx).await;
-            shutdown.cancel();
+    tokio::spawn(
+        {
+            let (activity, gone, shutdown) = (activity.clone(), gone.clone(), shutdown.clone());
+            async move {
+                let writer = CommandWriter {
+                    proto,
+                    limits,
+                    activity: &activity,
+                    gone: &gone,
+                };
+                writer.run(sink, hello, stdout_rx, stderr_rx, done_rx).await;
+                shutdown.cancel();
+            }
         }
-    });
+        .in_current_span(),
+    );
 
     tokio::spawn(async move {
         let mut reader = CommandReader {
@@ -515,7 +520,7 @@ where
         drop(reader);
         drop(gone_tx);
         gone.cancel();
-    });
+    }.in_current_span());
 
     Ok(CommandIo {
         stdin: stdin_rx,
@@ -760,33 +765,36 @@ where
         .await
         .map_err(|e| WsError::WebSocket(Box::new(e)))?;
 
-    let writer = tokio::spawn({
-        let (activity, gone, shutdown) = (activity.clone(), gone.clone(), shutdown.clone());
-        async move {
-            let mut result = Ok(());
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = gone.cancelled() => break,
-                    m = out_rx.recv() => match m {
-                        Some(m) => {
-                            if let Err(e) = send(&mut sink, m, limits, &activity).await {
-                                result = Err(e);
+    let writer = tokio::spawn(
+        {
+            let (activity, gone, shutdown) = (activity.clone(), gone.clone(), shutdown.clone());
+            async move {
+                let mut result = Ok(());
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = gone.cancelled() => break,
+                        m = out_rx.recv() => match m {
+                            Some(m) => {
+                                if let Err(e) = send(&mut sink, m, limits, &activity).await {
+                                    result = Err(e);
+                                    break;
+                                }
+                            }
+                            // Every port is done.
+                            None => {
+                                close(sink, limits, &activity, &gone).await;
                                 break;
                             }
-                        }
-                        // Every port is done.
-                        None => {
-                            close(sink, limits, &activity, &gone).await;
-                            break;
-                        }
-                    },
+                        },
+                    }
                 }
+                shutdown.cancel();
+                result
             }
-            shutdown.cancel();
-            result
         }
-    });
+        .in_current_span(),
+    );
 
     let mut to_pod = Vec::with_capacity(ports.len());
     let mut tasks = tokio::task::JoinSet::new();
@@ -799,35 +807,38 @@ where
             codec,
             out: out_tx.clone(),
         };
-        tasks.spawn(fwd.run(connector.clone(), rx));
+        tasks.spawn(fwd.run(connector.clone(), rx).in_current_span());
     }
     // Only the port tasks hold senders now: the writer closes the
     // connection once they are all done.
     drop(out_tx);
 
-    let reader = tokio::spawn({
-        let (activity, gone, shutdown) = (activity.clone(), gone.clone(), shutdown.clone());
-        async move {
-            let mut to_pod = to_pod;
-            let mut rd = Reader {
-                source,
-                limits,
-                activity,
-                shutdown,
-            };
-            let end = loop {
-                let handled = match rd.next().await {
-                    Ok(msg) => rd.guard(route_to_pod(codec, &mut to_pod, msg)).await,
-                    Err(end) => Err(end),
+    let reader = tokio::spawn(
+        {
+            let (activity, gone, shutdown) = (activity.clone(), gone.clone(), shutdown.clone());
+            async move {
+                let mut to_pod = to_pod;
+                let mut rd = Reader {
+                    source,
+                    limits,
+                    activity,
+                    shutdown,
                 };
-                if let Err(end) = handled {
-                    break end;
-                }
-            };
-            gone.cancel();
-            end
+                let end = loop {
+                    let handled = match rd.next().await {
+                        Ok(msg) => rd.guard(route_to_pod(codec, &mut to_pod, msg)).await,
+                        Err(end) => Err(end),
+                    };
+                    if let Err(end) = handled {
+                        break end;
+                    }
+                };
+                gone.cancel();
+                end
+            }
         }
-    });
+        .in_current_span(),
+    );
 
     // The port tasks end with their pod connections, or all at once when
     // the client goes.
