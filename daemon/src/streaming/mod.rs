@@ -68,7 +68,9 @@ pub type PortStream = tokio::net::TcpStream;
 
 /// Opens a connection to `port` in the pod's network namespace.
 pub type PortConnector = Arc<
-    dyn Fn(u16) -> Pin<Box<dyn Future<Output = std::io::Result<PortStream>> + Send>> + Send + Sync,
+    dyn Fn(u16) -> Pin<Box<dyn Future<Output = std::io::Result<PortStream>> + Send>>
+        + Send
+        + Sync,
 >;
 
 /// Limits every protocol layer applies.
