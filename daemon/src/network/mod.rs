@@ -192,6 +192,15 @@ impl PodNetworks {
     ) -> Result<PodNetwork, NetworkError> {
         let list = self.load_config().await?;
         let ns = NetNs::create(&self.netns_dir, &pod.sandbox_id).await?;
+        match ns.run(netns::loopback_up).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(pod = %pod.sandbox_id, error = %e, "cannot bring up the pod's loopback")
+            }
+            Err(e) => {
+                tracing::warn!(pod = %pod.sandbox_id, error = %e, "cannot enter the pod's network namespace")
+            }
+        }
         let rt = self.runtime_conf(pod, ns.path(), opts);
         match self.cni.add(&list, &rt).await {
             Ok(result) => {

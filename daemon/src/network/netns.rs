@@ -114,6 +114,34 @@ impl NetNs {
     }
 }
 
+/// Brings the calling thread's network namespace's `lo` up (as containerd
+/// does for every pod, whatever the CNI config): port-forwarding and
+/// containers talking to themselves go through it.
+pub fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: a plain datagram socket used only for two interface ioctls on
+    // a zeroed, NUL-terminated ifreq that lives for the whole call; the fd is
+    // owned by an OwnedFd and closed on return.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let _owned = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, NetnsError> {

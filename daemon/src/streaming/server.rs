@@ -99,22 +99,6 @@ fn negotiate(server: &[&str], offered: &[String]) -> Option<String> {
         .map(|p| p.to_string())
 }
 
-/// The `port` query parameters (WebSocket port-forward lists its ports there).
-fn query_ports(query: Option<&str>) -> Result<Vec<u16>, String> {
-    let mut out = Vec::new();
-    for pair in query.unwrap_or_default().split('&') {
-        if let Some(v) = pair.strip_prefix("port=") {
-            out.push(
-                v.parse::<u16>()
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| format!("invalid port {v:?}"))?,
-            );
-        }
-    }
-    Ok(out)
-}
-
 /// Connects to `port` on the loopback of the pod's network namespace (the
 /// host's for host-network pods), IPv4 first, as kubelet does.
 fn connector(netns: Option<PathBuf>) -> PortConnector {
@@ -302,12 +286,16 @@ impl StreamServer {
                 } else {
                     ws::REMOTE_COMMAND_PROTOCOLS
                 };
-                let Some(proto) = negotiate(server, &offered) else {
+                // A client offering no protocol is served the unversioned
+                // one, as kubelet does.
+                let Some(proto) = ws::select_protocol(offered.iter().map(String::as_str), server)
+                else {
                     return reply(
-                        StatusCode::FORBIDDEN,
+                        StatusCode::BAD_REQUEST,
                         format!("unable to negotiate a WebSocket protocol: client offered {offered:?}, server supports {server:?}"),
                     );
                 };
+                let proto = proto.to_string();
                 let Some(key) = req
                     .headers()
                     .get("sec-websocket-key")
@@ -317,12 +305,12 @@ impl StreamServer {
                 };
                 let accept = ws::accept_key(key);
                 h.insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
-                for (name, value) in [
-                    ("sec-websocket-accept", accept),
-                    ("sec-websocket-protocol", proto.clone()),
-                ] {
-                    if let Ok(v) = http::HeaderValue::from_str(&value) {
-                        h.insert(name, v);
+                if let Ok(v) = http::HeaderValue::from_str(&accept) {
+                    h.insert("sec-websocket-accept", v);
+                }
+                if !proto.is_empty() {
+                    if let Ok(v) = http::HeaderValue::from_str(&proto) {
+                        h.insert("sec-websocket-protocol", v);
                     }
                 }
                 Some(proto)
@@ -367,9 +355,21 @@ impl StreamServer {
         websocket: bool,
         resp: Reply,
     ) -> Reply {
-        let ports = match query_ports(req.uri().query()) {
-            Ok(p) => p,
-            Err(e) => return reply(StatusCode::BAD_REQUEST, e),
+        let values: Vec<String> = req
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|kv| kv.strip_prefix("port="))
+            .map(str::to_string)
+            .collect();
+        let ports = if values.is_empty() {
+            Vec::new()
+        } else {
+            match ws::parse_ports(values.iter().map(String::as_str)) {
+                Ok(p) => p,
+                Err(e) => return reply(StatusCode::BAD_REQUEST, e.to_string()),
+            }
         };
         let on_upgrade = hyper::upgrade::on(req);
         let this = self.clone();
@@ -498,13 +498,5 @@ mod tests {
                 "v2.channel.k8s.io"
             ]
         );
-    }
-
-    #[test]
-    fn ports_from_the_query() {
-        assert_eq!(query_ports(Some("port=80&port=443")).unwrap(), [80, 443]);
-        assert_eq!(query_ports(None).unwrap(), Vec::<u16>::new());
-        assert!(query_ports(Some("port=0")).is_err());
-        assert!(query_ports(Some("port=x")).is_err());
     }
 }
