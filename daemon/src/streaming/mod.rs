@@ -13,6 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+pub mod spdy;
+
 /// A terminal size from the client (resize stream/channel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub struct TermSize {
@@ -66,9 +68,7 @@ pub type PortStream = tokio::net::TcpStream;
 
 /// Opens a connection to `port` in the pod's network namespace.
 pub type PortConnector = Arc<
-    dyn Fn(u16) -> Pin<Box<dyn Future<Output = std::io::Result<PortStream>> + Send>>
-        + Send
-        + Sync,
+    dyn Fn(u16) -> Pin<Box<dyn Future<Output = std::io::Result<PortStream>> + Send>> + Send + Sync,
 >;
 
 /// Limits every protocol layer applies.
