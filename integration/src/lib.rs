@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod fake_registry;
 pub mod fixtures;
 pub mod registry;
+pub mod spdy_client;
 pub mod util;
 
 pub use daemon::{Daemon, DaemonOpts};

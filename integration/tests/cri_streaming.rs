@@ -181,3 +181,149 @@ async fn websocket_exec_and_port_forward() -> Result<()> {
     env.assert_no_leaks(&pod_id, &[c], &[])?;
     Ok(())
 }
+
+/// `http://HOST:PORT/PATH` -> ("HOST:PORT", "/PATH").
+fn split_url(url: &str) -> Result<(String, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .context("the streaming URL is not http://")?;
+    let i = rest.find('/').context("no path in the streaming URL")?;
+    Ok((rest[..i].to_string(), rest[i..].to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spdy_exec_and_port_forward() -> Result<()> {
+    use integration::spdy_client;
+    use serde_json::json;
+    if let Err(e) = spdy_client::client_dir() {
+        eprintln!(
+            "SKIP: the independent SPDY client (node + npm spdy-transport) is not available: {e}"
+        );
+        return Ok(());
+    }
+    let _net = cri::host_network_lock().await;
+    let env = Env::start()?;
+    let mut rt = env.rt().await?;
+    let pod = env.pod("spdy")?;
+    let pod_id = env.run_pod(&mut rt, &pod).await?;
+    let web = env.container(
+        "web",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /www && echo hello-over-spdy > /www/index.html && \
+             dd if=/dev/urandom of=/www/big bs=1048576 count=100 2>/dev/null && \
+             sha256sum /www/big > /www/big.sha && exec httpd -f -p 80 -h /www",
+        ],
+    );
+    let c = env.create_start(&mut rt, &pod_id, &pod, &web).await?;
+
+    // stdin echo, stderr apart, exit code 3 as a v4 Status.
+    let url = exec_url(
+        &mut rt,
+        &c,
+        &["sh", "-c", "cat; echo err >&2; exit 3"],
+        true,
+        false,
+    )
+    .await?;
+    let (host, path) = split_url(&url)?;
+    let r = spdy_client::run(
+        &host,
+        &path,
+        "v4.channel.k8s.io",
+        "exec",
+        json!({"streams": ["error", "stdin", "stdout", "stderr"], "stdin": "hello spdy\n"}),
+    )
+    .await?;
+    ensure!(r["stdout"]["text"] == "hello spdy\n", "{r}");
+    ensure!(r["stderr"]["text"] == "err\n", "{r}");
+    let status: Value = serde_json::from_str(r["error"]["text"].as_str().unwrap_or("null"))?;
+    ensure!(exit_code_of(&status) == Some(3), "{r}");
+
+    // A TTY and a resize the command sees.
+    let url = exec_url(
+        &mut rt,
+        &c,
+        &["sh", "-c", "sleep 1; stty size"],
+        false,
+        true,
+    )
+    .await?;
+    let (host, path) = split_url(&url)?;
+    let r = spdy_client::run(
+        &host,
+        &path,
+        "v4.channel.k8s.io",
+        "exec",
+        json!({"streams": ["error", "stdout", "resize"], "resize": [[100, 40]]}),
+    )
+    .await?;
+    ensure!(
+        r["stdout"]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("40 100"),
+        "{r}"
+    );
+
+    // Port-forward to busybox httpd: a page over 20 concurrent connections,
+    // then 100 MiB with its checksum intact.
+    let deadline = std::time::Instant::now() + cri::TIMEOUT;
+    let sha = loop {
+        if let Ok(s) = cri::exec_ok(&mut rt, &c, &["cat", "/www/big.sha"]).await {
+            break s;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the 100 MiB file was not made"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let want = sha
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    for (file, conns) in [("/index.html", 20), ("/big", 1)] {
+        let url = rt
+            .port_forward(api::PortForwardRequest {
+                pod_sandbox_id: pod_id.clone(),
+                port: vec![80],
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .url;
+        let (host, path) = split_url(&url)?;
+        let r = spdy_client::run(
+            &host,
+            &path,
+            "portforward.k8s.io",
+            "http",
+            json!({"port": 80, "path": file, "conns": conns}),
+        )
+        .await?;
+        let results = r["results"].as_array().context("no results")?;
+        ensure!(results.len() == conns, "{r}");
+        for one in results {
+            ensure!(
+                one["status"].as_str().unwrap_or_default().contains("200"),
+                "{file}: {one}"
+            );
+            if file == "/big" {
+                ensure!(one["len"] == 100 * 1048576, "{one}");
+                ensure!(
+                    one["sha256"] == want.as_str(),
+                    "checksum: {one} want {want}"
+                );
+            } else {
+                ensure!(one["len"] == "hello-over-spdy\n".len(), "{one}");
+            }
+        }
+    }
+
+    env.stop_remove_pod(&mut rt, &pod_id).await?;
+    env.assert_no_leaks(&pod_id, &[c], &[])?;
+    Ok(())
+}

@@ -11,8 +11,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use berthd::streaming::spdy::{
@@ -29,33 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-/// Where the client and its npm package live, or why they cannot.
-fn client_dir() -> Result<PathBuf, String> {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/spdy");
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("spdy-client");
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        for f in ["package.json", "client.js"] {
-            std::fs::copy(src.join(f), dir.join(f)).map_err(|e| e.to_string())?;
-        }
-        if !dir.join("node_modules/spdy-transport").exists() {
-            let out = std::process::Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", "--silent"])
-                .current_dir(&dir)
-                .output()
-                .map_err(|e| format!("cannot run npm: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "npm install spdy-transport failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-        }
-        Ok(dir)
-    })
-    .clone()
-}
+use integration::spdy_client::client_dir;
 
 macro_rules! client_or_skip {
     () => {

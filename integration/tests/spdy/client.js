@@ -174,10 +174,52 @@ async function portForward () {
   out({ results: await Promise.all(all) })
 }
 
+// Port-forwarded HTTP/1.0 GETs (opts.path) over opts.conns concurrent
+// connections: the body's length and sha256 per connection.
+async function httpGets () {
+  const { sock } = await upgrade()
+  const conn = session(sock)
+  const one = async (i) => {
+    const h = { port: String(opts.port), requestid: String(i) }
+    const err = await open(conn, Object.assign({ streamtype: 'error' }, h))
+    err.end()
+    const errText = collect(err, 4096)
+    const data = await open(conn, Object.assign({ streamtype: 'data' }, h))
+    const body = new Promise((resolve, reject) => {
+      const hash = crypto.createHash('sha256')
+      let head = Buffer.alloc(0)
+      let inBody = false
+      let len = 0
+      data.on('data', (d) => {
+        if (!inBody) {
+          head = Buffer.concat([head, d])
+          const end = head.indexOf('\r\n\r\n')
+          if (end < 0) return
+          inBody = true
+          d = head.slice(end + 4)
+          head = head.slice(0, end)
+        }
+        hash.update(d)
+        len += d.length
+      })
+      data.on('end', () => resolve({ status: head.toString().split('\r\n')[0], len, sha256: hash.digest('hex') }))
+      data.on('error', reject)
+    })
+    data.end(`GET ${opts.path} HTTP/1.0\r\nHost: pod\r\n\r\n`)
+    const r = await body
+    const e = await errText
+    return Object.assign({ id: i, error: e.text }, r)
+  }
+  const all = []
+  for (let i = 0; i < opts.conns; i++) all.push(one(i))
+  out({ results: await Promise.all(all) })
+}
+
 function out (o) {
   finished = true
   process.stdout.write(JSON.stringify(o) + '\n')
   setTimeout(() => process.exit(0), 50)
 }
 
-(scenario === 'pf' ? portForward() : exec()).catch(fail)
+const run = { pf: portForward, http: httpGets }[scenario] || exec
+run().catch(fail)
