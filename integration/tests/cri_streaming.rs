@@ -153,7 +153,6 @@ async fn websocket_exec_and_port_forward() -> Result<()> {
         .port_forward(api::PortForwardRequest {
             pod_sandbox_id: pod_id.clone(),
             port: vec![80],
-            ..Default::default()
         })
         .await?
         .into_inner()
@@ -290,7 +289,6 @@ async fn spdy_exec_and_port_forward() -> Result<()> {
             .port_forward(api::PortForwardRequest {
                 pod_sandbox_id: pod_id.clone(),
                 port: vec![80],
-                ..Default::default()
             })
             .await?
             .into_inner()
