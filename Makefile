@@ -25,6 +25,12 @@ deps-run:
 
 deps-test:
 	$(call apt_install,$(TEST_PKGS))
+	@# The SPDY streaming tests drive an independent client (node-spdy); a
+	@# machine without node gets Debian's.
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+		echo "installing: nodejs npm"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; \
+	fi
 
 build:
 	$(CARGO) build --release --workspace --bins
