@@ -79,6 +79,28 @@ fn u64v(v: Option<u64>) -> Option<cri::UInt64Value> {
     v.map(|value| cri::UInt64Value { value })
 }
 
+fn cpu_pb(s: &stats::CgroupStats) -> cri::CpuUsage {
+    cri::CpuUsage {
+        timestamp: s.timestamp_ns,
+        usage_core_nano_seconds: u64v(s.cpu_usage_ns),
+        usage_nano_cores: None,
+        psi: None,
+    }
+}
+
+fn memory_pb(s: &stats::CgroupStats) -> cri::MemoryUsage {
+    cri::MemoryUsage {
+        timestamp: s.timestamp_ns,
+        working_set_bytes: u64v(s.memory_working_set_bytes),
+        available_bytes: u64v(s.memory_available_bytes),
+        usage_bytes: u64v(s.memory_usage_bytes),
+        rss_bytes: u64v(s.memory_rss_bytes),
+        page_faults: u64v(s.page_faults),
+        major_page_faults: u64v(s.major_page_faults),
+        psi: None,
+    }
+}
+
 fn spec_error(e: spec::SpecError) -> TaskError {
     match e {
         spec::SpecError::NotFound(m) => TaskError::NotFound(m),
@@ -193,26 +215,7 @@ impl CriRuntime {
             )),
             other => Status::from(other),
         })?;
-        let resolved = self
-            .images
-            .resolve(image.clone(), None)
-            .await
-            .map_err(Status::from)?;
-        let image_cfg = crate::tasks::spec::parse_image_config(&resolved.config, &image.name)?;
-        let chain = self
-            .images
-            .platform_chain(&image)
-            .await
-            .map_err(Status::from)?;
-        let top = chain.last().map(|c| c.chain_id.clone());
-        {
-            let images = self.images.clone();
-            let n = image.name.clone();
-            crate::tasks::error::blocking(move || {
-                images.unpack_chain(&n, &chain).map_err(Into::into)
-            })
-            .await?;
-        }
+        let (image_cfg, top) = self.image_rootfs(&image).await?;
         let pod_cfg = srec.config();
         let id = crate::tasks::new_long_id();
         let (log, keep_log) = match log_path(&pod_cfg.log_directory, &cfg.log_path, &short)? {
@@ -318,6 +321,31 @@ impl CriRuntime {
             vec![self.container_status_pb(&rec)],
         );
         Ok(id)
+    }
+
+    /// An image's config and the top of its unpacked layer chain (unpacked
+    /// now if GC or an import left it packed).
+    pub(crate) async fn image_rootfs(
+        &self,
+        image: &crate::images::store::ImageRecord,
+    ) -> Result<(crate::tasks::spec::ContainerConfig, Option<String>), Status> {
+        let resolved = self
+            .images
+            .resolve(image.clone(), None)
+            .await
+            .map_err(Status::from)?;
+        let image_cfg = crate::tasks::spec::parse_image_config(&resolved.config, &image.name)?;
+        let chain = self
+            .images
+            .platform_chain(image)
+            .await
+            .map_err(Status::from)?;
+        let top = chain.last().map(|c| c.chain_id.clone());
+        let images = self.images.clone();
+        let n = image.name.clone();
+        crate::tasks::error::blocking(move || images.unpack_chain(&n, &chain).map_err(Into::into))
+            .await?;
+        Ok((image_cfg, top))
     }
 
     pub async fn start_container(&self, id: &str) -> Result<(), Status> {
@@ -611,22 +639,8 @@ impl CriRuntime {
                 labels: meta.labels.into_iter().collect(),
                 annotations: meta.annotations.into_iter().collect(),
             }),
-            cpu: cg.as_ref().map(|s| cri::CpuUsage {
-                timestamp: s.timestamp_ns,
-                usage_core_nano_seconds: u64v(s.cpu_usage_ns),
-                usage_nano_cores: None,
-                psi: None,
-            }),
-            memory: cg.as_ref().map(|s| cri::MemoryUsage {
-                timestamp: s.timestamp_ns,
-                working_set_bytes: u64v(s.memory_working_set_bytes),
-                available_bytes: u64v(s.memory_available_bytes),
-                usage_bytes: u64v(s.memory_usage_bytes),
-                rss_bytes: u64v(s.memory_rss_bytes),
-                page_faults: u64v(s.page_faults),
-                major_page_faults: u64v(s.major_page_faults),
-                psi: None,
-            }),
+            cpu: cg.as_ref().map(cpu_pb),
+            memory: cg.as_ref().map(memory_pb),
             writable_layer: usage.map(|u| cri::FilesystemUsage {
                 timestamp: now,
                 fs_id: Some(cri::FilesystemIdentifier {
@@ -726,22 +740,8 @@ impl CriRuntime {
                 annotations: cfg.annotations.clone(),
             }),
             linux: Some(cri::LinuxPodSandboxStats {
-                cpu: cg.as_ref().map(|s| cri::CpuUsage {
-                    timestamp: s.timestamp_ns,
-                    usage_core_nano_seconds: u64v(s.cpu_usage_ns),
-                    usage_nano_cores: None,
-                    psi: None,
-                }),
-                memory: cg.as_ref().map(|s| cri::MemoryUsage {
-                    timestamp: s.timestamp_ns,
-                    working_set_bytes: u64v(s.memory_working_set_bytes),
-                    available_bytes: u64v(s.memory_available_bytes),
-                    usage_bytes: u64v(s.memory_usage_bytes),
-                    rss_bytes: u64v(s.memory_rss_bytes),
-                    page_faults: u64v(s.page_faults),
-                    major_page_faults: u64v(s.major_page_faults),
-                    psi: None,
-                }),
+                cpu: cg.as_ref().map(cpu_pb),
+                memory: cg.as_ref().map(memory_pb),
                 network,
                 process: cg.as_ref().map(|s| cri::ProcessUsage {
                     timestamp: s.timestamp_ns,

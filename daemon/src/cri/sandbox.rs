@@ -354,26 +354,7 @@ impl CriRuntime {
                 rec.name
             ))
         })?;
-        let resolved = self
-            .images
-            .resolve(image.clone(), None)
-            .await
-            .map_err(Status::from)?;
-        let image_cfg = crate::tasks::spec::parse_image_config(&resolved.config, &image.name)?;
-        let chain = self
-            .images
-            .platform_chain(&image)
-            .await
-            .map_err(Status::from)?;
-        let top = chain.last().map(|c| c.chain_id.clone());
-        {
-            let images = self.images.clone();
-            let n = image.name.clone();
-            crate::tasks::error::blocking(move || {
-                images.unpack_chain(&n, &chain).map_err(Into::into)
-            })
-            .await?;
-        }
+        let (image_cfg, top) = self.image_rootfs(&image).await?;
         let id = crate::tasks::new_long_id();
         let mut ns = namespace_options(cfg);
         ns.pid = cri::NamespaceMode::Container as i32;

@@ -157,6 +157,28 @@ fn tls_acceptor(cfg: &StreamingConfig) -> anyhow::Result<Option<tokio_rustls::Tl
     Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
 }
 
+/// The remote-command streams of an upgraded connection, by protocol.
+async fn command_io<IO>(
+    io: IO,
+    proto: &str,
+    websocket: bool,
+    opts: StreamOpts,
+    limits: Limits,
+) -> Result<super::CommandIo, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if websocket {
+        ws::remote_command(io, proto, opts, limits)
+            .await
+            .map_err(|e| e.to_string())
+    } else {
+        spdy::remote_command(io, proto, opts, limits)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
 impl StreamServer {
     /// Binds the listener and serves in the background.
     pub async fn start(
@@ -398,15 +420,7 @@ impl StreamServer {
                 cmd,
                 opts,
             } => {
-                let cio = if websocket {
-                    ws::remote_command(io, proto, opts, limits)
-                        .await
-                        .map_err(|e| e.to_string())
-                } else {
-                    spdy::remote_command(io, proto, opts, limits)
-                        .await
-                        .map_err(|e| e.to_string())
-                };
+                let cio = command_io(io, proto, websocket, opts, limits).await;
                 match cio {
                     Ok(cio) => {
                         self.tasks
@@ -419,15 +433,7 @@ impl StreamServer {
                 }
             }
             Pending::Attach { container_id, opts } => {
-                let cio = if websocket {
-                    ws::remote_command(io, proto, opts, limits)
-                        .await
-                        .map_err(|e| e.to_string())
-                } else {
-                    spdy::remote_command(io, proto, opts, limits)
-                        .await
-                        .map_err(|e| e.to_string())
-                };
+                let cio = command_io(io, proto, websocket, opts, limits).await;
                 match cio {
                     Ok(cio) => self.tasks.attach_streaming(&container_id, cio).await,
                     Err(e) => {

@@ -471,13 +471,7 @@ impl TaskService {
                 rec.name
             )));
         }
-        let pod = self
-            .shims
-            .get(&rec.sandbox_id)
-            .filter(|p| !p.is_dead())
-            .ok_or_else(|| {
-                TaskError::FailedPrecondition(format!("the shim of task {} is gone", rec.name))
-            })?;
+        let pod = self.live_shim(&rec)?;
         let exec_id = new_exec_id();
         debug!(task = %rec.name, exec = %exec_id, cmd = %command_display(&cmd), "exec");
         let job = ExecJob {

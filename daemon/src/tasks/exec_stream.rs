@@ -133,6 +133,28 @@ fn exit_status(code: u32) -> ExitStatus {
 }
 
 impl TaskService {
+    /// A running task, its record and a client of its shim.
+    fn running_with_client(
+        &self,
+        id: &str,
+    ) -> Result<(std::sync::Arc<super::Task>, super::TaskRecord, TaskClient), TaskError> {
+        let task = self.lookup(id)?;
+        let rec = task.record();
+        if rec.status != TaskStatus::Running {
+            return Err(TaskError::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        let client = self
+            .pod_shim(&rec.sandbox_id)
+            .ok_or_else(|| {
+                TaskError::FailedPrecondition(format!("the shim of container {} is gone", rec.id))
+            })?
+            .client();
+        Ok((task, rec, client))
+    }
+
     /// Runs `cmd` in the running task `id` with the client's streams, and
     /// reports how it ended on `io.done`.
     pub async fn exec_streaming(&self, id: &str, cmd: Vec<String>, tty: bool, io: CommandIo) {
@@ -154,20 +176,7 @@ impl TaskService {
         if cmd.first().is_none_or(|c| c.is_empty()) {
             return Err(TaskError::InvalidArgument("exec needs a command".into()));
         }
-        let task = self.lookup(id)?;
-        let rec = task.record();
-        if rec.status != TaskStatus::Running {
-            return Err(TaskError::FailedPrecondition(format!(
-                "container {} is not running",
-                rec.id
-            )));
-        }
-        let client = self
-            .pod_shim(&rec.sandbox_id)
-            .ok_or_else(|| {
-                TaskError::FailedPrecondition(format!("the shim of container {} is gone", rec.id))
-            })?
-            .client();
+        let (_, rec, client) = self.running_with_client(id)?;
         let exec_id = new_exec_id();
         let what = format!("`{}` in container {}", command_display(&cmd), rec.id);
         info!(container = %rec.id, exec = %exec_id, tty, cmd = %command_display(&cmd), "interactive exec");
@@ -345,20 +354,7 @@ impl TaskService {
     }
 
     async fn attach_streams(&self, id: &str, mut s: Streams) -> Result<Option<u32>, TaskError> {
-        let task = self.lookup(id)?;
-        let rec = task.record();
-        if rec.status != TaskStatus::Running {
-            return Err(TaskError::FailedPrecondition(format!(
-                "container {} is not running",
-                rec.id
-            )));
-        }
-        let client = self
-            .pod_shim(&rec.sandbox_id)
-            .ok_or_else(|| {
-                TaskError::FailedPrecondition(format!("the shim of container {} is gone", rec.id))
-            })?
-            .client();
+        let (task, rec, client) = self.running_with_client(id)?;
         let mut follower = LogFollower::open_at_end(&rec.log_path, rec.stdio)
             .await
             .map_err(TaskError::io(format!("opening the log of {}", rec.id)))?;

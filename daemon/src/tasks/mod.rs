@@ -563,13 +563,7 @@ impl TaskService {
                 rec.status.as_str()
             )));
         }
-        let pod = self
-            .shims
-            .get(&rec.sandbox_id)
-            .filter(|p| !p.is_dead())
-            .ok_or_else(|| {
-                TaskError::FailedPrecondition(format!("the shim of task {} is gone", rec.name))
-            })?;
+        let pod = self.live_shim(&rec)?;
         // Taken before the start: an exit the watcher records meanwhile
         // (a quick command) is always later than this.
         let started_at = now_nanos();
@@ -777,6 +771,16 @@ impl TaskService {
         self.get(id)
     }
 
+    /// The running shim of a task's pod.
+    fn live_shim(&self, rec: &TaskRecord) -> Result<Arc<PodShim>, TaskError> {
+        self.shims
+            .get(&rec.sandbox_id)
+            .filter(|p| !p.is_dead())
+            .ok_or_else(|| {
+                TaskError::FailedPrecondition(format!("the shim of task {} is gone", rec.name))
+            })
+    }
+
     /// A shim of a pod, if one is running.
     pub fn pod_shim(&self, sandbox_id: &str) -> Option<Arc<PodShim>> {
         self.shims.get(sandbox_id).filter(|p| !p.is_dead())
@@ -898,13 +902,7 @@ impl TaskService {
                 rec.name
             )));
         }
-        let pod = self
-            .shims
-            .get(&rec.sandbox_id)
-            .filter(|p| !p.is_dead())
-            .ok_or_else(|| {
-                TaskError::FailedPrecondition(format!("the shim of task {} is gone", rec.name))
-            })?;
+        let pod = self.live_shim(&rec)?;
         let signal = if signal == 0 { 15 } else { signal };
         pod.client().kill(&rec.id, signal, all).await.map_err(|e| {
             if e.is_not_found() {
