@@ -18,9 +18,14 @@ fn script() -> PathBuf {
 }
 
 fn ws_client(args: &[&str]) -> Result<Value> {
+    ws_client_env(args, &[])
+}
+
+fn ws_client_env(args: &[&str], env: &[(&str, &str)]) -> Result<Value> {
     let out = Command::new(PYTHON)
         .arg(script())
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .context("running the python websocket client")?;
     ensure!(
@@ -321,6 +326,96 @@ async fn spdy_exec_and_port_forward() -> Result<()> {
         }
     }
 
+    env.stop_remove_pod(&mut rt, &pod_id).await?;
+    env.assert_no_leaks(&pod_id, &[c], &[])?;
+    Ok(())
+}
+
+/// Attach to a container created with stdin: what the client types reaches
+/// it, its output comes back, and its exit ends the session with its code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_attach() -> Result<()> {
+    let _net = cri::host_network_lock().await;
+    let env = Env::start()?;
+    let mut rt = env.rt().await?;
+    let pod = env.pod("attach")?;
+    let pod_id = env.run_pod(&mut rt, &pod).await?;
+    let mut cfg = env.container("reader", &["sh", "-c", "read line; echo got $line; exit 4"]);
+    cfg.stdin = true;
+    let c = env.create_start(&mut rt, &pod_id, &pod, &cfg).await?;
+    let url = rt
+        .attach(api::AttachRequest {
+            container_id: c.clone(),
+            stdin: true,
+            tty: false,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .url;
+    let r = ws_client(&["exec", &url, "v5.channel.k8s.io", "--stdin", "hello\n"])?;
+    ensure!(r["stdout"] == "got hello\n", "{r}");
+    ensure!(exit_code_of(&r["status"]) == Some(4), "{r}");
+    // A container without stdin cannot be attached to with stdin.
+    let mut plain = env.container("plain", &["sleep", "3600"]);
+    plain.stdin = false;
+    let p = env.create_start(&mut rt, &pod_id, &pod, &plain).await?;
+    let e = rt
+        .attach(api::AttachRequest {
+            container_id: p.clone(),
+            stdin: true,
+            tty: false,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        })
+        .await
+        .err()
+        .context("attach with stdin to a container without it")?;
+    ensure!(e.code() == tonic::Code::InvalidArgument, "{e:?}");
+    env.stop_remove_pod(&mut rt, &pod_id).await?;
+    env.assert_no_leaks(&pod_id, &[c, p], &[])?;
+    Ok(())
+}
+
+/// With a certificate configured, the URLs are https and the WebSocket
+/// client (trusting the test CA) execs over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_exec_over_tls() -> Result<()> {
+    let _net = cri::host_network_lock().await;
+    let pki = tempfile::tempdir()?;
+    let tls = integration::registry::generate_tls(pki.path(), &["127.0.0.1"])?;
+    let extra = format!(
+        "\n[streaming]\ntls_cert = {:?}\ntls_key = {:?}\n",
+        tls.server_cert.display().to_string(),
+        tls.server_key.display().to_string()
+    );
+    let env = Env::start_with(
+        cri::TestNet::new()?,
+        cri::CriOpts {
+            extra,
+            ..Default::default()
+        },
+    )?;
+    let mut rt = env.rt().await?;
+    let pod = env.pod("tls")?;
+    let pod_id = env.run_pod(&mut rt, &pod).await?;
+    let c = env
+        .create_start(
+            &mut rt,
+            &pod_id,
+            &pod,
+            &env.container("main", &["sleep", "3600"]),
+        )
+        .await?;
+    let url = exec_url(&mut rt, &c, &["echo", "over tls"], false, false).await?;
+    ensure!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let ca = tls.ca_cert.display().to_string();
+    let r = ws_client_env(&["exec", &url, "v5.channel.k8s.io"], &[("K8S_WS_CA", &ca)])?;
+    ensure!(r["stdout"] == "over tls\n", "{r}");
+    ensure!(exit_code_of(&r["status"]) == Some(0), "{r}");
     env.stop_remove_pod(&mut rt, &pod_id).await?;
     env.assert_no_leaks(&pod_id, &[c], &[])?;
     Ok(())

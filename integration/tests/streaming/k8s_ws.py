@@ -13,6 +13,7 @@ Debian's python3-websocket (websocket-client), for berth's end-to-end tests.
       server closes; prints JSON {bytes, error}.
 """
 import json
+import os
 import sys
 
 import websocket
@@ -27,7 +28,10 @@ def ws_url(url):
 
 
 def connect(url, proto):
-    ws = websocket.create_connection(ws_url(url), subprotocols=[proto], timeout=60)
+    # K8S_WS_CA: the CA to trust for wss:// (berth's streaming server with TLS).
+    ca = os.environ.get("K8S_WS_CA")
+    sslopt = {"ca_certs": ca} if ca else None
+    ws = websocket.create_connection(ws_url(url), subprotocols=[proto], timeout=60, sslopt=sslopt)
     got = ws.getsubprotocol()
     if got != proto:
         raise SystemExit(f"server chose subprotocol {got!r}, asked {proto!r}")
