@@ -59,6 +59,20 @@ async fn exec_url(
         .url)
 }
 
+/// Processes running `sleep ARG`.
+fn sleepers(arg: &str) -> usize {
+    let want = format!("sleep\0{arg}\0");
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want.as_bytes())
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 fn exit_code_of(status: &Value) -> Option<i64> {
     if status["status"] == "Success" {
         return Some(0);
@@ -138,6 +152,27 @@ async fn websocket_exec_and_port_forward() -> Result<()> {
         "tty resize not seen: {r}"
     );
     ensure!(exit_code_of(&r["status"]) == Some(5), "{r}");
+
+    // A client that goes away gets its command killed and reaped.
+    let url = exec_url(&mut rt, &c, &["sleep", "3217"], true, false).await?;
+    let mut client = Command::new(PYTHON)
+        .arg(script())
+        .args(["exec", &url, "v5.channel.k8s.io", "--disconnect-after", "3"])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + cri::TIMEOUT;
+    while sleepers("3217") == 0 {
+        ensure!(std::time::Instant::now() < deadline, "the exec never ran");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    ensure!(client.wait()?.success(), "the leaving client failed");
+    while sleepers("3217") > 0 {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the exec of a client that went away still runs"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 
     // A used token is gone: 404.
     let url = exec_url(&mut rt, &c, &["true"], false, false).await?;

@@ -15,6 +15,7 @@ Debian's python3-websocket (websocket-client), for berth's end-to-end tests.
 import json
 import os
 import sys
+import time
 
 import websocket
 
@@ -40,7 +41,7 @@ def connect(url, proto):
 
 def do_exec(args):
     url, proto = args[0], args[1]
-    opts = {"stdin": None, "close": False, "resize": None, "after": None}
+    opts = {"stdin": None, "close": False, "resize": None, "after": None, "leave": None}
     i = 2
     while i < len(args):
         a = args[i]
@@ -53,6 +54,9 @@ def do_exec(args):
         elif a == "--resize":
             w, h = args[i + 1].split("x")
             opts["resize"] = (int(w), int(h))
+            i += 2
+        elif a == "--disconnect-after":
+            opts["leave"] = float(args[i + 1])
             i += 2
         elif a == "--stdin-after-resize":
             opts["after"] = args[i + 1]
@@ -69,6 +73,12 @@ def do_exec(args):
         ws.send_binary(b"\x00" + opts["after"].encode())
     if opts["close"]:
         ws.send_binary(b"\xff\x00")
+    if opts["leave"] is not None:
+        # Go away without a word, as a killed kubectl would.
+        time.sleep(opts["leave"])
+        ws.sock.close()
+        print(json.dumps({"left": True}))
+        return
     out, err, status = b"", b"", None
     while True:
         try:
