@@ -27,6 +27,9 @@ setTimeout(() => fail('client timed out'), opts.timeoutMs || 120000).unref()
 function upgrade () {
   return new Promise((resolve, reject) => {
     const sock = net.connect(Number(port), host)
+    // As Go's net package (kubectl, client-go) does by default: without it a
+    // small WINDOW_UPDATE waits for the delayed ACK (40 ms a window).
+    sock.setNoDelay(true)
     sock.once('error', reject)
     sock.on('connect', () => {
       sock.write(`POST ${path} HTTP/1.1\r\nHost: ${hostport}\r\n` +
