@@ -174,6 +174,7 @@ impl Daemon {
         self.tasks.recover().await;
         self.cri.recover_sandboxes().await;
         self.cri.forward_exits();
+        self.cri.spawn_layer_usage_sync();
         let streaming = crate::streaming::server::StreamServer::start(
             &self.config.streaming,
             self.tasks.clone(),

@@ -537,6 +537,12 @@ async fn pod_and_container_lifecycle() -> Result<()> {
         cpu.timestamp > 0 && cpu.usage_core_nano_seconds.is_some(),
         "{cpu:?}"
     );
+    // The writable layer is measured (at start, then every few seconds).
+    let layer = cs.writable_layer.as_ref().context("no writable layer stats")?;
+    ensure!(
+        layer.used_bytes.is_some() && layer.inodes_used.is_some(),
+        "{layer:?}"
+    );
     let all_stats = rt
         .list_container_stats(api::ListContainerStatsRequest { filter: None })
         .await?

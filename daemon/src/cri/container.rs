@@ -24,6 +24,8 @@ use crate::tasks::{
     prepare_rootfs, NewTask, Prepare, Task, TaskError, TaskKind, TaskRecord, TaskStatus,
 };
 
+/// How often the writable layers' disk usage is measured.
+const LAYER_USAGE_PERIOD: Duration = Duration::from_secs(10);
 /// How long a SIGKILLed container may take to be reported gone.
 const KILL_GRACE: Duration = Duration::from_secs(30);
 
@@ -352,6 +354,12 @@ impl CriRuntime {
         let task = self.container(id)?;
         let rec = self.tasks.start(&task.id).await?;
         self.emit_container(&rec, cri::ContainerEventType::ContainerStartedEvent);
+        // Its writable layer gets a first measurement now, not at the next sync.
+        let snap = self.tasks.snapshotter();
+        let key = rec.snapshot.clone();
+        if let Ok(Ok(u)) = tokio::task::spawn_blocking(move || snap.usage(&key)).await {
+            lock(&self.layer_usage).insert(rec.snapshot.clone(), (u.size, u.inodes, now_nanos()));
+        }
         Ok(())
     }
 
@@ -618,17 +626,16 @@ impl CriRuntime {
     /// Stats of one container: its cgroup and its writable layer. Blocking.
     fn container_stats_blocking(
         layout: &stats::CgroupLayout,
-        snap: &dyn snapshotter::Snapshotter,
+        layer_usage: &HashMap<String, (u64, u64, i64)>,
         rec: &TaskRecord,
     ) -> cri::ContainerStats {
         let meta = rec.cri.clone().unwrap_or_default();
-        let now = now_nanos();
         let cg = if rec.status == TaskStatus::Running && !rec.cgroups_path.is_empty() {
             stats::read(layout, &rec.cgroups_path).ok()
         } else {
             None
         };
-        let usage = snap.usage(&rec.snapshot).ok();
+        let usage = layer_usage.get(&rec.snapshot).copied();
         cri::ContainerStats {
             attributes: Some(cri::ContainerAttributes {
                 id: rec.id.clone(),
@@ -641,13 +648,13 @@ impl CriRuntime {
             }),
             cpu: cg.as_ref().map(cpu_pb),
             memory: cg.as_ref().map(memory_pb),
-            writable_layer: usage.map(|u| cri::FilesystemUsage {
-                timestamp: now,
+            writable_layer: usage.map(|(size, inodes, at)| cri::FilesystemUsage {
+                timestamp: at,
                 fs_id: Some(cri::FilesystemIdentifier {
                     mountpoint: rec.rootfs().display().to_string(),
                 }),
-                used_bytes: Some(cri::UInt64Value { value: u.size }),
-                inodes_used: Some(cri::UInt64Value { value: u.inodes }),
+                used_bytes: Some(cri::UInt64Value { value: size }),
+                inodes_used: Some(cri::UInt64Value { value: inodes }),
             }),
             swap: None,
             io: None,
@@ -656,14 +663,51 @@ impl CriRuntime {
 
     async fn stats_of(&self, recs: Vec<TaskRecord>) -> Vec<cri::ContainerStats> {
         let layout = self.cgroups.clone();
-        let snap = self.tasks.snapshotter();
+        let usage = lock(&self.layer_usage).clone();
         tokio::task::spawn_blocking(move || {
             recs.iter()
-                .map(|r| Self::container_stats_blocking(&layout, snap.as_ref(), r))
+                .map(|r| Self::container_stats_blocking(&layout, &usage, r))
                 .collect()
         })
         .await
         .unwrap_or_default()
+    }
+
+    /// Keeps the writable layers' disk usage in memory, refreshed every
+    /// `LAYER_USAGE_PERIOD` (as containerd's snapshot syncer does): a stats
+    /// call must not walk a container's files.
+    pub fn spawn_layer_usage_sync(self: &Arc<Self>) {
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(rt) = this.upgrade() else { return };
+                rt.refresh_layer_usage().await;
+                drop(rt);
+                tokio::time::sleep(LAYER_USAGE_PERIOD).await;
+            }
+        });
+    }
+
+    pub(crate) async fn refresh_layer_usage(&self) {
+        let keys: Vec<String> = self
+            .tasks
+            .list_kind(TaskKind::Cri)
+            .into_iter()
+            .filter(|r| r.status.is_live())
+            .map(|r| r.snapshot)
+            .collect();
+        let snap = self.tasks.snapshotter();
+        let fresh = tokio::task::spawn_blocking(move || {
+            keys.into_iter()
+                .filter_map(|k| {
+                    let u = snap.usage(&k).ok()?;
+                    Some((k, (u.size, u.inodes, now_nanos())))
+                })
+                .collect::<HashMap<_, _>>()
+        })
+        .await
+        .unwrap_or_default();
+        *lock(&self.layer_usage) = fresh;
     }
 
     pub async fn container_stats(&self, id: &str) -> Result<cri::ContainerStats, Status> {

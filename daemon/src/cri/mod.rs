@@ -93,6 +93,8 @@ pub struct CriRuntime {
     cgroups: stats::CgroupLayout,
     /// The streaming server exec/attach/port-forward URLs point at.
     streaming: std::sync::OnceLock<Arc<crate::streaming::server::StreamServer>>,
+    /// Writable-layer usage by snapshot key: (bytes, inodes, when measured).
+    layer_usage: Mutex<HashMap<String, (u64, u64, i64)>>,
     /// Host facts the OCI spec builder needs, read once.
     spec_opts: spec::SpecOptions,
 }
@@ -122,6 +124,7 @@ impl CriRuntime {
             cgroups: stats::CgroupLayout::detect(),
             spec_opts,
             streaming: std::sync::OnceLock::new(),
+            layer_usage: Mutex::new(HashMap::new()),
         })
     }
 
