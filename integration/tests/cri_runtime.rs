@@ -538,7 +538,10 @@ async fn pod_and_container_lifecycle() -> Result<()> {
         "{cpu:?}"
     );
     // The writable layer is measured (at start, then every few seconds).
-    let layer = cs.writable_layer.as_ref().context("no writable layer stats")?;
+    let layer = cs
+        .writable_layer
+        .as_ref()
+        .context("no writable layer stats")?;
     ensure!(
         layer.used_bytes.is_some() && layer.inodes_used.is_some(),
         "{layer:?}"

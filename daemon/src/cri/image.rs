@@ -34,6 +34,8 @@ use crate::images::ImageService;
 use crate::reference::Reference;
 use crate::registry::Credentials;
 
+/// How long a measured image filesystem usage is reused.
+const FS_USAGE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 /// Images per StreamImages message.
 const STREAM_CHUNK: usize = 256;
 
@@ -50,6 +52,8 @@ pub struct CriImageApi {
     svc: Arc<ImageService>,
     /// Config digest -> the config's user.
     users: Mutex<HashMap<String, ImageUser>>,
+    /// The last snapshotter usage measured: (when, bytes, inodes).
+    fs_usage: Mutex<Option<(std::time::Instant, u64, u64)>>,
 }
 
 impl CriImageApi {
@@ -57,6 +61,7 @@ impl CriImageApi {
         CriImageApi {
             svc,
             users: Mutex::new(HashMap::new()),
+            fs_usage: Mutex::new(None),
         }
     }
 
@@ -459,6 +464,33 @@ impl cri::image_service_server::ImageService for CriImageApi {
     ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
         let snapshotter = self.svc.unpacker.snapshotter.clone();
         let mountpoint = snapshotter_root(&self.svc).display().to_string();
+        let cached = *self.fs_usage.lock().unwrap_or_else(|p| p.into_inner());
+        let (bytes, inodes) = match cached {
+            // kubelet asks every few seconds; the walk runs at most once per
+            // FS_USAGE_TTL (containerd's snapshot syncer keeps a similar cache).
+            Some((at, b, i)) if at.elapsed() < FS_USAGE_TTL => (b, i),
+            _ => self.measure_fs(snapshotter).await?,
+        };
+        let usage = cri::FilesystemUsage {
+            timestamp: now_nanos(),
+            fs_id: Some(cri::FilesystemIdentifier { mountpoint }),
+            used_bytes: Some(cri::UInt64Value { value: bytes }),
+            inodes_used: Some(cri::UInt64Value { value: inodes }),
+        };
+        Ok(Response::new(cri::ImageFsInfoResponse {
+            // Container writable layers are snapshots of the same
+            // snapshotter, on the same filesystem.
+            container_filesystems: vec![usage.clone()],
+            image_filesystems: vec![usage],
+        }))
+    }
+}
+
+impl CriImageApi {
+    async fn measure_fs(
+        &self,
+        snapshotter: Arc<dyn snapshotter::Snapshotter>,
+    ) -> Result<(u64, u64), Status> {
         let (bytes, inodes) = blocking(move || {
             let infos = snapshotter
                 .walk(&|_| true)
@@ -477,18 +509,9 @@ impl cri::image_service_server::ImageService for CriImageApi {
             Ok((bytes, inodes))
         })
         .await?;
-        let usage = cri::FilesystemUsage {
-            timestamp: now_nanos(),
-            fs_id: Some(cri::FilesystemIdentifier { mountpoint }),
-            used_bytes: Some(cri::UInt64Value { value: bytes }),
-            inodes_used: Some(cri::UInt64Value { value: inodes }),
-        };
-        Ok(Response::new(cri::ImageFsInfoResponse {
-            // Container writable layers are snapshots of the same
-            // snapshotter, on the same filesystem.
-            container_filesystems: vec![usage.clone()],
-            image_filesystems: vec![usage],
-        }))
+        *self.fs_usage.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::Instant::now(), bytes, inodes));
+        Ok((bytes, inodes))
     }
 }
 
