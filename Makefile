@@ -9,7 +9,7 @@ RUN_PKGS := runc containernetworking-plugins iproute2 iptables
 TEST_PKGS := $(RUN_PKGS) crun docker-registry skopeo umoci busybox-static catatonit \
 	apache2-utils attr jq containerd python3-websocket
 
-.PHONY: run test build build-debug deps-run deps-test lint bench-pull bench-unpack install clean
+.PHONY: run test build build-debug deps-run deps-test lint bench bench-pull bench-unpack install clean
 
 # Installs only what is missing, so repeated runs are quick and offline-safe.
 define apt_install
@@ -53,6 +53,11 @@ test: deps-test build-debug
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The CRI workload (pod start, lifecycle, lists, exec, memory, restart, cold pull)
+# against containerd 1.6's CRI plugin, side by side; see README, Performance.
+bench: deps-test build
+	$(CARGO) run --release -p integration --bin bench-cri -- $(BENCH_ARGS)
 
 # Pull (fetch+unpack) throughput against containerd, plus fetch-only references
 # (skopeo, ctr content fetch); see README, Performance.

@@ -43,13 +43,18 @@ pub const DISABLED_PLUGINS: &[&str] = &[
 #[derive(Debug, Clone, Default)]
 pub struct ContainerdOpts {
     /// TOML appended after the generated config (plugin tables only: top-level keys
-    /// must come before the first table).
+    /// must come before the first table). `@DIR@` is replaced by the harness's temp
+    /// dir ([`Containerd::dir`]).
     pub extra_config: String,
     /// Plugins disabled in addition to [`DISABLED_PLUGINS`].
     pub disabled_plugins: Vec<String>,
     /// Extra environment variables for the containerd process (and so for the shims it
     /// starts), e.g. a `PATH` with a directory holding `containerd-shim-berth-v2`.
     pub env: Vec<(String, String)>,
+    /// Keep the CRI plugin enabled (its `[plugins."io.containerd.grpc.v1.cri"]`
+    /// table goes in `extra_config`; see `bench_cri` for one). Its runc root should be
+    /// [`Containerd::runc_root`], so that drop can force-delete leftover containers.
+    pub cri: bool,
 }
 
 /// A running containerd. On drop: SIGTERM, SIGKILL after [`STOP_TIMEOUT`], then any
@@ -58,6 +63,7 @@ pub struct ContainerdOpts {
 pub struct Containerd {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    env: Vec<(String, String)>,
 }
 
 impl Containerd {
@@ -76,27 +82,16 @@ impl Containerd {
             .prefix("berth-containerd-")
             .tempdir()
             .context("create containerd temp dir")?;
-        let mut c = Containerd { dir, child: None };
+        let mut c = Containerd {
+            dir,
+            child: None,
+            env: opts.env.clone(),
+        };
         for d in [c.root(), c.state(), c.hosts_dir(), c.dir().join("opt")] {
             std::fs::create_dir_all(&d).with_context(|| format!("mkdir {}", d.display()))?;
         }
         write_file(&c.config_path(), c.render_config(&opts).as_bytes())?;
-
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(c.log_path())?;
-        let mut cmd = Command::new(CONTAINERD_BIN);
-        cmd.arg("--config")
-            .arg(c.config_path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        for (k, v) in &opts.env {
-            cmd.env(k, v);
-        }
-        let child = spawn(&mut cmd)?;
-        c.child = Some(child);
+        c.spawn_process()?;
         if let Err(e) = c.wait_ready() {
             let log = c.log();
             c.terminate();
@@ -105,9 +100,42 @@ impl Containerd {
         Ok(c)
     }
 
+    fn spawn_process(&mut self) -> Result<()> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut cmd = Command::new(CONTAINERD_BIN);
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(spawn(&mut cmd)?);
+        Ok(())
+    }
+
+    /// Starts containerd again (after [`Containerd::stop`]) with the same config,
+    /// without waiting for it, for callers that time the start themselves.
+    pub fn respawn_nowait(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("containerd is still running");
+        }
+        self.spawn_process()
+    }
+
+    /// The runc root to give the CRI plugin's runc runtime (`options.Root`).
+    pub fn runc_root(&self) -> PathBuf {
+        self.dir.path().join("runc")
+    }
+
     fn render_config(&self, opts: &ContainerdOpts) -> String {
         let disabled: Vec<String> = DISABLED_PLUGINS
             .iter()
+            .filter(|p| !(opts.cri && **p == "io.containerd.grpc.v1.cri"))
             .map(|s| s.to_string())
             .chain(opts.disabled_plugins.iter().cloned())
             .map(|p| format!("{p:?}"))
@@ -131,7 +159,9 @@ impl Containerd {
             sock = q(self.socket()),
             ttrpc = q(self.dir().join("containerd.sock.ttrpc")),
             opt = q(self.dir().join("opt")),
-            extra = opts.extra_config,
+            extra = opts
+                .extra_config
+                .replace("@DIR@", &self.dir().to_string_lossy()),
         )
     }
 
@@ -300,6 +330,7 @@ pub fn parse_images_ls(out: &str) -> Vec<(String, String)> {
 impl Drop for Containerd {
     fn drop(&mut self) {
         self.terminate();
+        crate::daemon::delete_containers(&self.runc_root());
         sweep_dir(self.dir.path());
         if std::thread::panicking() {
             eprintln!(

@@ -62,6 +62,8 @@ pub struct DaemonOpts {
     pub env: Vec<(String, String)>,
     /// Where berthd/berthctl are (default: [`bin_dir`]).
     pub bin_dir: Option<PathBuf>,
+    /// `--log-level` (default "debug"; benchmarks use "info").
+    pub log_level: Option<String>,
 }
 
 /// A running berthd. On drop: SIGTERM, SIGKILL after [`STOP_TIMEOUT`], then containers
@@ -106,6 +108,25 @@ impl Daemon {
     }
 
     fn spawn(&mut self) -> Result<()> {
+        self.spawn_process()?;
+        if let Err(e) = self.wait_ready() {
+            let log = self.log();
+            self.terminate();
+            return Err(e.context(format!("berthd log:\n{log}")));
+        }
+        Ok(())
+    }
+
+    /// Starts berthd again (after [`Daemon::stop`] or [`Daemon::kill9`]) without
+    /// waiting for its socket, for callers that time the start themselves.
+    pub fn respawn_nowait(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("berthd is still running");
+        }
+        self.spawn_process()
+    }
+
+    fn spawn_process(&mut self) -> Result<()> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -120,7 +141,7 @@ impl Daemon {
             .arg("--config")
             .arg(self.config_path())
             .arg("--log-level")
-            .arg("debug")
+            .arg(self.opts.log_level.as_deref().unwrap_or("debug"))
             .args(&self.opts.args)
             .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -128,11 +149,6 @@ impl Daemon {
             .stderr(log);
         let child = spawn(&mut cmd)?;
         self.child = Some(child);
-        if let Err(e) = self.wait_ready() {
-            let log = self.log();
-            self.terminate();
-            return Err(e.context(format!("berthd log:\n{log}")));
-        }
         Ok(())
     }
 
@@ -287,7 +303,7 @@ pub fn tail(s: &str, n: usize) -> String {
 /// Force-deletes the containers runc still has under `runtime_root/<namespace>`:
 /// a container's own processes live in their own mount and PID namespaces and
 /// do not show the temp dir in their command line or cwd.
-fn delete_containers(runtime_root: &Path) {
+pub fn delete_containers(runtime_root: &Path) {
     let Ok(rd) = std::fs::read_dir(runtime_root) else {
         return;
     };

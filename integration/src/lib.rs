@@ -2,6 +2,7 @@
 //! registry (docker-registry), a misbehaving fake registry and a berthd process harness.
 
 pub mod bench;
+pub mod bench_cri;
 pub mod containerd;
 pub mod cri;
 pub mod daemon;
