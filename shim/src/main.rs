@@ -66,6 +66,13 @@ const MAX_SOCKET_PATH: usize = 107;
 type Res<T> = Result<T, String>;
 
 fn main() {
+    // One arena: the shim's few threads allocate little, and every pod runs
+    // a shim, so its resident memory counts per pod.
+    // SAFETY: called first thing, before any other thread exists; mallopt
+    // only sets an allocator tunable.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let flags = match args::parse(argv) {
         Ok(f) => f,

@@ -132,13 +132,10 @@ impl CriRuntime {
                 return Ok(t);
             }
         }
-        let recs: Vec<(String, String)> = self
-            .tasks
-            .list_kind(TaskKind::Cri)
-            .into_iter()
-            .map(|r| (r.id.clone(), r.id))
-            .collect();
-        let full = find_by_prefix(recs.iter().map(|(k, v)| (k, v)), id, "container")?;
+        let ids: Vec<String> = self.tasks.map_kind(TaskKind::Cri, |r| {
+            r.id.starts_with(id).then(|| r.id.clone())
+        });
+        let full = find_by_prefix(ids.iter().map(|k| (k, k)), id, "container")?;
         self.tasks
             .get_task(full)
             .ok_or_else(|| Status::not_found(format!("container {id} not found")))
@@ -189,10 +186,9 @@ impl CriRuntime {
             format!("container/{name}"),
             move |rt| {
                 rt.tasks
-                    .list_kind(TaskKind::Cri)
-                    .into_iter()
-                    .find(|r| r.name == n)
-                    .map(|r| format!("container name {n:?} is reserved for {}", r.id))
+                    .map_kind(TaskKind::Cri, |r| (r.name == n).then(|| r.id.clone()))
+                    .pop()
+                    .map(|id| format!("container name {n:?} is reserved for {id}"))
             },
             async move { this.do_create_container(srec, cfg, image, name).await },
         )
@@ -442,7 +438,10 @@ impl CriRuntime {
             }
             info!(container = %rec.id, timeout, "container ignored its stop signal; killing it");
         }
-        match self.tasks.kill(&rec.id, 9, true).await {
+        // With a PID namespace of its own, the init's death takes every
+        // process with it: no need for runc's cgroup-wide `kill --all`.
+        let all = !self.own_pid_namespace(&rec);
+        match self.tasks.kill(&rec.id, 9, all).await {
             Ok(()) | Err(TaskError::FailedPrecondition(_)) => {}
             Err(e) => return Err(e.into()),
         }
@@ -455,6 +454,28 @@ impl CriRuntime {
                 KILL_GRACE.as_secs()
             ))),
         }
+    }
+
+    /// Whether the container got a PID namespace of its own (CONTAINER
+    /// mode, or POD mode in a pod without a pause process to hold one).
+    fn own_pid_namespace(&self, rec: &TaskRecord) -> bool {
+        let Some(meta) = rec.cri.as_ref() else {
+            return false;
+        };
+        let pid = meta
+            .config()
+            .linux
+            .and_then(|l| l.security_context)
+            .and_then(|s| s.namespace_options)
+            .map(|n| n.pid)
+            .unwrap_or(cri::NamespaceMode::Pod as i32);
+        if pid == cri::NamespaceMode::Container as i32 {
+            return true;
+        }
+        pid == cri::NamespaceMode::Pod as i32
+            && lock(&self.sandboxes)
+                .get(&rec.sandbox_id)
+                .is_some_and(|s| s.record().pause_pid == 0)
     }
 
     /// RemoveContainer: kills it if it still runs, then removes its rootfs,
@@ -548,51 +569,54 @@ impl CriRuntime {
     }
 
     pub fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
-        let mut recs: Vec<TaskRecord> = self
-            .tasks
-            .list_kind(TaskKind::Cri)
-            .into_iter()
-            .filter(|r| r.status != TaskStatus::Creating)
-            .filter(|r| match &filter {
-                None => true,
-                Some(f) => {
-                    (f.id.is_empty() || r.id.starts_with(&f.id))
-                        && (f.pod_sandbox_id.is_empty()
-                            || r.sandbox_id.starts_with(&f.pod_sandbox_id))
-                        && f.state
-                            .as_ref()
-                            .is_none_or(|s| s.state == state_pb(r.status) as i32)
-                        && (f.label_selector.is_empty()
-                            || r.cri
-                                .as_ref()
-                                .is_some_and(|m| labels_match(&m.labels, &f.label_selector)))
+        // Built from the records in place (no copy of whole records): kubelet
+        // lists every second.
+        let mut out: Vec<(i64, cri::Container)> = self.tasks.map_kind(TaskKind::Cri, |r| {
+            if r.status == TaskStatus::Creating {
+                return None;
+            }
+            let state = state_pb(r.status) as i32;
+            let meta = r.cri.as_ref()?;
+            if let Some(f) = &filter {
+                let keep = (f.id.is_empty() || r.id.starts_with(&f.id))
+                    && (f.pod_sandbox_id.is_empty() || r.sandbox_id.starts_with(&f.pod_sandbox_id))
+                    && f.state.as_ref().is_none_or(|s| s.state == state)
+                    && (f.label_selector.is_empty()
+                        || labels_match(&meta.labels, &f.label_selector));
+                if !keep {
+                    return None;
                 }
-            })
-            .collect();
-        recs.sort_by_key(|r| r.created_at);
-        recs.iter()
-            .map(|r| {
-                let meta = r.cri.clone().unwrap_or_default();
-                cri::Container {
-                    id: r.id.clone(),
-                    pod_sandbox_id: r.sandbox_id.clone(),
-                    metadata: Some(cri::ContainerMetadata {
-                        name: meta.name.clone(),
-                        attempt: meta.attempt,
-                    }),
-                    image: Some(cri::ImageSpec {
-                        image: meta.image_spec.clone(),
-                        ..Default::default()
-                    }),
-                    image_ref: meta.image_id.clone(),
-                    state: state_pb(r.status) as i32,
-                    created_at: r.created_at,
-                    labels: meta.labels.into_iter().collect(),
-                    annotations: meta.annotations.into_iter().collect(),
-                    image_id: meta.image_id,
-                }
-            })
-            .collect()
+            }
+            let c = cri::Container {
+                id: r.id.clone(),
+                pod_sandbox_id: r.sandbox_id.clone(),
+                metadata: Some(cri::ContainerMetadata {
+                    name: meta.name.clone(),
+                    attempt: meta.attempt,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: meta.image_spec.clone(),
+                    ..Default::default()
+                }),
+                image_ref: meta.image_id.clone(),
+                state,
+                created_at: r.created_at,
+                labels: meta
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                annotations: meta
+                    .annotations
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                image_id: meta.image_id.clone(),
+            };
+            Some((r.created_at, c))
+        });
+        out.sort_by_key(|(at, _)| *at);
+        out.into_iter().map(|(_, c)| c).collect()
     }
 
     pub async fn exec_sync(

@@ -296,32 +296,45 @@ impl CriRuntime {
                 })?;
             sandbox.update(|r| r.shm = Some(shm));
         }
-        if !host_net {
-            let opts = PodNetworkOptions {
-                port_mappings: port_mappings(cfg),
-                dns: cfg.dns_config.as_ref().map(
-                    |d| json!({"servers": d.servers, "searches": d.searches, "options": d.options}),
-                ),
-                bandwidth: None,
-            };
-            // Recorded before the namespace exists: a berthd killed during
-            // the ADD finds it at start and tears it down (DEL is fine for a
-            // pod whose ADD never ran).
-            let rec = sandbox.update(|r| {
-                r.netns = Some(self.networks.netns_dir().join(&r.id));
-            });
-            self.persist_sandbox(&rec).await?;
-            let pod = pod_ref(&rec);
-            let net = self.networks.setup(&pod, &opts).await.map_err(|e| {
-                Status::failed_precondition(format!("pod {pod_name}: setting up its network: {e}"))
-            })?;
-            let ips: Vec<String> = net.ips.iter().map(|ip| ip.to_string()).collect();
-            sandbox.update(|r| {
-                r.netns = Some(net.netns.path().to_path_buf());
-                r.ips = ips;
-                r.network_ready = true;
-            });
+        // The pod's shim starts while CNI runs: the first container then
+        // finds it ready. A failure here is not the pod's: the first
+        // container tries again.
+        let network = async {
+            if !host_net {
+                let opts = PodNetworkOptions {
+                    port_mappings: port_mappings(cfg),
+                    dns: cfg.dns_config.as_ref().map(
+                        |d| json!({"servers": d.servers, "searches": d.searches, "options": d.options}),
+                    ),
+                    bandwidth: None,
+                };
+                // Recorded before the namespace exists: a berthd killed during
+                // the ADD finds it at start and tears it down (DEL is fine for a
+                // pod whose ADD never ran).
+                let rec = sandbox.update(|r| {
+                    r.netns = Some(self.networks.netns_dir().join(&r.id));
+                });
+                self.persist_sandbox(&rec).await?;
+                let pod = pod_ref(&rec);
+                let net = self.networks.setup(&pod, &opts).await.map_err(|e| {
+                    Status::failed_precondition(format!(
+                        "pod {pod_name}: setting up its network: {e}"
+                    ))
+                })?;
+                let ips: Vec<String> = net.ips.iter().map(|ip| ip.to_string()).collect();
+                sandbox.update(|r| {
+                    r.netns = Some(net.netns.path().to_path_buf());
+                    r.ips = ips;
+                    r.network_ready = true;
+                });
+            }
+            Ok::<(), Status>(())
+        };
+        let (network, shim) = tokio::join!(network, self.tasks.prestart_shim(&rec.id, &rec.dir));
+        if let Err(e) = shim {
+            warn!(pod = %rec.id, error = %e, "starting the pod's shim early failed");
         }
+        network?;
         if self.wants_pause(cfg) {
             self.start_pause(sandbox, cfg).await?;
         }
@@ -476,6 +489,7 @@ impl CriRuntime {
     /// updated to say what is left.
     async fn teardown_sandbox(&self, sandbox: &Sandbox) -> bool {
         let mut clean = self.remove_pause(sandbox).await;
+        self.tasks.shutdown_idle_shim(&sandbox.id).await;
         clean &= self.teardown_network(sandbox).await;
         let rec = sandbox.record();
         if let Err(e) = podns::unpin(&self.config.sandboxes_dir(), &rec.id).await {

@@ -288,6 +288,26 @@ impl TaskService {
             .collect()
     }
 
+    /// `f` applied to each record of one kind, in place (no copies of
+    /// whole records), keeping what it returns.
+    pub fn map_kind<T>(
+        &self,
+        kind: TaskKind,
+        mut f: impl FnMut(&TaskRecord) -> Option<T>,
+    ) -> Vec<T> {
+        lock(&self.tasks)
+            .values()
+            .filter_map(|t| {
+                let r = lock(&t.rec);
+                if r.kind == kind {
+                    f(&r)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
     /// The task objects of one pod, from memory.
     pub fn tasks_of(&self, sandbox_id: &str) -> Vec<Arc<Task>> {
         lock(&self.tasks)
@@ -769,6 +789,27 @@ impl TaskService {
     /// A task by exact id.
     pub fn get_task(&self, id: &str) -> Option<Arc<Task>> {
         self.get(id)
+    }
+
+    /// Starts a pod's shim before its first task (RunPodSandbox does this
+    /// while CNI runs). `cwd` is the shim's working directory.
+    pub async fn prestart_shim(&self, sandbox_id: &str, cwd: &Path) -> Result<(), TaskError> {
+        self.shims
+            .get_or_start(sandbox_id, cwd)
+            .await
+            .map(|_| ())
+            .map_err(TaskError::shim(format!(
+                "starting the shim of pod {sandbox_id}"
+            )))
+    }
+
+    /// Shuts a pod's shim down if it holds no task (a pod being removed).
+    pub async fn shutdown_idle_shim(&self, sandbox_id: &str) {
+        if let Some(pod) = self.shims.get(sandbox_id) {
+            if pod.tasks().is_empty() {
+                self.shims.shutdown(&pod).await;
+            }
+        }
     }
 
     /// The running shim of a task's pod.
