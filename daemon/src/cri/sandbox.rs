@@ -534,11 +534,13 @@ impl CriRuntime {
         let r = self.networks.teardown(&pod, &netns).await;
         match r {
             Ok(()) => {
-                let rec = sandbox.update(|r| {
+                // Made durable by the caller's next write (or the record's
+                // removal); a crash before that repeats the DEL, which is
+                // idempotent.
+                sandbox.update(|r| {
                     r.network_ready = false;
                     r.netns = None;
                 });
-                self.persist_sandbox_logged(&rec).await;
                 true
             }
             Err(e) => {
