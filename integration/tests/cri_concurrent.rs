@@ -105,3 +105,42 @@ async fn unreadable_records_are_quarantined() -> Result<()> {
     ensure!(meta.get(QUARANTINE, "tasks/garbage-task")?.as_deref() == Some(&b"\x00\x01"[..]));
     Ok(())
 }
+
+/// berthctl's task commands leave the CRI's containers alone: they belong to
+/// kubelet, and removing one behind its back would corrupt its view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn berthctl_does_not_touch_cri_containers() -> Result<()> {
+    let _net = cri::host_network_lock().await;
+    let env = Env::start()?;
+    let mut rt = env.rt().await?;
+    let pod = env.pod("owned")?;
+    let pod_id = env.run_pod(&mut rt, &pod).await?;
+    let c = env
+        .create_start(
+            &mut rt,
+            &pod_id,
+            &pod,
+            &env.container("main", &["sleep", "3600"]),
+        )
+        .await?;
+    let ls = env.d().ctl_ok(["tasks", "ls"])?;
+    ensure!(
+        !ls.contains(&c[..12]),
+        "berthctl lists a CRI container: {ls}"
+    );
+    for args in [
+        vec!["tasks", "rm", "--force", c.as_str()],
+        vec!["tasks", "kill", c.as_str()],
+    ] {
+        let err = env.d().ctl_err(&args)?;
+        ensure!(err.contains("CRI container"), "{args:?}: {err}");
+    }
+    ensure!(
+        cri::cstatus(&mut rt, &c).await?.state
+            == berth_api::runtime::v1::ContainerState::ContainerRunning as i32,
+        "the container did not survive"
+    );
+    env.stop_remove_pod(&mut rt, &pod_id).await?;
+    env.assert_no_leaks(&pod_id, &[c], &[])?;
+    Ok(())
+}

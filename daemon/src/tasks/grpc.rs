@@ -25,6 +25,20 @@ fn event(e: pb::run_response::Event) -> pb::RunResponse {
     pb::RunResponse { event: Some(e) }
 }
 
+impl TasksApi {
+    /// A task `berthctl` may act on: the CRI's containers belong to kubelet,
+    /// and removing one behind its back would corrupt its view of the pod.
+    fn native(&self, name: &str) -> Result<std::sync::Arc<super::Task>, Status> {
+        let task = self.svc.lookup(name)?;
+        if task.record().kind != super::TaskKind::Native {
+            return Err(Status::not_found(format!(
+                "task {name} not found (it is a CRI container; use crictl)"
+            )));
+        }
+        Ok(task)
+    }
+}
+
 #[tonic::async_trait]
 impl pb::tasks_server::Tasks for TasksApi {
     type RunStream = GrpcStream<pb::RunResponse>;
@@ -82,7 +96,7 @@ impl pb::tasks_server::Tasks for TasksApi {
         &self,
         req: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
-        let task = self.svc.lookup(&req.into_inner().name)?;
+        let task = self.native(&req.into_inner().name)?;
         Ok(Response::new(pb::GetTaskResponse {
             task: Some(task.record().to_pb()),
         }))
@@ -93,7 +107,8 @@ impl pb::tasks_server::Tasks for TasksApi {
         req: Request<pb::KillTaskRequest>,
     ) -> Result<Response<pb::KillTaskResponse>, Status> {
         let req = req.into_inner();
-        self.svc.kill(&req.name, req.signal, req.all).await?;
+        let id = self.native(&req.name)?.id.clone();
+        self.svc.kill(&id, req.signal, req.all).await?;
         Ok(Response::new(pb::KillTaskResponse {}))
     }
 
@@ -101,7 +116,8 @@ impl pb::tasks_server::Tasks for TasksApi {
         &self,
         req: Request<pb::WaitTaskRequest>,
     ) -> Result<Response<pb::WaitTaskResponse>, Status> {
-        let exit = self.svc.wait(&req.into_inner().name).await?;
+        let id = self.native(&req.into_inner().name)?.id.clone();
+        let exit = self.svc.wait(&id).await?;
         Ok(Response::new(pb::WaitTaskResponse { exit: Some(exit) }))
     }
 
@@ -110,7 +126,8 @@ impl pb::tasks_server::Tasks for TasksApi {
         req: Request<pb::RemoveTaskRequest>,
     ) -> Result<Response<pb::RemoveTaskResponse>, Status> {
         let req = req.into_inner();
-        self.svc.remove(&req.name, req.force).await?;
+        let id = self.native(&req.name)?.id.clone();
+        self.svc.remove(&id, req.force).await?;
         Ok(Response::new(pb::RemoveTaskResponse {}))
     }
 
@@ -128,7 +145,7 @@ impl pb::tasks_server::Tasks for TasksApi {
         };
         let out = self
             .svc
-            .exec_sync(&req.name, req.args, timeout, cap)
+            .exec_sync(&self.native(&req.name)?.id.clone(), req.args, timeout, cap)
             .await?;
         Ok(Response::new(pb::ExecTaskResponse {
             stdout: out.stdout,
