@@ -153,6 +153,20 @@ async fn websocket_exec_and_port_forward() -> Result<()> {
     );
     ensure!(exit_code_of(&r["status"]) == Some(5), "{r}");
 
+    // An interactive shell on a TTY: what is typed is echoed and run, and
+    // Ctrl-D (EOF on the terminal) ends it with status 0.
+    let url = exec_url(&mut rt, &c, &["sh"], true, true).await?;
+    let r = ws_client(&[
+        "exec",
+        &url,
+        "v5.channel.k8s.io",
+        "--stdin",
+        "echo typed-$((6*7))\n\u{4}",
+    ])?;
+    let out = r["stdout"].as_str().unwrap_or_default();
+    ensure!(out.contains("typed-42"), "interactive sh: {r}");
+    ensure!(exit_code_of(&r["status"]) == Some(0), "Ctrl-D: {r}");
+
     // A client that goes away gets its command killed and reaped.
     let url = exec_url(&mut rt, &c, &["sleep", "3217"], true, false).await?;
     let mut client = Command::new(PYTHON)
