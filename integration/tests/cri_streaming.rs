@@ -469,3 +469,39 @@ async fn websocket_exec_over_tls() -> Result<()> {
     env.assert_no_leaks(&pod_id, &[c], &[])?;
     Ok(())
 }
+
+/// For trying an interactive TTY exec by hand: starts a pod with a busybox
+/// container, writes a fresh exec URL (`sh` on a TTY) to
+/// `$BERTH_TTY_DIR/url` each time `$BERTH_TTY_DIR/next` appears, and stops
+/// when `$BERTH_TTY_DIR/stop` does. Run it with `--ignored`, then
+/// `k8s_ws.py interactive "$(cat $BERTH_TTY_DIR/url)" v5.channel.k8s.io`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn manual_tty_session() -> Result<()> {
+    let dir = PathBuf::from(std::env::var("BERTH_TTY_DIR").context("set BERTH_TTY_DIR")?);
+    let _net = cri::host_network_lock().await;
+    let env = Env::start()?;
+    let mut rt = env.rt().await?;
+    let pod = env.pod("by-hand")?;
+    let pod_id = env.run_pod(&mut rt, &pod).await?;
+    let c = env
+        .create_start(
+            &mut rt,
+            &pod_id,
+            &pod,
+            &env.container("main", &["sleep", "3600"]),
+        )
+        .await?;
+    let mut url = exec_url(&mut rt, &c, &["sh"], true, true).await?;
+    std::fs::write(dir.join("url"), &url)?;
+    while !dir.join("stop").exists() {
+        if dir.join("next").exists() {
+            std::fs::remove_file(dir.join("next"))?;
+            url = exec_url(&mut rt, &c, &["sh"], true, true).await?;
+            std::fs::write(dir.join("url"), &url)?;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    env.stop_remove_pod(&mut rt, &pod_id).await?;
+    Ok(())
+}

@@ -6,6 +6,8 @@ Debian's python3-websocket (websocket-client), for berth's end-to-end tests.
       Speaks the channel protocol (v4/v5.channel.k8s.io): channel 0 stdin,
       1 stdout, 2 stderr, 3 error (metav1.Status JSON), 4 resize; v5 closes
       stdin with [255, 0]. Prints one JSON object: stdout, stderr, status.
+  k8s_ws.py interactive URL PROTO
+      A raw-mode terminal session for trying a TTY exec by hand.
   k8s_ws.py portforward URL PROTO PORT REQUEST_FILE OUT_FILE
       Port-forwards one connection: data channel 0 and error channel 1 (each
       opened by the server with the port as 2 bytes little-endian), sends
@@ -103,6 +105,49 @@ def do_exec(args):
     }))
 
 
+def do_interactive(args):
+    """A terminal session for trying a TTY exec by hand: raw mode, keys to
+    stdin, stdout to the screen, the terminal's size sent at start and on
+    SIGWINCH. Ctrl-D in the remote shell ends it."""
+    import select
+    import shutil
+    import signal
+    import termios
+    import tty
+    url, proto = args[0], args[1]
+    ws = connect(url, proto)
+
+    def send_size(*_):
+        cols, rows = shutil.get_terminal_size()
+        ws.send_binary(b"\x04" + json.dumps({"Width": cols, "Height": rows}).encode())
+
+    send_size()
+    signal.signal(signal.SIGWINCH, send_size)
+    fd = sys.stdin.fileno()
+    old = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    status = None
+    try:
+        while True:
+            r, _, _ = select.select([fd, ws.sock], [], [])
+            if fd in r:
+                ws.send_binary(b"\x00" + os.read(fd, 1024))
+            if ws.sock in r:
+                try:
+                    op, data = ws.recv_data(control_frame=False)
+                except websocket.WebSocketConnectionClosedException:
+                    break
+                if op == websocket.ABNF.OPCODE_CLOSE:
+                    break
+                if data and data[0] == 1:
+                    os.write(sys.stdout.fileno(), data[1:])
+                elif data and data[0] == 3:
+                    status = data[1:].decode(errors="replace")
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, old)
+    print("\r\n[session ended: " + str(status) + "]")
+
+
 def do_portforward(args):
     url, proto, port, req_file, out_file = args[0], args[1], int(args[2]), args[3], args[4]
     ws = connect(url, proto)
@@ -143,6 +188,8 @@ def main():
         do_exec(rest)
     elif cmd == "portforward":
         do_portforward(rest)
+    elif cmd == "interactive":
+        do_interactive(rest)
     else:
         raise SystemExit(__doc__)
 
