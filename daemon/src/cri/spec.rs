@@ -19,7 +19,9 @@ use serde_json::{json, Map, Value};
 use tracing::{debug, warn};
 
 use super::seccomp;
-use crate::tasks::spec::{environment, ContainerConfig as ImageConfig, DEFAULT_CAPS};
+use crate::tasks::spec::{
+    environment, read_rootfs_file, ContainerConfig as ImageConfig, DEFAULT_CAPS,
+};
 
 /// Annotation keys containerd's CRI plugin sets on every container; the
 /// shim groups a pod's containers by the sandbox id.
@@ -788,24 +790,6 @@ fn process_args(
         ));
     }
     Ok(command)
-}
-
-/// Reads a small file of the container's rootfs without following symlinks
-/// anywhere on the way: a name lookup must not read the host's files.
-fn read_rootfs_file(rootfs: &Path, rel: &str) -> Option<String> {
-    let mut p = rootfs.to_path_buf();
-    for part in rel.split('/').filter(|s| !s.is_empty()) {
-        p.push(part);
-        let md = std::fs::symlink_metadata(&p).ok()?;
-        if md.file_type().is_symlink() {
-            return None;
-        }
-    }
-    let md = std::fs::symlink_metadata(&p).ok()?;
-    if !md.is_file() || md.len() > 16 << 20 {
-        return None;
-    }
-    std::fs::read_to_string(&p).ok()
 }
 
 struct PasswdEntry {

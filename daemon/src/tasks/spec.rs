@@ -116,8 +116,8 @@ pub fn environment(
 }
 
 /// Reads a small file of the container's rootfs without following symlinks
-/// out of it: a name lookup must not read the host's files.
-fn read_rootfs_file(rootfs: &Path, rel: &str) -> Option<String> {
+/// anywhere on the way: a name lookup must not read the host's files.
+pub(crate) fn read_rootfs_file(rootfs: &Path, rel: &str) -> Option<String> {
     let mut p = rootfs.to_path_buf();
     for part in rel.split('/').filter(|s| !s.is_empty()) {
         p.push(part);
@@ -127,7 +127,7 @@ fn read_rootfs_file(rootfs: &Path, rel: &str) -> Option<String> {
         }
     }
     let md = std::fs::metadata(&p).ok()?;
-    if !md.is_file() || md.len() > 4 << 20 {
+    if !md.is_file() || md.len() > 16 << 20 {
         return None;
     }
     std::fs::read_to_string(&p).ok()
