@@ -214,7 +214,7 @@ impl CriRuntime {
             other => Status::from(other),
         })?;
         let (image_cfg, top) = self.image_rootfs(&image).await?;
-        let pod_cfg = srec.config();
+        let pod_cfg = srec.config().clone();
         let id = crate::tasks::new_long_id();
         let (log, keep_log) = match log_path(&pod_cfg.log_directory, &cfg.log_path, &short)? {
             Some(p) => (p, true),
@@ -240,7 +240,7 @@ impl CriRuntime {
             annotations: cfg.annotations.clone().into_iter().collect(),
             image_spec: image_name.clone(),
             image_id: crate::cri::image::image_id(&image),
-            config: cfg.encode_to_vec(),
+            config: cfg.clone(),
             stop_signal,
             resources: Vec::new(),
         };
@@ -465,8 +465,9 @@ impl CriRuntime {
         let pid = meta
             .config()
             .linux
-            .and_then(|l| l.security_context)
-            .and_then(|s| s.namespace_options)
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
             .map(|n| n.pid)
             .unwrap_or(cri::NamespaceMode::Pod as i32);
         if pid == cri::NamespaceMode::Container as i32 {
@@ -505,7 +506,14 @@ impl CriRuntime {
     }
 
     pub(crate) fn container_status_pb(&self, rec: &TaskRecord) -> cri::ContainerStatus {
-        let meta = rec.cri.clone().unwrap_or_default();
+        let fallback;
+        let meta = match rec.cri.as_ref() {
+            Some(m) => m,
+            None => {
+                fallback = ContainerMeta::default();
+                &fallback
+            }
+        };
         let cfg = meta.config();
         let resources = meta
             .resources()
@@ -525,8 +533,16 @@ impl CriRuntime {
             image_ref: meta.image_id.clone(),
             reason: exit_reason(rec),
             message: rec.reason.clone(),
-            labels: meta.labels.clone().into_iter().collect(),
-            annotations: meta.annotations.clone().into_iter().collect(),
+            labels: meta
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            annotations: meta
+                .annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             mounts: cfg.mounts.clone(),
             log_path: rec.log_path.display().to_string(),
             resources: resources.map(|r| cri::ContainerResources {
@@ -834,10 +850,8 @@ impl CriRuntime {
                 None => true,
                 Some(f) => {
                     (f.id.is_empty() || r.id.starts_with(&f.id))
-                        && (f.label_selector.is_empty() || {
-                            let labels = r.config().labels.into_iter().collect();
-                            labels_match(&labels, &f.label_selector)
-                        })
+                        && (f.label_selector.is_empty()
+                            || labels_match(&r.config().labels, &f.label_selector))
                 }
             })
             .map(|r| r.id)

@@ -22,10 +22,11 @@ pub struct ContainerMeta {
     pub image_spec: String,
     /// The image id (`sha256:` of its config), CRI's `image_ref`.
     pub image_id: String,
-    /// The CreateContainer request's `ContainerConfig`, protobuf-encoded
-    /// (hex), so status can report mounts, devices and resources later.
-    #[serde(with = "hex_bytes")]
-    pub config: Vec<u8>,
+    /// The CreateContainer request's `ContainerConfig` (stored as hex of
+    /// its protobuf encoding), so status can report mounts and resources.
+    /// Decoded once, when the record is read.
+    #[serde(with = "proto_hex")]
+    pub config: cri::ContainerConfig,
     /// The signal StopContainer sends first (the image's StopSignal).
     pub stop_signal: i32,
     /// Last resources set by UpdateContainerResources (protobuf, hex).
@@ -34,8 +35,8 @@ pub struct ContainerMeta {
 }
 
 impl ContainerMeta {
-    pub fn config(&self) -> cri::ContainerConfig {
-        cri::ContainerConfig::decode(self.config.as_slice()).unwrap_or_default()
+    pub fn config(&self) -> &cri::ContainerConfig {
+        &self.config
     }
 
     pub fn resources(&self) -> Option<cri::LinuxContainerResources> {
@@ -65,9 +66,10 @@ pub struct SandboxRecord {
     pub state: SandboxState,
     /// Unix nanoseconds.
     pub created_at: i64,
-    /// The RunPodSandbox request's `PodSandboxConfig`, protobuf (hex).
-    #[serde(with = "hex_bytes")]
-    pub config: Vec<u8>,
+    /// The RunPodSandbox request's `PodSandboxConfig` (stored as hex of its
+    /// protobuf encoding), decoded once, when the record is read.
+    #[serde(with = "proto_hex")]
+    pub config: cri::PodSandboxConfig,
     pub runtime_handler: String,
     /// `<state>/pods/<id>`: resolv.conf, hostname, hosts, shm.
     pub dir: PathBuf,
@@ -94,8 +96,26 @@ pub struct SandboxRecord {
 }
 
 impl SandboxRecord {
-    pub fn config(&self) -> cri::PodSandboxConfig {
-        cri::PodSandboxConfig::decode(self.config.as_slice()).unwrap_or_default()
+    pub fn config(&self) -> &cri::PodSandboxConfig {
+        &self.config
+    }
+}
+
+/// A protobuf message stored as the hex of its encoding (the records'
+/// on-disk form); a record whose message does not decode is corrupt.
+mod proto_hex {
+    use prost::Message;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<M: Message, S: Serializer>(m: &M, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(m.encode_to_vec()))
+    }
+
+    pub fn deserialize<'de, M: Message + Default, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<M, D::Error> {
+        let bytes = hex::decode(String::deserialize(d)?).map_err(serde::de::Error::custom)?;
+        M::decode(bytes.as_slice()).map_err(serde::de::Error::custom)
     }
 }
 
@@ -127,7 +147,7 @@ mod tests {
             name: "a_b_c_0".into(),
             state: SandboxState::Ready,
             created_at: 1,
-            config: cfg.encode_to_vec(),
+            config: cfg,
             runtime_handler: String::new(),
             dir: "/run/berth/pods/s".into(),
             netns: Some("/run/berth/netns/s".into()),
@@ -149,8 +169,7 @@ mod tests {
             config: cri::ContainerConfig {
                 working_dir: "/w".into(),
                 ..Default::default()
-            }
-            .encode_to_vec(),
+            },
             ..Default::default()
         };
         let back: ContainerMeta = serde_json::from_slice(&serde_json::to_vec(&m).unwrap()).unwrap();

@@ -290,14 +290,28 @@ fn find_by_prefix<'a, T>(
     }
 }
 
+/// A label map: containers keep theirs sorted, pods as the request sent them.
+trait Labels {
+    fn label(&self, key: &str) -> Option<&String>;
+}
+
+impl Labels for std::collections::BTreeMap<String, String> {
+    fn label(&self, key: &str) -> Option<&String> {
+        self.get(key)
+    }
+}
+
+impl Labels for HashMap<String, String> {
+    fn label(&self, key: &str) -> Option<&String> {
+        self.get(key)
+    }
+}
+
 /// Whether `labels` has every pair of `selector`.
-fn labels_match(
-    labels: &std::collections::BTreeMap<String, String>,
-    selector: &HashMap<String, String>,
-) -> bool {
+fn labels_match(labels: &impl Labels, selector: &HashMap<String, String>) -> bool {
     selector
         .iter()
-        .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
+        .all(|(k, v)| labels.label(k).is_some_and(|l| l == v))
 }
 
 #[cfg(test)]
@@ -323,7 +337,8 @@ mod tests {
 
     #[test]
     fn label_selection() {
-        let labels = [("a".to_string(), "1".to_string())].into_iter().collect();
+        let labels: std::collections::BTreeMap<String, String> =
+            [("a".to_string(), "1".to_string())].into_iter().collect();
         let mut sel = HashMap::new();
         assert!(labels_match(&labels, &sel));
         sel.insert("a".to_string(), "1".to_string());

@@ -12,7 +12,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use berth_api::runtime::v1 as cri;
-use prost::Message;
 use serde_json::json;
 use tonic::Status;
 use tracing::{info, warn};
@@ -86,7 +85,7 @@ fn port_mappings(cfg: &cri::PodSandboxConfig) -> Vec<PortMapping> {
 }
 
 fn pod_ref(rec: &SandboxRecord) -> PodRef {
-    let m = rec.config().metadata.unwrap_or_default();
+    let m = rec.config().metadata.clone().unwrap_or_default();
     PodRef {
         sandbox_id: rec.id.clone(),
         name: m.name,
@@ -156,7 +155,7 @@ impl CriRuntime {
             name: name.clone(),
             state: SandboxState::Creating,
             created_at: now_nanos(),
-            config: cfg.encode_to_vec(),
+            config: cfg.clone(),
             runtime_handler: handler,
             dir: dir.clone(),
             netns: None,
@@ -659,7 +658,7 @@ impl CriRuntime {
             cri::PodSandboxState::SandboxNotready
         };
         let mut ips = rec.ips.iter();
-        let network = if host_network(&cfg) {
+        let network = if host_network(cfg) {
             None
         } else {
             Some(cri::PodSandboxNetworkStatus {
@@ -675,7 +674,7 @@ impl CriRuntime {
             network,
             linux: Some(cri::LinuxPodSandboxStatus {
                 namespaces: Some(cri::Namespace {
-                    options: Some(namespace_options(&cfg)),
+                    options: Some(namespace_options(cfg)),
                 }),
             }),
             labels: cfg.labels.clone(),
@@ -702,7 +701,7 @@ impl CriRuntime {
                 "cgroupParent": rec.cgroup_parent,
                 "podDir": rec.dir,
                 "runtimeHandler": rec.runtime_handler,
-                "config": pod_config_json(&rec.config()),
+                "config": pod_config_json(rec.config()),
             });
             info.insert("info".to_string(), v.to_string());
         }
@@ -723,39 +722,39 @@ impl CriRuntime {
         &self,
         filter: Option<cri::PodSandboxFilter>,
     ) -> Vec<cri::PodSandbox> {
+        // Built from the records in place (no copies of whole records):
+        // kubelet lists every second.
         let mut out: Vec<(i64, cri::PodSandbox)> = lock(&self.sandboxes)
             .values()
-            .map(|s| s.record())
-            .filter(|r| match &filter {
-                None => true,
-                Some(f) => {
-                    let state = if self.sandbox_ready(r) {
-                        cri::PodSandboxState::SandboxReady
-                    } else {
-                        cri::PodSandboxState::SandboxNotready
-                    } as i32;
-                    (f.id.is_empty() || r.id.starts_with(&f.id))
+            .filter_map(|s| {
+                let r = lock(&s.rec);
+                let state = if self.sandbox_ready(&r) {
+                    cri::PodSandboxState::SandboxReady
+                } else {
+                    cri::PodSandboxState::SandboxNotready
+                } as i32;
+                let cfg = r.config();
+                if let Some(f) = &filter {
+                    let keep = (f.id.is_empty() || r.id.starts_with(&f.id))
                         && f.state.as_ref().is_none_or(|s| s.state == state)
-                        && (f.label_selector.is_empty() || {
-                            let labels = r.config().labels.into_iter().collect();
-                            labels_match(&labels, &f.label_selector)
-                        })
+                        && (f.label_selector.is_empty()
+                            || labels_match(&cfg.labels, &f.label_selector));
+                    if !keep {
+                        return None;
+                    }
                 }
-            })
-            .map(|r| {
-                let st = self.sandbox_status_pb(&r);
-                (
+                Some((
                     r.created_at,
                     cri::PodSandbox {
-                        id: st.id,
-                        metadata: st.metadata,
-                        state: st.state,
-                        created_at: st.created_at,
-                        labels: st.labels,
-                        annotations: st.annotations,
-                        runtime_handler: st.runtime_handler,
+                        id: r.id.clone(),
+                        metadata: cfg.metadata.clone(),
+                        state,
+                        created_at: r.created_at,
+                        labels: cfg.labels.clone(),
+                        annotations: cfg.annotations.clone(),
+                        runtime_handler: r.runtime_handler.clone(),
                     },
-                )
+                ))
             })
             .collect();
         out.sort_by_key(|p| p.0);
