@@ -9,7 +9,8 @@
 //! A full queue drops events (and logs it): the shim never blocks on its client.
 
 use std::process::Command;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SendError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +18,7 @@ use containerd_shim_protos::shim::event::Envelope;
 use containerd_shim_protos::shim::events::ForwardRequest;
 use containerd_shim_protos::{Client, EventsClient};
 use protobuf::well_known_types::any::Any;
-use protobuf::{Message, MessageDyn, MessageField};
+use protobuf::{Message, MessageField};
 
 use crate::reaper::Reaper;
 use crate::util::timestamp;
@@ -29,7 +30,41 @@ const IDLE: Duration = Duration::from_secs(2);
 
 pub struct Event {
     pub topic: &'static str,
-    pub event: Box<dyn MessageDyn>,
+    pub any: Any,
+}
+
+/// The protobuf full name of a message put in an `Any`. Written out, and messages are
+/// encoded through their concrete type, because any descriptor lookup (`descriptor_dyn`,
+/// which `write_to_bytes_dyn` also does) builds the descriptors of the whole events
+/// file and its imports, descriptor.proto among them: ~370 KiB of heap (measured with
+/// massif) that a shim would keep for its lifetime. A test checks the names against
+/// the descriptors.
+pub trait TypeName: Message {
+    const TYPE_URL: &'static str;
+}
+
+macro_rules! type_names {
+    ($($t:ty => $n:literal,)*) => {
+        $(impl TypeName for $t { const TYPE_URL: &'static str = $n; })*
+        /// Every (name, descriptor name) pair, for the test.
+        #[cfg(test)]
+        fn all_type_names() -> Vec<(&'static str, String)> {
+            use protobuf::MessageFull;
+            vec![$(($n, <$t>::descriptor().full_name().to_string()),)*]
+        }
+    };
+}
+
+type_names! {
+    containerd_shim_protos::events::task::TaskCreate => "containerd.events.TaskCreate",
+    containerd_shim_protos::events::task::TaskStart => "containerd.events.TaskStart",
+    containerd_shim_protos::events::task::TaskDelete => "containerd.events.TaskDelete",
+    containerd_shim_protos::events::task::TaskExit => "containerd.events.TaskExit",
+    containerd_shim_protos::events::task::TaskExecAdded => "containerd.events.TaskExecAdded",
+    containerd_shim_protos::events::task::TaskExecStarted => "containerd.events.TaskExecStarted",
+    containerd_shim_protos::events::task::TaskPaused => "containerd.events.TaskPaused",
+    containerd_shim_protos::events::task::TaskResumed => "containerd.events.TaskResumed",
+    containerd_shim_protos::shim::oci::ProcessDetails => "containerd.runc.v1.ProcessDetails",
 }
 
 #[derive(Clone)]
@@ -42,7 +77,9 @@ struct Inner {
     /// The queue of the running publisher thread, if any. The thread exits after
     /// [`IDLE`] without events (taking this lock to see that the queue is empty and
     /// clear it); the next event starts a new one.
-    tx: Mutex<Option<SyncSender<Event>>>,
+    tx: Mutex<Option<Sender<Event>>>,
+    /// Events sent and not yet taken by the thread (at most [`QUEUE`]).
+    queued: AtomicUsize,
 }
 
 struct Target {
@@ -54,10 +91,10 @@ struct Target {
     client: Mutex<Option<EventsClient>>,
 }
 
-pub fn to_any(event: &dyn MessageDyn) -> Option<Any> {
-    let value = event.write_to_bytes_dyn().ok()?;
+pub fn to_any<M: TypeName>(event: &M) -> Option<Any> {
+    let value = event.write_to_bytes().ok()?;
     Some(Any {
-        type_url: event.descriptor_dyn().full_name().to_string(),
+        type_url: M::TYPE_URL.to_string(),
         value,
         ..Default::default()
     })
@@ -91,27 +128,37 @@ impl Publisher {
             inner: Some(Arc::new(Inner {
                 target: Arc::new(target),
                 tx: Mutex::new(None),
+                queued: AtomicUsize::new(0),
             })),
         }
     }
 
-    pub fn publish(&self, topic: &'static str, event: Box<dyn MessageDyn>) {
+    pub fn publish<M: TypeName>(&self, topic: &'static str, event: M) {
         let Some(inner) = &self.inner else { return };
         let mut g = inner.tx.lock().unwrap_or_else(|e| e.into_inner());
-        let mut ev = Event { topic, event };
+        let Some(any) = to_any(&event) else {
+            log::warn!("event {topic} does not encode: dropped");
+            return;
+        };
+        if inner.queued.load(Ordering::Relaxed) >= QUEUE {
+            log::warn!("event queue full: dropped {topic}");
+            return;
+        }
+        let mut ev = Event { topic, any };
         if let Some(tx) = g.as_ref() {
-            match tx.try_send(ev) {
+            // Counted before the send: the thread may take it at once.
+            inner.queued.fetch_add(1, Ordering::Relaxed);
+            match tx.send(ev) {
                 Ok(()) => return,
-                Err(TrySendError::Full(e)) => {
-                    log::warn!("event queue full: dropped {}", e.topic);
-                    return;
-                }
                 // The thread is gone (it cannot be while `tx` is set, unless it
                 // panicked): start another.
-                Err(TrySendError::Disconnected(e)) => ev = e,
+                Err(SendError(e)) => ev = e,
             }
         }
-        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        inner.queued.store(0, Ordering::Relaxed);
+        // Unbounded (bounded by `queued`): a bounded std channel allocates all its
+        // slots up front, 56 KiB for 1024 events, in every shim.
+        let (tx, rx) = mpsc::channel();
         let inner2 = inner.clone();
         let spawned = std::thread::Builder::new()
             .name("events".into())
@@ -119,7 +166,8 @@ impl Publisher {
             .spawn(move || run(&inner2, rx));
         match spawned {
             Ok(_) => {
-                let _ = tx.try_send(ev);
+                inner.queued.fetch_add(1, Ordering::Relaxed);
+                let _ = tx.send(ev);
                 *g = Some(tx);
             }
             Err(e) => {
@@ -154,10 +202,8 @@ fn run(inner: &Inner, rx: Receiver<Event>) {
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        let Some(any) = to_any(ev.event.as_ref()) else {
-            continue;
-        };
-        if let Err(e) = t.send(ev.topic, any) {
+        inner.queued.fetch_sub(1, Ordering::Relaxed);
+        if let Err(e) = t.send(ev.topic, ev.any) {
             log::warn!("publish {}: {e}", ev.topic);
         }
     }
@@ -255,5 +301,12 @@ mod tests {
         assert_eq!(any.type_url, "containerd.events.TaskExit");
         let back = TaskExit::parse_from_bytes(&any.value).unwrap();
         assert_eq!(back.exit_status, 7);
+    }
+
+    #[test]
+    fn type_names_match_the_descriptors() {
+        for (name, full) in all_type_names() {
+            assert_eq!(name, full);
+        }
     }
 }

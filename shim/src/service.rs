@@ -401,7 +401,7 @@ impl Service {
             .push_back(((id.to_string(), exec_id.to_string()), r.clone()));
     }
 
-    fn publish(&self, topic: &'static str, ev: Box<dyn protobuf::MessageDyn>) {
+    fn publish<M: crate::events::TypeName>(&self, topic: &'static str, ev: M) {
         self.events.publish(topic, ev);
     }
 
@@ -826,14 +826,14 @@ impl Service {
         }
         self.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
-            Box::new(TaskDelete {
+            TaskDelete {
                 container_id: c.id.clone(),
                 pid: resp.pid,
                 exit_status: resp.exit_status,
                 exited_at: resp.exited_at.clone(),
                 id: c.id.clone(),
                 ..Default::default()
-            }),
+            },
         );
         Ok(resp)
     }
@@ -894,14 +894,14 @@ fn finish_exit(c: &Container, p: &Process, events: &Publisher, exit: Exit) {
     );
     events.publish(
         topics::TASK_EXIT_EVENT_TOPIC,
-        Box::new(TaskExit {
+        TaskExit {
             container_id: c.id.clone(),
             id: p.event_id(),
             pid: exit.pid as u32,
             exit_status: exit.status,
             exited_at: timestamp_field(Some(exit.at)),
             ..Default::default()
-        }),
+        },
     );
 }
 
@@ -944,7 +944,7 @@ impl Task for Service {
         log::info!("task {} created (pid {pid})", req.id);
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
-            Box::new(TaskCreate {
+            TaskCreate {
                 container_id: req.id.clone(),
                 bundle: req.bundle.clone(),
                 rootfs: req.rootfs.clone(),
@@ -958,7 +958,7 @@ impl Task for Service {
                 checkpoint: req.checkpoint.clone(),
                 pid,
                 ..Default::default()
-            }),
+            },
         );
         Ok(CreateTaskResponse {
             pid,
@@ -993,11 +993,11 @@ impl Task for Service {
             let pid = c.init.pid();
             self.publish(
                 topics::TASK_START_EVENT_TOPIC,
-                Box::new(TaskStart {
+                TaskStart {
                     container_id: c.id.clone(),
                     pid,
                     ..Default::default()
-                }),
+                },
             );
             c.init.set_announced();
             return Ok(StartResponse {
@@ -1019,12 +1019,12 @@ impl Task for Service {
         let pid = started.inspect_err(|_| p.set_announced())?;
         self.publish(
             topics::TASK_EXEC_STARTED_EVENT_TOPIC,
-            Box::new(TaskExecStarted {
+            TaskExecStarted {
                 container_id: c.id.clone(),
                 exec_id: req.exec_id.clone(),
                 pid,
                 ..Default::default()
-            }),
+            },
         );
         p.set_announced();
         Ok(StartResponse {
@@ -1078,10 +1078,10 @@ impl Task for Service {
         c.paused.store(true, Ordering::SeqCst);
         self.publish(
             topics::TASK_PAUSED_EVENT_TOPIC,
-            Box::new(TaskPaused {
+            TaskPaused {
                 container_id: c.id.clone(),
                 ..Default::default()
-            }),
+            },
         );
         Ok(Empty::new())
     }
@@ -1092,10 +1092,10 @@ impl Task for Service {
         c.paused.store(false, Ordering::SeqCst);
         self.publish(
             topics::TASK_RESUMED_EVENT_TOPIC,
-            Box::new(TaskResumed {
+            TaskResumed {
                 container_id: c.id.clone(),
                 ..Default::default()
-            }),
+            },
         );
         Ok(Empty::new())
     }
@@ -1181,11 +1181,11 @@ impl Task for Service {
         }
         self.publish(
             topics::TASK_EXEC_ADDED_EVENT_TOPIC,
-            Box::new(TaskExecAdded {
+            TaskExecAdded {
                 container_id: c.id.clone(),
                 exec_id: req.exec_id.clone(),
                 ..Default::default()
-            }),
+            },
         );
         Ok(Empty::new())
     }
