@@ -75,10 +75,11 @@ struct Args {
     /// berthd's `--log-level` (containerd logs at its default, info).
     #[arg(long, default_value = "info")]
     berth_log_level: String,
-    /// Keep going after the pod phases are set up, for profiling: wait for Enter
-    /// before cleaning up.
-    #[arg(long)]
-    pause_before_cleanup: bool,
+    /// For profiling and inspection (perf, smaps): wait for Enter after this phase,
+    /// with its pods still running: "memory" (all pods up, memory measured), "lists"
+    /// (all extra containers up, lists measured) or "cleanup" (before cleaning up).
+    #[arg(long, value_name = "PHASE", value_parser = ["memory", "lists", "cleanup"])]
+    pause_after: Option<String>,
     /// Also write all samples and the summary as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<std::path::PathBuf>,
@@ -127,6 +128,15 @@ struct Ctx {
 impl Ctx {
     fn progress(&self, msg: &str) {
         eprintln!("[{:6.1}s] {msg}", self.t0.elapsed().as_secs_f64());
+    }
+
+    /// Waits for Enter when `--pause-after` names this phase.
+    fn pause_after(&self, phase: &str) {
+        if self.args.pause_after.as_deref() == Some(phase) {
+            eprintln!("paused after {phase}: press Enter to go on");
+            let mut s = String::new();
+            let _ = std::io::stdin().read_line(&mut s);
+        }
     }
 }
 
@@ -188,11 +198,7 @@ async fn main() -> Result<()> {
         pod_phases(&mut ctx, &mut sides, &busybox).await
     }
     .await;
-    if args.pause_before_cleanup {
-        eprintln!("paused before cleanup: press Enter");
-        let mut s = String::new();
-        let _ = std::io::stdin().read_line(&mut s);
-    }
+    ctx.pause_after("cleanup");
     for s in sides.iter_mut() {
         ctx.progress(&format!("cleaning up {}", s.name()));
         if let Err(e) = s.cleanup().await {
@@ -302,6 +308,7 @@ async fn pod_phases(ctx: &mut Ctx, sides: &mut [Side], busybox: &str) -> Result<
         );
     }
     ctx.progress("memory measured");
+    ctx.pause_after("memory");
 
     // ---- ExecSync
     ctx.res.metric("exec", "ExecSync `true` (ms)");
@@ -397,6 +404,14 @@ async fn pod_phases(ctx: &mut Ctx, sides: &mut [Side], busybox: &str) -> Result<
         &format!("ListPodSandbox, {} pods (ms)", a.pods),
     );
     ctx.res.metric("container_status", "ContainerStatus (ms)");
+    // Where the floor is: the same call answering nothing, and the client's own
+    // decoding of the full reply (same bytes for both runtimes up to ids and times).
+    ctx.res
+        .metric("list_none", "  ListContainers, filter matching none (ms)");
+    ctx.res.metric(
+        "list_decode",
+        &format!("  client decode of the {total}-container reply (ms)"),
+    );
     for (round, range) in chunks(a.list_calls, a.rounds).into_iter().enumerate() {
         for rt in order(round) {
             let s = &mut sides[idx(rt)];
@@ -407,9 +422,29 @@ async fn pod_phases(ctx: &mut Ctx, sides: &mut [Side], busybox: &str) -> Result<
                 .collect();
             for i in range.clone() {
                 let t = Instant::now();
-                let n = cri::list_containers(&mut s.rt, None).await?.len();
+                let list = cri::list_containers(&mut s.rt, None).await?;
                 ctx.res.add("list_containers", rt, ms(t.elapsed()));
+                let n = list.len();
                 ensure!(n == total, "{}: ListContainers gave {n}", s.name());
+                let bytes = prost::Message::encode_to_vec(&api::ListContainersResponse {
+                    containers: list,
+                });
+                let t = Instant::now();
+                let back: api::ListContainersResponse = prost::Message::decode(&bytes[..])?;
+                ctx.res.add("list_decode", rt, ms(t.elapsed()));
+                ensure!(back.containers.len() == n);
+                let none = api::ContainerFilter {
+                    id: "0000000000000000".into(),
+                    ..Default::default()
+                };
+                let t = Instant::now();
+                let n = cri::list_containers(&mut s.rt, Some(none)).await?.len();
+                ctx.res.add("list_none", rt, ms(t.elapsed()));
+                ensure!(
+                    n == 0,
+                    "{}: ListContainers by a missing id gave {n}",
+                    s.name()
+                );
                 let t = Instant::now();
                 let n = cri::list_pods(&mut s.rt, None).await?.len();
                 ctx.res.add("list_pods", rt, ms(t.elapsed()));
@@ -427,6 +462,7 @@ async fn pod_phases(ctx: &mut Ctx, sides: &mut [Side], busybox: &str) -> Result<
         }
     }
     ctx.progress("list/status done");
+    ctx.pause_after("lists");
 
     // ---- stop/remove of the extra containers
     ctx.res.metric(
