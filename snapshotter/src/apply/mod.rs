@@ -227,7 +227,7 @@ pub fn apply_layer<R: Read>(
     stream
         .drain(&mut applier.buf)
         .map_err(|e| stream_error(&state, e))?;
-    let (diff_id, bytes) = stream.finish();
+    let (diff_id, bytes) = stream.finish().map_err(|e| stream_error(&state, e))?;
     applier.finish_dirs()?;
     Ok(ApplyReport {
         diff_id,
