@@ -15,7 +15,7 @@ use tonic::Status;
 use tracing::{info, warn};
 
 use super::meta::{ContainerMeta, SandboxRecord, SandboxState};
-use super::{find_by_prefix, labels_match, lock, spec, stats, CriRuntime};
+use super::{find_by_prefix, in_created_order, labels_match, lock, spec, stats, CriRuntime};
 use crate::images::store::now_nanos;
 use crate::shim::write_atomic;
 use crate::streaming::server::Pending;
@@ -587,7 +587,7 @@ impl CriRuntime {
     pub fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
         // Built from the records in place (no copy of whole records): kubelet
         // lists every second.
-        let mut out: Vec<(i64, cri::Container)> = self.tasks.map_kind(TaskKind::Cri, |r| {
+        let out: Vec<cri::Container> = self.tasks.map_kind(TaskKind::Cri, |r| {
             if r.status == TaskStatus::Creating {
                 return None;
             }
@@ -629,10 +629,9 @@ impl CriRuntime {
                     .collect(),
                 image_id: meta.image_id.clone(),
             };
-            Some((r.created_at, c))
+            Some(c)
         });
-        out.sort_by_key(|(at, _)| *at);
-        out.into_iter().map(|(_, c)| c).collect()
+        in_created_order(out, |c| c.created_at)
     }
 
     pub async fn exec_sync(

@@ -17,7 +17,10 @@ use tonic::Status;
 use tracing::{info, warn};
 
 use super::meta::{SandboxRecord, SandboxState};
-use super::{find_by_prefix, labels_match, lock, podfiles, podns, stats, CriRuntime, Sandbox};
+use super::{
+    find_by_prefix, in_created_order, labels_match, lock, podfiles, podns, stats, CriRuntime,
+    Sandbox,
+};
 use crate::images::store::now_nanos;
 use crate::network::{PodNetworkOptions, PodRef, PortMapping};
 
@@ -724,7 +727,7 @@ impl CriRuntime {
     ) -> Vec<cri::PodSandbox> {
         // Built from the records in place (no copies of whole records):
         // kubelet lists every second.
-        let mut out: Vec<(i64, cri::PodSandbox)> = lock(&self.sandboxes)
+        let out: Vec<cri::PodSandbox> = lock(&self.sandboxes)
             .values()
             .filter_map(|s| {
                 let r = lock(&s.rec);
@@ -743,22 +746,18 @@ impl CriRuntime {
                         return None;
                     }
                 }
-                Some((
-                    r.created_at,
-                    cri::PodSandbox {
-                        id: r.id.clone(),
-                        metadata: cfg.metadata.clone(),
-                        state,
-                        created_at: r.created_at,
-                        labels: cfg.labels.clone(),
-                        annotations: cfg.annotations.clone(),
-                        runtime_handler: r.runtime_handler.clone(),
-                    },
-                ))
+                Some(cri::PodSandbox {
+                    id: r.id.clone(),
+                    metadata: cfg.metadata.clone(),
+                    state,
+                    created_at: r.created_at,
+                    labels: cfg.labels.clone(),
+                    annotations: cfg.annotations.clone(),
+                    runtime_handler: r.runtime_handler.clone(),
+                })
             })
             .collect();
-        out.sort_by_key(|p| p.0);
-        out.into_iter().map(|(_, p)| p).collect()
+        in_created_order(out, |p| p.created_at)
     }
 
     /// Recovery: loads pod records, removes pods whose RunPodSandbox never
