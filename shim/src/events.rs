@@ -9,7 +9,6 @@
 //! A full queue drops events (and logs it): the shim never blocks on its client.
 
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SendError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -22,6 +21,7 @@ use protobuf::{Message, MessageField};
 
 use crate::reaper::Reaper;
 use crate::util::timestamp;
+use crate::util::Pending;
 
 const QUEUE: usize = 1024;
 /// The publisher thread (and its connection to containerd) ends after this long
@@ -78,8 +78,8 @@ struct Inner {
     /// [`IDLE`] without events (taking this lock to see that the queue is empty and
     /// clear it); the next event starts a new one.
     tx: Mutex<Option<Sender<Event>>>,
-    /// Events sent and not yet taken by the thread (at most [`QUEUE`]).
-    queued: AtomicUsize,
+    /// Events published and not yet sent (at most [`QUEUE`] queued).
+    queued: Pending,
 }
 
 struct Target {
@@ -128,7 +128,7 @@ impl Publisher {
             inner: Some(Arc::new(Inner {
                 target: Arc::new(target),
                 tx: Mutex::new(None),
-                queued: AtomicUsize::new(0),
+                queued: Pending::new(),
             })),
         }
     }
@@ -140,14 +140,14 @@ impl Publisher {
             log::warn!("event {topic} does not encode: dropped");
             return;
         };
-        if inner.queued.load(Ordering::Relaxed) >= QUEUE {
+        if inner.queued.get() >= QUEUE {
             log::warn!("event queue full: dropped {topic}");
             return;
         }
         let mut ev = Event { topic, any };
         if let Some(tx) = g.as_ref() {
             // Counted before the send: the thread may take it at once.
-            inner.queued.fetch_add(1, Ordering::Relaxed);
+            inner.queued.add();
             match tx.send(ev) {
                 Ok(()) => return,
                 // The thread is gone (it cannot be while `tx` is set, unless it
@@ -155,7 +155,7 @@ impl Publisher {
                 Err(SendError(e)) => ev = e,
             }
         }
-        inner.queued.store(0, Ordering::Relaxed);
+        inner.queued.reset();
         // Unbounded (bounded by `queued`): a bounded std channel allocates all its
         // slots up front, 56 KiB for 1024 events, in every shim.
         let (tx, rx) = mpsc::channel();
@@ -166,7 +166,7 @@ impl Publisher {
             .spawn(move || run(&inner2, rx));
         match spawned {
             Ok(_) => {
-                inner.queued.fetch_add(1, Ordering::Relaxed);
+                inner.queued.add();
                 let _ = tx.send(ev);
                 *g = Some(tx);
             }
@@ -202,10 +202,10 @@ fn run(inner: &Inner, rx: Receiver<Event>) {
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        inner.queued.fetch_sub(1, Ordering::Relaxed);
         if let Err(e) = t.send(ev.topic, ev.any) {
             log::warn!("publish {}: {e}", ev.topic);
         }
+        inner.queued.done();
     }
 }
 

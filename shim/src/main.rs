@@ -62,6 +62,8 @@ const RUNTIME_NAME: &str = "io.containerd.berth.v2";
 const LISTENER_FD: i32 = 3;
 /// sun_path is 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
+/// Longest the shim waits, on its way out, for its last replies to go.
+const SHUTDOWN_FLUSH: Duration = Duration::from_millis(500);
 
 type Res<T> = Result<T, String>;
 
@@ -410,8 +412,13 @@ fn serve(flags: &Flags) -> Res<()> {
         }
     }
     exit.wait();
-    // Let the Shutdown reply reach the client before the process goes away.
-    std::thread::sleep(Duration::from_millis(100));
+    // Let the Shutdown reply reach the client before the process goes away, and
+    // wait no longer than that takes: berthd waits for this process to be gone
+    // before a pod's teardown goes on. (Events stay best-effort: sending one may
+    // need this thread to reap a publish command.)
+    if !server::wait_answered(SHUTDOWN_FLUSH) {
+        log::warn!("exiting with requests unanswered");
+    }
     if let Some(s) = &socket {
         let _ = std::fs::remove_file(s);
     }

@@ -36,6 +36,8 @@ use ttrpc::proto::{
 };
 use ttrpc::{Code, ConnectionContext, MethodHandler, Request, Response, TtrpcContext};
 
+use crate::util::Pending;
+
 pub type Methods = HashMap<String, Box<dyn MethodHandler + Send + Sync>>;
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -214,12 +216,26 @@ impl Conn {
     }
 }
 
+/// Requests whose response is not written yet.
+static IN_FLIGHT: Pending = Pending::new();
+
+/// Waits up to `max` until every request received so far has been answered (the
+/// shim's last act before exiting: the Shutdown reply must reach the client).
+pub fn wait_answered(max: Duration) -> bool {
+    IN_FLIGHT.wait_zero(max)
+}
+
 fn spawn_request(name: &str, f: impl FnOnce() + Send + 'static) {
+    IN_FLIGHT.add();
     let spawned = std::thread::Builder::new()
         .name(name.into())
         .stack_size(REQUEST_STACK)
-        .spawn(f);
+        .spawn(move || {
+            f();
+            IN_FLIGHT.done();
+        });
     if let Err(e) = spawned {
+        IN_FLIGHT.done();
         // The client's call times out, as when ttrpc's server cannot start a worker.
         log::error!("ttrpc: no thread for a request: {e}");
     }

@@ -29,6 +29,62 @@ pub const DEFAULT_RUNTIME: &str = "runc";
 /// Annotation naming the pod sandbox: containers with the same value share one shim.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 
+/// A count of outstanding work (requests being answered, events being sent) that a
+/// thread can wait to see drop to zero.
+pub struct Pending {
+    n: std::sync::Mutex<usize>,
+    zero: std::sync::Condvar,
+}
+
+impl Pending {
+    pub const fn new() -> Self {
+        Pending {
+            n: std::sync::Mutex::new(0),
+            zero: std::sync::Condvar::new(),
+        }
+    }
+
+    fn count(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.n.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self) -> usize {
+        *self.count()
+    }
+
+    pub fn add(&self) {
+        *self.count() += 1;
+    }
+
+    pub fn done(&self) {
+        let mut n = self.count();
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.zero.notify_all();
+        }
+    }
+
+    pub fn reset(&self) {
+        *self.count() = 0;
+        self.zero.notify_all();
+    }
+
+    /// Waits up to `max` for the count to reach zero; whether it did.
+    pub fn wait_zero(&self, max: Duration) -> bool {
+        let n = self.count();
+        match self.zero.wait_timeout_while(n, max, |n| *n > 0) {
+            Ok((n, _)) => *n == 0,
+            Err(e) => *e.into_inner().0 == 0,
+        }
+    }
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Pending::new()
+    }
+}
+
 pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name)
         .ok()
@@ -216,6 +272,24 @@ pub fn process_user(process: &serde_json::Value) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_reaches_zero_when_the_work_is_done() {
+        let p = std::sync::Arc::new(Pending::new());
+        assert!(p.wait_zero(Duration::ZERO));
+        p.add();
+        p.add();
+        assert!(!p.wait_zero(Duration::from_millis(10)));
+        let p2 = p.clone();
+        let t = std::thread::spawn(move || {
+            p2.done();
+            p2.done();
+        });
+        assert!(p.wait_zero(Duration::from_secs(10)));
+        t.join().unwrap();
+        p.done();
+        assert_eq!(p.get(), 0);
+    }
 
     #[test]
     fn rfc3339() {

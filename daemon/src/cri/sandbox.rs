@@ -14,7 +14,7 @@ use std::sync::Arc;
 use berth_api::runtime::v1 as cri;
 use serde_json::json;
 use tonic::Status;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::meta::{SandboxRecord, SandboxState};
 use super::{
@@ -565,6 +565,7 @@ impl CriRuntime {
     }
 
     async fn stop_sandbox_locked(&self, sandbox: &Sandbox) -> Result<(), Status> {
+        let t0 = std::time::Instant::now();
         let rec = sandbox.update(|r| r.stopping = true);
         self.persist_sandbox(&rec).await?;
         for c in self.containers_of(&rec.id) {
@@ -573,7 +574,15 @@ impl CriRuntime {
         if let Some(pause) = rec.pause.as_deref().and_then(|id| self.tasks.get_task(id)) {
             self.stop_container_task(&pause, 0).await?;
         }
-        if !self.teardown_network(sandbox).await {
+        let t_stopped = t0.elapsed();
+        let network_down = self.teardown_network(sandbox).await;
+        debug!(
+            pod = %rec.id,
+            containers_ms = t_stopped.as_millis() as u64,
+            network_ms = (t0.elapsed() - t_stopped).as_millis() as u64,
+            "pod's containers stopped, network torn down"
+        );
+        if !network_down {
             return Err(Status::internal(format!(
                 "pod {}: tearing down its network failed (see berthd's log); StopPodSandbox can be retried",
                 rec.id

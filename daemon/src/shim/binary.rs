@@ -223,13 +223,23 @@ impl Launcher {
     }
 
     fn command(&self, id: &str, cwd: &Path, action: &[&str]) -> tokio::process::Command {
+        // berthd learns of exits through Wait and keeps no event bus (its `publish`
+        // reads an event and drops it), so its own shim is given no publisher: each
+        // event (four per container, three per exec) would otherwise be an exec of
+        // berthd. containerd's shims expect one and keep getting it.
+        let events = is_containerd_shim(&self.binary.path);
+        let publish: &std::ffi::OsStr = if events {
+            self.publish_binary.as_os_str()
+        } else {
+            "".as_ref()
+        };
         let mut cmd = tokio::process::Command::new(&self.binary.path);
         cmd.arg("-namespace")
             .arg(NAMESPACE)
             .arg("-address")
             .arg(&self.daemon_address)
             .arg("-publish-binary")
-            .arg(&self.publish_binary)
+            .arg(publish)
             .arg("-id")
             .arg(id);
         if self.debug {
@@ -238,7 +248,14 @@ impl Launcher {
         cmd.args(action)
             .current_dir(cwd)
             .env("GOMAXPROCS", "2")
-            .env("TTRPC_ADDRESS", self.ttrpc_address())
+            .env(
+                "TTRPC_ADDRESS",
+                if events {
+                    self.ttrpc_address()
+                } else {
+                    String::new()
+                },
+            )
             .env("GRPC_ADDRESS", &self.daemon_address)
             .env("NAMESPACE", NAMESPACE)
             .env("BERTH_SHIM_SOCKET_DIR", &self.socket_dir)

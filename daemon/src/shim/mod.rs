@@ -383,12 +383,11 @@ impl ShimManager {
         } else {
             info!(pod = %pod.id(), "shim shut down");
         }
-        // Give it a moment to go, so its socket is gone before we look.
-        for _ in 0..20 {
-            if !pid_alive(pod.record.pid) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        // Give it a moment to go, so its socket is gone before we look. It exits
+        // as soon as its reply is out (a few ms), so look often.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        while pid_alive(pod.record.pid) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         self.forget(pod);
     }
