@@ -225,14 +225,23 @@ pub fn wait_answered(max: Duration) -> bool {
     IN_FLIGHT.wait_zero(max)
 }
 
+/// Counts a request as answered when dropped, also if its handler panicked.
+struct Answered;
+
+impl Drop for Answered {
+    fn drop(&mut self) {
+        IN_FLIGHT.done();
+    }
+}
+
 fn spawn_request(name: &str, f: impl FnOnce() + Send + 'static) {
     IN_FLIGHT.add();
     let spawned = std::thread::Builder::new()
         .name(name.into())
         .stack_size(REQUEST_STACK)
         .spawn(move || {
+            let _answered = Answered;
             f();
-            IN_FLIGHT.done();
         });
     if let Err(e) = spawned {
         IN_FLIGHT.done();
