@@ -850,9 +850,9 @@ impl Writer {
 }
 
 /// A big blob's data is handed to the disk in steps of this size while it streams in,
-/// so the fsync at commit waits for the last step only instead of the whole blob
-/// (bench-cri's cold pull, three 32 MiB blobs at once: fetch to commit 200-224 ms ->
-/// 176-182 ms).
+/// so the fsync at commit waits for little more than the last step instead of the
+/// whole blob (bench-cri's cold pull, three 32 MiB blobs at once, fetch to commit:
+/// 200-224 ms before, 176-203 ms after, on a noisy shared disk).
 const WRITEBACK_STEP: u64 = 8 << 20;
 
 impl Writer {
