@@ -533,16 +533,8 @@ impl CriRuntime {
             image_ref: meta.image_id.clone(),
             reason: exit_reason(rec),
             message: rec.reason.clone(),
-            labels: meta
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            annotations: meta
-                .annotations
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            labels: meta.labels_pb(),
+            annotations: meta.annotations_pb(),
             mounts: cfg.mounts.clone(),
             log_path: rec.log_path.display().to_string(),
             resources: resources.map(|r| cri::ContainerResources {
@@ -617,16 +609,8 @@ impl CriRuntime {
                 image_ref: meta.image_id.clone(),
                 state,
                 created_at: r.created_at,
-                labels: meta
-                    .labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                annotations: meta
-                    .annotations
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                labels: meta.labels_pb(),
+                annotations: meta.annotations_pb(),
                 image_id: meta.image_id.clone(),
             };
             Some(c)

@@ -3,7 +3,7 @@
 //! records live in the metadata DB bucket `sandboxes`; container metadata
 //! rides in the task record.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use berth_api::runtime::v1 as cri;
@@ -37,6 +37,16 @@ pub struct ContainerMeta {
 impl ContainerMeta {
     pub fn config(&self) -> &cri::ContainerConfig {
         &self.config
+    }
+
+    /// The labels as CRI messages carry them.
+    pub fn labels_pb(&self) -> HashMap<String, String> {
+        self.labels.clone().into_iter().collect()
+    }
+
+    /// The annotations as CRI messages carry them.
+    pub fn annotations_pb(&self) -> HashMap<String, String> {
+        self.annotations.clone().into_iter().collect()
     }
 
     pub fn resources(&self) -> Option<cri::LinuxContainerResources> {

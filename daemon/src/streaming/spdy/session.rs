@@ -178,6 +178,23 @@ impl Shared {
             .await
             .map_err(|_| SpdyError::SessionClosed)
     }
+
+    /// Resets a stream, in order with its data.
+    async fn send_rst(&self, stream_id: u32, status: RstStatus) -> Result<(), SpdyError> {
+        self.send_data_queue(Frame::RstStream {
+            stream_id,
+            status: status as u32,
+        })
+        .await
+    }
+
+    /// Resets a stream if the queue has room (from Drop, which cannot wait).
+    fn try_send_rst(&self, stream_id: u32, status: RstStatus) {
+        let _ = self.data_tx.try_send(WriteCmd::Frame(Frame::RstStream {
+            stream_id,
+            status: status as u32,
+        }));
+    }
 }
 
 /// A running session. Dropping it does not stop the tasks: call
@@ -334,13 +351,7 @@ impl IncomingStream {
     pub async fn reject(mut self, status: RstStatus) {
         self.answered = true;
         self.shared.lock().streams.remove(&self.id);
-        let _ = self
-            .shared
-            .send_data_queue(Frame::RstStream {
-                stream_id: self.id,
-                status: status as u32,
-            })
-            .await;
+        let _ = self.shared.send_rst(self.id, status).await;
     }
 }
 
@@ -348,13 +359,7 @@ impl Drop for IncomingStream {
     fn drop(&mut self) {
         if !self.answered {
             self.shared.lock().streams.remove(&self.id);
-            let _ = self
-                .shared
-                .data_tx
-                .try_send(WriteCmd::Frame(Frame::RstStream {
-                    stream_id: self.id,
-                    status: RstStatus::RefusedStream as u32,
-                }));
+            self.shared.try_send_rst(self.id, RstStatus::RefusedStream);
         }
     }
 }
@@ -533,13 +538,7 @@ impl Stream {
             }
         }
         self.shared.bump();
-        let _ = self
-            .shared
-            .send_data_queue(Frame::RstStream {
-                stream_id: self.id,
-                status: status as u32,
-            })
-            .await;
+        let _ = self.shared.send_rst(self.id, status).await;
     }
 
     /// Whether the client reset the stream (or the session is over).
@@ -573,13 +572,7 @@ impl Drop for Stream {
         if !s.reset && !s.local_fin {
             // Dropped half-open: tell the client we are gone. Best effort,
             // Drop cannot wait for queue room.
-            let _ = self
-                .shared
-                .data_tx
-                .try_send(WriteCmd::Frame(Frame::RstStream {
-                    stream_id: self.id,
-                    status: RstStatus::Cancel as u32,
-                }));
+            self.shared.try_send_rst(self.id, RstStatus::Cancel);
         }
     }
 }
@@ -760,12 +753,7 @@ async fn handle_frame(
                     ?status,
                     "refusing stream"
                 );
-                shared
-                    .send_data_queue(Frame::RstStream {
-                        stream_id,
-                        status: status as u32,
-                    })
-                    .await?;
+                shared.send_rst(stream_id, status).await?;
                 return Ok(());
             }
             debug!(
