@@ -19,6 +19,7 @@ use berth_api::tasks::v1::tasks_server::TasksServer;
 use content_store::ContentStore;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -186,7 +187,10 @@ impl Daemon {
         // Unreferenced content and snapshots a crash left behind go now.
         self.images.request_gc();
         info!(socket = %socket.display(), root = %self.config.root.display(), version = VERSION, "berthd serving");
-        let incoming = UnixListenerStream::new(listener);
+        // Go's gRPC (kubelet, crictl) and grpcio send the socket path as the
+        // HTTP/2 :authority, which h2 refuses: see the h2-authority crate.
+        let incoming =
+            UnixListenerStream::new(listener).map(|conn| conn.map(h2_authority::AuthorityFix::new));
         let max = 64 << 20;
         let result = tonic::transport::Server::builder()
             .add_service(
