@@ -93,7 +93,9 @@ pub struct CriConfig {
     /// them (needed for pods sharing one PID namespace).
     pub sandbox_mode: String,
     /// The pause image for "pause" mode and for pods that share a PID
-    /// namespace; it must be present (pulled or imported).
+    /// namespace (kubelet 1.29's default); pulled when a pod first needs it,
+    /// and reported `pinned` so kubelet's image GC keeps it. "" = none: pods
+    /// sharing a PID namespace then get one per container.
     pub sandbox_image: String,
     /// "cgroupfs" (default) or "systemd", as kubelet's cgroupDriver.
     pub cgroup_driver: String,
@@ -106,11 +108,14 @@ pub struct CriConfig {
     pub stream_chunk: usize,
 }
 
+/// The pause image kubelet 1.29 uses (`--pod-infra-container-image`).
+pub const DEFAULT_SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.9";
+
 impl Default for CriConfig {
     fn default() -> Self {
         CriConfig {
             sandbox_mode: "pinned".into(),
-            sandbox_image: String::new(),
+            sandbox_image: DEFAULT_SANDBOX_IMAGE.into(),
             cgroup_driver: "cgroupfs".into(),
             cgroup_parent: "/berth".into(),
             max_exec_output_bytes: 16 << 20,

@@ -124,13 +124,27 @@ impl CriImageApi {
         }
     }
 
+    /// Whether one of these names is the configured sandbox image, which
+    /// kubelet's image GC must keep (CRI `pinned`, as containerd).
+    fn is_sandbox_image(&self, records: &[ImageRecord]) -> bool {
+        let configured = self.svc.config.cri.sandbox_image.trim();
+        let Ok(sandbox) = Reference::parse_normalized(configured) else {
+            return false;
+        };
+        records.iter().any(|r| {
+            Reference::parse_normalized(&r.name).is_ok_and(|n| n.to_string() == sandbox.to_string())
+        })
+    }
+
     fn lock_users(&self) -> std::sync::MutexGuard<'_, HashMap<String, ImageUser>> {
         self.users.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn to_cri(&self, id: &str, records: &[ImageRecord]) -> cri::Image {
         let user = self.user(id).await;
-        to_cri_image(id, records, user)
+        let mut image = to_cri_image(id, records, user);
+        image.pinned = self.is_sandbox_image(records);
+        image
     }
 
     /// The images a list filter selects (all without a filter).

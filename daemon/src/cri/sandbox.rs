@@ -226,8 +226,10 @@ impl CriRuntime {
         let ns = namespace_options(cfg);
         let host_net = ns.network == NS_NODE;
         let host_ipc = ns.ipc == NS_NODE;
+        // No hostname: the node's, as containerd (a pod name may be longer
+        // than a hostname can be).
         let hostname = if cfg.hostname.is_empty() {
-            pod_name.clone()
+            node_hostname()
         } else {
             cfg.hostname.clone()
         };
@@ -239,9 +241,7 @@ impl CriRuntime {
         })?;
         // Files first: bad DNS input fails before any namespace exists.
         let host_hostname = if host_net {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or(hostname.clone())
+            node_hostname()
         } else {
             hostname.clone()
         };
@@ -354,6 +354,32 @@ impl CriRuntime {
                 && !self.config.cri.sandbox_image.trim().is_empty())
     }
 
+    /// The sandbox image's record, pulled first if it is not here yet (as
+    /// containerd does; concurrent pods share one pull).
+    async fn sandbox_image(
+        &self,
+        pod: &str,
+        image_name: &str,
+    ) -> Result<crate::images::store::ImageRecord, Status> {
+        let with_context = |st: Status| {
+            Status::new(
+                st.code(),
+                format!("pod {pod}: the sandbox image {image_name}: {}", st.message()),
+            )
+        };
+        let context = |e: crate::images::error::ImageError| with_context(Status::from(e));
+        match self.images.lookup(image_name) {
+            Err(crate::images::error::ImageError::NotFound(_)) => {}
+            found => return found.map_err(context),
+        }
+        info!(pod = %pod, image = %image_name, "pulling the sandbox image");
+        let handle = self
+            .images
+            .pull(image_name, crate::images::pull::PullOptions::default())
+            .map_err(context)?;
+        handle.wait().await.map_err(with_context)
+    }
+
     /// Creates and starts the pod's pause container from the sandbox image.
     /// It joins the pod's pinned namespaces and owns a new PID namespace.
     async fn start_pause(
@@ -363,12 +389,7 @@ impl CriRuntime {
     ) -> Result<(), Status> {
         let rec = sandbox.record();
         let image_name = self.config.cri.sandbox_image.trim().to_string();
-        let image = self.images.lookup(&image_name).map_err(|e| {
-            Status::failed_precondition(format!(
-                "pod {}: the sandbox image {image_name} is not available ({e}); pull or import it",
-                rec.name
-            ))
-        })?;
+        let image = self.sandbox_image(&rec.name, &image_name).await?;
         let (image_cfg, top) = self.image_rootfs(&image).await?;
         let id = crate::tasks::new_long_id();
         let mut ns = namespace_options(cfg);
@@ -978,4 +999,13 @@ mod tests {
         assert_eq!(p[0].protocol, "udp");
         assert_eq!(p[0].host_port, 5353);
     }
+}
+
+/// The node's hostname (the UTS name berthd runs under).
+fn node_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
