@@ -168,6 +168,18 @@ impl LineSplitter {
         }
     }
 
+    /// What came without a newline so far becomes a partial record now, so
+    /// a prompt or `echo -n` reaches the log (and attached clients, which
+    /// follow it) without waiting for a newline that may never come. The
+    /// I/O loop calls this once it has read everything the pipe held, as
+    /// CRI-O's conmon does; readers join `P` records to the next record.
+    pub fn flush_partial(&mut self, emit: &mut dyn FnMut(Tag, &[u8])) {
+        if !self.buf.is_empty() {
+            emit(Tag::Partial, &self.buf);
+            self.buf.clear();
+        }
+    }
+
     /// The stream ended: what is left (no newline) becomes a partial record.
     pub fn finish(&mut self, emit: &mut dyn FnMut(Tag, &[u8])) {
         if !self.buf.is_empty() {
@@ -225,6 +237,24 @@ mod tests {
                 (Tag::Full, b"world".to_vec()),
                 (Tag::Full, b"".to_vec()),
                 (Tag::Partial, b"tail".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn partial_lines_are_flushed_on_demand() {
+        let mut s = LineSplitter::new(MAX_LINE);
+        let mut out = Vec::new();
+        s.feed(b"line\nprompt> ", &mut |t, b| out.push((t, b.to_vec())));
+        s.flush_partial(&mut |t, b| out.push((t, b.to_vec())));
+        s.flush_partial(&mut |t, b| out.push((t, b.to_vec())));
+        s.feed(b"rest\n", &mut |t, b| out.push((t, b.to_vec())));
+        assert_eq!(
+            out,
+            vec![
+                (Tag::Full, b"line".to_vec()),
+                (Tag::Partial, b"prompt> ".to_vec()),
+                (Tag::Full, b"rest".to_vec()),
             ]
         );
     }

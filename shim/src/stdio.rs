@@ -36,7 +36,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
-use crate::crilog::{CriLog, LineSplitter, Stream, MAX_LINE};
+use crate::crilog::{CriLog, LineSplitter, Stream, Tag, MAX_LINE};
 use crate::runc::ProcStdio;
 
 const COPY_BUF: usize = 32 * 1024;
@@ -334,7 +334,11 @@ impl Job {
                             }
                         }
                         Err(Errno::EINTR) => {}
-                        Err(Errno::EAGAIN) => return true,
+                        Err(Errno::EAGAIN) => {
+                            // Drained: an unfinished line is written now.
+                            o.sink.flush_partial();
+                            return true;
+                        }
                         // EIO: the pty's other side is closed (the process exited).
                         Err(_) => return false,
                     }
@@ -511,10 +515,20 @@ impl Sink {
         }
     }
 
+    /// Writes an unfinished line as a partial record (CRI logs only).
+    fn flush_partial(&mut self) {
+        self.split_records(|split, emit| split.flush_partial(emit));
+    }
+
     fn finish(&mut self) {
+        self.split_records(|split, emit| split.finish(emit));
+    }
+
+    /// Runs `f` on a CRI log's line splitter, writing the records it emits.
+    fn split_records(&mut self, f: impl FnOnce(&mut LineSplitter, &mut dyn FnMut(Tag, &[u8]))) {
         if let SinkKind::Cri(log, stream, split) = &mut self.kind {
             let mut err = None;
-            split.finish(&mut |tag, line| {
+            f(split, &mut |tag, line| {
                 if let Err(e) = log.write_record(*stream, tag, line, SystemTime::now()) {
                     err = Some(e);
                 }
