@@ -152,9 +152,14 @@ async fn cri_pull_list_status_fsinfo_remove() -> Result<()> {
     ensure!(list(&mut c, Some(&id["sha256:".len()..][..12])).await? == images);
     ensure!(list(&mut c, Some("nothere:1")).await?.is_empty());
 
-    // Status by id and by name; verbose carries the JSON info blob.
+    // Status by id, by name and by a repo digest of an image pulled by tag
+    // (critest's "all kinds of references"); verbose carries the JSON info blob.
     let st = status(&mut c, &id, false).await?;
     ensure!(st.image.as_ref() == Some(im), "{st:?}");
+    let st = status(&mut c, &repo_digest, false).await?;
+    ensure!(st.image.as_ref() == Some(im), "by {repo_digest}: {st:?}");
+    let other_repo = format!("{}/other@{}", reg.addr(), img.manifest_digest);
+    ensure!(status(&mut c, &other_repo, false).await?.image.is_none());
     ensure!(st.info.is_empty(), "info only when verbose: {:?}", st.info);
     let st = status(&mut c, "mybox:2", true).await?;
     ensure!(st.image.as_ref() == Some(im), "{st:?}");

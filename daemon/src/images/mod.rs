@@ -88,6 +88,19 @@ impl ImageService {
             if let Some(rec) = self.images.get(&r.to_string()) {
                 return Ok(rec);
             }
+            // `repo@digest` names an image pulled by tag too: its repo digest
+            // (CRI `repoDigests`, as containerd resolves it).
+            if let Some(digest) = r.digest() {
+                let repo = r.repository();
+                let found = self.images.list().into_iter().find(|i| {
+                    i.target.digest == digest
+                        && Reference::parse_normalized(&i.name)
+                            .is_ok_and(|n| n.repository() == repo)
+                });
+                if let Some(rec) = found {
+                    return Ok(rec);
+                }
+            }
         }
         let hex = name.strip_prefix("sha256:").unwrap_or(name);
         if hex.len() >= 4 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
