@@ -9,7 +9,8 @@ RUN_PKGS := runc containernetworking-plugins iproute2 iptables
 TEST_PKGS := $(RUN_PKGS) crun docker-registry skopeo umoci busybox-static catatonit \
 	apache2-utils attr jq containerd python3-websocket
 
-.PHONY: run test build build-debug deps-run deps-test lint bench bench-pull bench-unpack install clean
+.PHONY: run test build build-debug deps-run deps-test lint bench bench-pull bench-unpack install clean \
+	conformance conformance-kit deps-conformance
 
 # Installs only what is missing, so repeated runs are quick and offline-safe.
 define apt_install
@@ -49,6 +50,25 @@ run: deps-run build
 # integration/ (real registry, real berthd over its socket).
 test: deps-test build-debug
 	$(CARGO) test --workspace --no-fail-fast
+
+# The conformance kit: upstream crictl and critest v1.29.0, build-images.sh,
+# run-critest.sh, certs.d/ (CI lays out shared/ beside the repo). `make test`
+# never needs it.
+CONFORMANCE_DIR ?= ../shared/conformance
+# What integration/conformance/run.sh and the kit's scripts use.
+CONFORMANCE_PKGS := $(RUN_PKGS) docker-registry skopeo busybox-static catatonit jq curl \
+	procps util-linux
+
+conformance-kit:
+	@CONFORMANCE_DIR="$(CONFORMANCE_DIR)" bash integration/conformance/run.sh --check-kit
+
+deps-conformance:
+	$(call apt_install,$(CONFORMANCE_PKGS))
+
+# Upstream critest (validation) against a private berthd in each sandbox mode
+# (pinned, pause), then the crictl verb test; see integration/conformance/README.md.
+conformance: conformance-kit deps-conformance build
+	CONFORMANCE_DIR="$(CONFORMANCE_DIR)" CARGO="$(CARGO)" bash integration/conformance/run.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
