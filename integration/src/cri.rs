@@ -394,6 +394,9 @@ pub struct CriOpts {
     pub sandbox_mode: String,
     /// Import the pause fixture and name it as `sandbox_image`.
     pub pause_image: bool,
+    /// `sandbox_image` as given (e.g. a registry reference to be pulled on
+    /// demand); wins over `pause_image`.
+    pub sandbox_image: Option<String>,
     /// `default_stop_timeout_secs`; left out of the config when `None`.
     pub default_stop_timeout_secs: Option<u64>,
     /// Extra TOML appended to the config.
@@ -405,6 +408,7 @@ impl Default for CriOpts {
         CriOpts {
             sandbox_mode: "pinned".into(),
             pause_image: false,
+            sandbox_image: None,
             default_stop_timeout_secs: None,
             extra: String::new(),
         }
@@ -443,7 +447,11 @@ impl Env {
 
     pub fn start_with(net: TestNet, opts: CriOpts) -> Result<Self> {
         let cgroup_parent = format!("/{}", unique("berth-test"));
-        let sandbox_image = if opts.pause_image { PAUSE } else { "" };
+        let sandbox_image = match &opts.sandbox_image {
+            Some(image) => image.as_str(),
+            None if opts.pause_image => PAUSE,
+            None => "",
+        };
         let stop_timeout = opts
             .default_stop_timeout_secs
             .map(|s| format!("default_stop_timeout_secs = {s}\n"))

@@ -17,6 +17,8 @@ use integration::cri::{
     list_pods, log_path_of, namespaces, now_nanos, pod_status, wait_container_state, wait_log,
     CriOpts, Env, TestNet, TIMEOUT,
 };
+use integration::fixtures;
+use integration::registry::{Registry, RegistryOpts};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -1702,6 +1704,76 @@ async fn host_network_pod_sees_host_interfaces() -> Result<()> {
 
     env.stop_remove_pod(&mut rt, &pod_id).await?;
     env.assert_no_leaks(&pod_id, &[c], &[pid])?;
+    Ok(())
+}
+
+/// The sandbox image is pulled when the first pod needs it (as containerd
+/// does) and reported pinned, so kubelet's image GC keeps it; one that
+/// cannot be pulled fails RunPodSandbox naming the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_image_pulled_on_demand_and_pinned() -> Result<()> {
+    let _net = host_network_lock().await;
+    let reg = Registry::start(RegistryOpts::default())?;
+    reg.push_layout(fixtures::pause()?, "pause:3.9")?;
+    let pause = reg.reference("pause:3.9");
+    let env = Env::start_with(
+        TestNet::new()?,
+        CriOpts {
+            sandbox_mode: "pause".into(),
+            sandbox_image: Some(pause.clone()),
+            ..Default::default()
+        },
+    )?;
+    let mut rt = env.rt().await?;
+    let mut img = env.img().await?;
+    let status = |image: &str| api::ImageStatusRequest {
+        image: Some(api::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        verbose: false,
+    };
+    let before = img.image_status(status(&pause)).await?.into_inner();
+    ensure!(before.image.is_none(), "not pulled yet: {before:?}");
+
+    let pod = env.pod("pulls-pause")?;
+    let pod_id = env.run_pod(&mut rt, &pod).await?;
+    let after = img.image_status(status(&pause)).await?.into_inner();
+    let image = after.image.context("the sandbox image was pulled")?;
+    ensure!(image.pinned, "the sandbox image is pinned: {image:?}");
+    let busybox = img.image_status(status(&env.image)).await?.into_inner();
+    ensure!(
+        busybox.image.is_some_and(|i| !i.pinned),
+        "other images are not pinned"
+    );
+    env.stop_remove_pod(&mut rt, &pod_id).await?;
+    drop(env);
+
+    // An image nobody has: the pod fails, and the error names the image.
+    let missing = reg.reference("no-such-pause:1");
+    let env = Env::start_with(
+        TestNet::new()?,
+        CriOpts {
+            sandbox_mode: "pause".into(),
+            sandbox_image: Some(missing.clone()),
+            ..Default::default()
+        },
+    )?;
+    let mut rt = env.rt().await?;
+    let pod = env.pod("no-pause")?;
+    let err = rt
+        .run_pod_sandbox(api::RunPodSandboxRequest {
+            config: Some(pod),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect_err("RunPodSandbox without a pullable sandbox image");
+    ensure!(err.code() == Code::NotFound, "{err:?}");
+    ensure!(err.message().contains(&missing), "{err:?}");
+    ensure!(
+        list_pods(&mut rt, None).await?.is_empty(),
+        "nothing half-made is listed"
+    );
     Ok(())
 }
 
