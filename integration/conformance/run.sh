@@ -140,7 +140,7 @@ start_registry() {
     mkdir -p "$BASE/registry"
     sed -e "s|@STORAGE@|$BASE/registry/storage|" -e "s|@PORT@|$REG_PORT|" \
       "$HERE/registry.yml.in" > "$BASE/registry/config.yml"
-    docker-registry serve "$BASE/registry/config.yml" >"$RESULTS/registry.log" 2>&1 </dev/null 9>&- &
+    setsid docker-registry serve "$BASE/registry/config.yml" >"$RESULTS/registry.log" 2>&1 </dev/null 9>&- &
     REG_PID=$!
     local deadline=$((SECONDS + 30)) st=0
     while :; do
@@ -187,7 +187,8 @@ write_config() {
   mkdir -p "$d/root" "$d/state" "$d/net.d"
   sed -e "s|@ROOT@|$d/root|" -e "s|@STATE@|$d/state|" -e "s|@CERTS_D@|$BASE/certs.d|" \
     -e "s|@CNI_CONF_DIR@|$d/net.d|" -e "s|@SANDBOX_MODE@|$mode|" \
-    "$HERE/berthd.toml.in" > "$out/berthd.toml"
+    "$HERE/berthd.toml.in" > "$d/berthd.toml"
+  cp "$d/berthd.toml" "$out/berthd.toml"
   # berth's default network (`berthd config cni`) with its own name, bridge, subnet and
   # host-local data dir (leases go away with $MODE_DIR)
   "$BERTHD" --config /dev/null config cni | jq --arg name "$NET_NAME" --arg br "$BRIDGE" \
@@ -204,8 +205,8 @@ write_config() {
   fi
   cp "$d/net.d/10-$NET_NAME.conflist" "$out/cni.conflist"
   # the effective config must be berth's defaults but for these keys
-  "$BERTHD" --config "$out/berthd.toml" config dump > "$out/berthd-effective.toml"
-  "$BERTHD" --config "$out/berthd.toml" config default > "$out/berthd-default.toml"
+  "$BERTHD" --config "$d/berthd.toml" config dump > "$out/berthd-effective.toml"
+  "$BERTHD" --config "$d/berthd.toml" config default > "$out/berthd-default.toml"
   local changed
   changed=$( { diff "$out/berthd-default.toml" "$out/berthd-effective.toml" || true; } \
     | sed -n 's/^> *\([a-z_]*\) *=.*/\1/p' | sort | tr '\n' ' ')
@@ -218,7 +219,9 @@ write_config() {
 start_berthd() {
   local out=$1
   BERTHD_SOCK=$MODE_DIR/state/berth.sock
-  NO_COLOR=1 "$BERTHD" --config "$out/berthd.toml" >"$out/berthd.log" 2>&1 </dev/null 9>&- &
+  # its own session: a Ctrl-C meant for this script must not stop it before the pods are
+  # removed through it (stop_berthd); the config path under $MODE_DIR lets sweep find it
+  NO_COLOR=1 setsid "$BERTHD" --config "$MODE_DIR/berthd.toml" >"$out/berthd.log" 2>&1 </dev/null 9>&- &
   BERTHD_PID=$!
   if ! wait_until 60 "berthd on $BERTHD_SOCK" berthd_answers; then
     tail -40 "$out/berthd.log" >&2 || true
@@ -374,7 +377,7 @@ run_mode() {
   fi
   # critest binds host ports 12000-12003: never two runs at once on this machine
   if pgrep -x critest >/dev/null; then
-    log "another critest is running (pid $(pgrep -x critest | tr '\n' ' ')); waiting for it to end"
+    log "another critest is running (pid $(pgrep -x critest | xargs)); waiting for it to end"
     wait_until 5400 "the other critest run to end" bash -c '! pgrep -x critest >/dev/null' \
       || die "another critest kept running"
   fi
