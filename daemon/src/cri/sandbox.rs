@@ -364,7 +364,10 @@ impl CriRuntime {
         let with_context = |st: Status| {
             Status::new(
                 st.code(),
-                format!("pod {pod}: the sandbox image {image_name}: {}", st.message()),
+                format!(
+                    "pod {pod}: the sandbox image {image_name}: {}",
+                    st.message()
+                ),
             )
         };
         let context = |e: crate::images::error::ImageError| with_context(Status::from(e));
