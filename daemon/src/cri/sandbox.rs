@@ -950,6 +950,15 @@ fn pod_config_json(cfg: &cri::PodSandboxConfig) -> serde_json::Value {
     })
 }
 
+/// The node's hostname (the UTS name berthd runs under).
+fn node_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1002,13 +1011,4 @@ mod tests {
         assert_eq!(p[0].protocol, "udp");
         assert_eq!(p[0].host_port, 5353);
     }
-}
-
-/// The node's hostname (the UTS name berthd runs under).
-fn node_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
