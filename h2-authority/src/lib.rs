@@ -2,7 +2,8 @@
 //!
 //! gRPC clients dialling a Unix socket send what they like as `:authority`:
 //! Go's gRPC as vendored by kubelet and crictl sends the socket path
-//! (`/run/berth/berth.sock`), grpc-python since 1.57 sends it %-encoded,
+//! (`/run/berth/berth.sock`), grpc-python since 1.57 sends it %-encoded
+//! without its leading slash (`run%2Fberth%2Fberth.sock`),
 //! grpc-java the raw path. h2, under hyper and tonic, resets every such
 //! stream with `PROTOCOL_ERROR` because the value is not a URI authority, and
 //! has no switch for it (hyperium/h2#487). The authority means nothing on a

@@ -506,7 +506,7 @@ mod tests {
         );
         // The second request reuses the client's dynamic table entries.
         send(&mut c, 3, &request("/run/berth/berth.sock"));
-        send(&mut c, 5, &request("%2Frun%2Fberth%2Fberth.sock"));
+        send(&mut c, 5, &request("run%2Fberth%2Fberth.sock"));
         send(&mut c, 7, &request("localhost:1234"));
         for step in [1, 2, 7, 9, 10, 64, c.bytes.len()] {
             let (out, rw) = run(&c.bytes, step);
