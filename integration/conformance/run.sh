@@ -428,8 +428,24 @@ else
   RES_RC[crictl]=$rc
   RES_PASS[crictl]=$(sed -n 's/^test result: .* \([0-9][0-9]*\) passed; \([0-9][0-9]*\) failed.*/\1/p' "$RESULTS/crictl-test.log" | tail -1)
   RES_FAIL[crictl]=$(sed -n 's/^test result: .* \([0-9][0-9]*\) passed; \([0-9][0-9]*\) failed.*/\2/p' "$RESULTS/crictl-test.log" | tail -1)
-  if [ "$rc" = 0 ]; then grep -E '^(test |running |test result)' "$RESULTS/crictl-test.log" || true
-  else echo "----- last 80 lines of $RESULTS/crictl-test.log:"; tail -80 "$RESULTS/crictl-test.log"; echo "-----"; fi
+  # each test's status, and for each failure its error or panic message (no backtrace)
+  echo "----- crictl verb test (rc $rc; full log $RESULTS/crictl-test.log):"
+  awk 'function flush(  i) {
+         if (n <= 40) { for (i = 1; i <= n; i++) print b[i] }
+         else { for (i = 1; i <= 20; i++) print b[i]; print "  [... " n - 35 " lines ...]"
+                for (i = n - 14; i <= n; i++) print b[i] }
+         n = 0; p = 0 }
+       /^(running [0-9]+ test|test .* \.\.\. |test result:|failures:$)/ { if (p) flush() }
+       /^(running [0-9]+ test|test .* \.\.\. |test result:)/ {print; next}
+       /^---- .* stdout ----$/ { if (p) flush(); print; next }
+       /^(Stack backtrace:|note: run with)/ { if (p) flush() }
+       /^(Error: |thread .* panicked)/ { if (p) flush(); p = 1 }
+       p { b[++n] = $0 }
+       END { if (p) flush() }' "$RESULTS/crictl-test.log"
+  if [ "$rc" != 0 ] && ! grep -q '^test result:' "$RESULTS/crictl-test.log"; then
+    tail -40 "$RESULTS/crictl-test.log"   # it did not get as far as running the tests
+  fi
+  echo "-----"
 fi
 RES_SECS[crictl]=$((SECONDS - t0))
 
