@@ -224,12 +224,30 @@ impl Daemon {
             .serve_with_incoming_shutdown(incoming, shutdown_signal())
             .await;
         info!("berthd stopping");
+        self.release_shared_dirs();
         let flushed = self.meta.flush();
         let _ = std::fs::remove_file(&socket);
         result.context("serving gRPC")?;
         flushed.context("flushing the metadata database")?;
         info!("berthd stopped");
         Ok(())
+    }
+}
+
+impl Daemon {
+    /// The pin directories are made shared self-bind mounts when a pod first
+    /// needs them; a stop with no pod left takes them down again (with pods
+    /// they stay: the pods outlive berthd).
+    fn release_shared_dirs(&self) {
+        for dir in [self.config.netns_dir(), self.config.sandboxes_dir()] {
+            match crate::network::netns::release_shared_dir(&dir) {
+                Ok(true) => info!(dir = %dir.display(), "unmounted"),
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(dir = %dir.display(), error = %crate::network::netns::NetnsError::from(e), "cannot unmount")
+                }
+            }
+        }
     }
 }
 

@@ -1542,6 +1542,27 @@ async fn recovery_after_kill9() -> Result<()> {
     ensure!(list_pods(&mut rt, None).await?.is_empty());
     ensure!(list_containers(&mut rt, None).await?.is_empty());
     env.assert_no_leaks(&pod_id, &[c1, c2, c3], &[pid1, pid2, pid3])?;
+
+    // A clean stop (SIGTERM) with no pod left takes down berthd's own
+    // self-bind mounts (the netns and sandboxes dirs) too.
+    let daemon = env.daemon.as_mut().context("the daemon")?;
+    let state = daemon.state();
+    daemon.stop()?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let left: Vec<&str> = mounts
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|p| std::path::Path::new(p).starts_with(&state))
+        })
+        .collect();
+    ensure!(
+        left.is_empty(),
+        "mounts left under {}: {left:#?}\n{}",
+        state.display(),
+        integration::daemon::tail(&daemon.log(), 20)
+    );
     Ok(())
 }
 
