@@ -108,11 +108,15 @@ run_bg() {
   return "$rc"
 }
 
-# wait_until SECONDS DESCRIPTION CMD...: polls CMD every 0.1 s until it succeeds; 1 on timeout.
+# wait_until SECONDS DESCRIPTION CMD...: polls CMD every 0.1 s until it succeeds; 1 on
+# timeout, or at once when CMD returns 2 (what it waits for is gone, e.g. the daemon died).
 wait_until() {
-  local secs=$1 what=$2; shift 2
+  local secs=$1 what=$2 st; shift 2
   local deadline=$((SECONDS + secs))
-  until "$@"; do
+  while :; do
+    st=0; "$@" || st=$?
+    [ "$st" != 0 ] || return 0
+    if [ "$st" = 2 ]; then log "gave up waiting for $what"; return 1; fi
     if [ "$SECONDS" -ge "$deadline" ]; then log "timed out after ${secs}s waiting for $what"; return 1; fi
     sleep 0.1
   done
@@ -178,7 +182,7 @@ start_registry() {
 # ------------------------------------------------------------------ berthd
 berthd_answers() {
   alive "$BERTHD_PID" || return 2
-  [ -S "$BERTHD_SOCK" ] && BERTH_ADDRESS=$BERTHD_SOCK timeout 5 "$BERTHCTL" version >/dev/null 2>&1
+  [ -S "$BERTHD_SOCK" ] && BERTH_ADDRESS=$BERTHD_SOCK timeout 5 "$BERTHCTL" version >/dev/null 2>&1 || return 1
 }
 
 # write_config MODE OUT: berthd.toml (defaults + the four keys) and the private conflist
@@ -224,7 +228,8 @@ start_berthd() {
   NO_COLOR=1 setsid "$BERTHD" --config "$MODE_DIR/berthd.toml" >"$out/berthd.log" 2>&1 </dev/null 9>&- &
   BERTHD_PID=$!
   if ! wait_until 60 "berthd on $BERTHD_SOCK" berthd_answers; then
-    tail -40 "$out/berthd.log" >&2 || true
+    alive "$BERTHD_PID" || log "berthd exited before answering"
+    echo "----- last 40 lines of $out/berthd.log:"; tail -40 "$out/berthd.log" || true; echo "-----"
     return 1
   fi
   log "berthd (pid $BERTHD_PID) answers on $BERTHD_SOCK"
@@ -469,4 +474,4 @@ if [ "$skipped" -gt 0 ]; then
 else
   echo "conformance: $ok passed, $bad failed"
 fi
-[ "$bad" = 0 ]
+[ "$bad" = 0 ] || exit 1
