@@ -43,6 +43,9 @@ pub struct Config {
     pub log_level: String,
     /// "text" or "json".
     pub log_format: String,
+    /// How long start waits for the root's lock while a previous berthd
+    /// (killed, still exiting) holds it, before giving up (seconds).
+    pub root_lock_wait_secs: u64,
     pub registry: RegistryConfig,
     pub pull: PullConfig,
     pub gc: GcConfig,
@@ -281,6 +284,7 @@ impl Default for Config {
             address: PathBuf::new(),
             log_level: "info".into(),
             log_format: "text".into(),
+            root_lock_wait_secs: 60,
             registry: RegistryConfig::default(),
             pull: PullConfig::default(),
             gc: GcConfig::default(),

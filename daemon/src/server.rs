@@ -45,7 +45,11 @@ pub struct RootLock {
 }
 
 impl RootLock {
-    pub fn acquire(root: &Path) -> Result<RootLock> {
+    /// Takes the lock, waiting up to `wait` while another process holds it:
+    /// a berthd killed a moment ago keeps it until it has fully exited, and
+    /// a restart right after the kill must not give up (and leave the node
+    /// without a runtime until the next try).
+    pub fn acquire(root: &Path, wait: std::time::Duration) -> Result<RootLock> {
         use fs2::FileExt;
         let path = root.join("berthd.lock");
         let mut file = std::fs::OpenOptions::new()
@@ -55,13 +59,24 @@ impl RootLock {
             .write(true)
             .open(&path)
             .with_context(|| format!("opening lock file {}", path.display()))?;
-        if file.try_lock_exclusive().is_err() {
+        let deadline = std::time::Instant::now() + wait;
+        let mut logged = false;
+        while file.try_lock_exclusive().is_err() {
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            bail!(
-                "another berthd is already running on root {} (pid {}); refusing to start",
-                root.display(),
-                holder.trim()
-            );
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "another berthd is already running on root {} (pid {}, still holding {} after {:?}); refusing to start",
+                    root.display(),
+                    holder.trim(),
+                    path.display(),
+                    wait
+                );
+            }
+            if !logged {
+                warn!(root = %root.display(), holder = holder.trim(), "the root is locked by another berthd; waiting for it to exit");
+                logged = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         file.set_len(0).ok();
         write!(file, "{}", std::process::id()).ok();
@@ -136,7 +151,10 @@ impl Daemon {
     pub fn open(config: Config) -> Result<Daemon> {
         make_dir(&config.root, 0o711)?;
         make_dir(&config.state, 0o711)?;
-        let lock = RootLock::acquire(&config.root)?;
+        let lock = RootLock::acquire(
+            &config.root,
+            std::time::Duration::from_secs(config.root_lock_wait_secs),
+        )?;
         let meta: Arc<dyn MetaStore> = Arc::new(
             SledStore::open(&config.root.join("meta")).context("opening the metadata database")?,
         );

@@ -480,15 +480,55 @@ fn images_survive_kill9_and_daemon_guards_its_root() -> Result<()> {
     let names = image_names(&d)?;
     ensure!(names.len() == 2, "images lost after kill -9: {names:?}");
 
-    // A second daemon on the same root refuses to start, naming the reason.
+    // A restart while the killed daemon still holds the root's lock (it is
+    // still exiting; here another process holds it for a moment) waits for
+    // the lock instead of giving up.
+    d.kill9()?;
+    let mut holder = std::process::Command::new("flock")
+        .arg("-x")
+        .arg(d.root().join("berthd.lock"))
+        .args(["sleep", "1.5"])
+        .spawn()
+        .context("flock (util-linux)")?;
+    let lock = d.root().join("berthd.lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::process::Command::new("flock")
+        .args(["-n", "-x"])
+        .arg(&lock)
+        .arg("true")
+        .status()?
+        .success()
+    {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "flock never took the lock"
+        );
+    }
+    let started = std::time::Instant::now();
+    d.restart()?;
+    holder.wait()?;
+    ensure!(started.elapsed() >= std::time::Duration::from_secs(1));
+    ensure!(d.log().contains("waiting for it to exit"), "{}", d.log());
+    ensure!(image_names(&d)?.len() == 2);
+
+    // A second daemon on the same root refuses to start once its wait for
+    // the lock is over, naming the reason.
     let other_state = d.dir().join("state2");
+    let other_config = d.dir().join("config2.toml");
+    std::fs::write(
+        &other_config,
+        format!(
+            "root_lock_wait_secs = 1\n{}",
+            std::fs::read_to_string(d.config_path())?
+        ),
+    )?;
     let out = std::process::Command::new(integration::daemon::bin_path("berthd")?)
         .arg("--root")
         .arg(d.root())
         .arg("--state")
         .arg(&other_state)
         .arg("--config")
-        .arg(d.config_path())
+        .arg(&other_config)
         .output()?;
     ensure!(!out.status.success());
     ensure!(
