@@ -277,6 +277,15 @@ async fn pod_and_container_lifecycle() -> Result<()> {
     ensure!(st.finished_at == 0, "{st:?}");
     let pid1 = cri::container_pid(&mut rt, &c1).await?;
     ensure!(cri::alive(pid1), "pid {pid1} of {c1} not alive");
+    // A retried StartContainer (kubelet's, after a dropped connection) gets
+    // the first answer and changes nothing.
+    rt.start_container(api::StartContainerRequest {
+        container_id: c1.clone(),
+    })
+    .await
+    .map_err(|s| env.status_err("StartContainer (retry)", s))?;
+    ensure!(cri::container_pid(&mut rt, &c1).await? == pid1);
+    ensure!(cstatus(&mut rt, &c1).await?.started_at == st.started_at);
     // The pod's shim names the pod in its command line: what the leak check
     // looks for once the pod is gone.
     let shims: Vec<String> = cri::processes_naming(&pod_id)

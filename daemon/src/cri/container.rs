@@ -12,7 +12,7 @@ use berth_api::runtime::v1 as cri;
 use prost::Message;
 use serde_json::json;
 use tonic::Status;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::meta::{ContainerMeta, SandboxRecord, SandboxState};
 use super::{find_by_prefix, in_created_order, labels_match, lock, spec, stats, CriRuntime};
@@ -348,6 +348,15 @@ impl CriRuntime {
 
     pub async fn start_container(&self, id: &str) -> Result<(), Status> {
         let task = self.container(id)?;
+        let current = task.record();
+        if current.started_at != 0
+            && matches!(current.status, TaskStatus::Running | TaskStatus::Exited)
+        {
+            // A retry of a start that went through (kubelet's after a dropped
+            // connection): its answer is the first one's.
+            debug!(container = %current.id, "StartContainer: already started");
+            return Ok(());
+        }
         let rec = self.tasks.start(&task.id).await?;
         self.emit_container(&rec, cri::ContainerEventType::ContainerStartedEvent);
         // Its writable layer gets a first measurement now, not at the next sync.
