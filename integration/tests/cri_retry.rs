@@ -461,6 +461,64 @@ async fn kill9_during_stop_pod_sandbox_finishes_the_stop() -> Result<()> {
     Ok(())
 }
 
+/// berthd killed inside StopPodSandbox right after the netns pin was
+/// unmounted (before it was unlinked and the record written): after the
+/// restart the pin is a plain file. The stop must still finish (CNI DEL
+/// without a namespace, as containerd does for a closed netns) instead of
+/// failing on it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_finishes_when_the_netns_pin_lost_its_mount() -> Result<()> {
+    let _net = host_network_lock().await;
+    let mut env = Env::start()?;
+    let mut rt = env.rt().await?;
+    let pod = env.pod("unmounted-netns")?;
+    let pod_id = env.run_pod(&mut rt, &pod).await?;
+    ensure!(env.net.leases().len() == 1, "{:?}", env.net.leases());
+    let pins = env.net.netns_pins();
+    ensure!(pins.len() == 1, "one netns pin: {pins:?}");
+    let pin = std::path::PathBuf::from(&pins[0]);
+
+    drop(rt);
+    env.d_mut().kill9()?;
+    let out = std::process::Command::new("umount").arg(&pin).output()?;
+    ensure!(out.status.success(), "umount {}: {out:?}", pin.display());
+    ensure!(pin.is_file(), "the pin is left as a plain file");
+    env.d_mut().restart()?;
+    let mut rt = env.rt().await?;
+
+    rt.stop_pod_sandbox(api::StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .map_err(|s| env.status_err("StopPodSandbox with an unmounted pin", s))?;
+    let st = pod_status(&mut rt, &pod_id, false).await?;
+    ensure!(
+        st.status
+            .as_ref()
+            .is_some_and(|s| s.state == api::PodSandboxState::SandboxNotready as i32),
+        "{st:?}"
+    );
+    ensure!(
+        env.net.leases().is_empty(),
+        "leases left: {:?}",
+        env.net.leases()
+    );
+    ensure!(
+        env.net.bridge_ports().is_empty(),
+        "veths left: {:?}",
+        env.net.bridge_ports()
+    );
+    ensure!(!pin.exists(), "the pin file is removed");
+    rt.remove_pod_sandbox(api::RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .map_err(|s| env.status_err("RemovePodSandbox", s))?;
+    ensure!(list_pods(&mut rt, None).await?.is_empty());
+    env.assert_no_leaks(&pod_id, &[], &[])?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // 4. berthd killed between CreateContainer and StartContainer.
 

@@ -516,8 +516,9 @@ impl Cni {
             (None, Some(l)) => (l.clone(), None),
             (None, None) => return Ok(()),
         };
-        if !rt.netns.as_os_str().is_empty() && !rt.netns.exists() {
-            // The namespace is gone: plugins clean up what they can outside.
+        if !rt.netns.as_os_str().is_empty() && !super::netns::holds_namespace(&rt.netns) {
+            // The namespace is gone (no pin, or a pin whose mount is gone):
+            // plugins clean up what they can outside, as containerd does.
             rt.netns = PathBuf::new();
         }
         let prev = prev.filter(|_| supports_prev_result(&list.cni_version));
