@@ -322,8 +322,8 @@ fn create_blocking(dir: &Path, name: &str) -> Result<NetNs, NetnsError> {
 /// mount is gone (a crash between its unmount and its unlink) is a plain
 /// empty file: to CNI, the namespace no longer exists.
 pub(crate) fn holds_namespace(path: &Path) -> bool {
-    const NSFS_MAGIC: i64 = 0x6e73_6673;
-    nix::sys::statfs::statfs(path).is_ok_and(|fs| fs.filesystem_type().0 as i64 == NSFS_MAGIC)
+    use nix::sys::statfs::{statfs, NSFS_MAGIC};
+    statfs(path).is_ok_and(|fs| fs.filesystem_type() == NSFS_MAGIC)
 }
 
 /// Unmounts and unlinks a pin; one that is already gone is fine.
