@@ -5,10 +5,14 @@
 //! not marked are deleted. A pull adds a digest to its lease *before* writing
 //! it, under the read side of the GC lock, so a sweep can never remove what a
 //! running pull has just written.
+//!
+//! A lease belongs to an operation of one berthd process (a pull, an import,
+//! the unpacks they run), which releases it when it ends. One whose process
+//! died (kill -9, a crash, a power cut) can never be released by its owner: it
+//! is dropped at the next start, whose GC then collects what only it held.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use content_store::{ContentStore, Digest};
 use serde::{Deserialize, Serialize};
@@ -19,21 +23,23 @@ use super::store::{now_nanos, ImageStore};
 use crate::metadata::{MetaStore, LEASES};
 use crate::oci::{self, Descriptor};
 
-/// How long a lease left by a crashed daemon still protects its content, so
-/// that a re-pull after a crash can reuse the layers already committed.
 /// Lease entries for snapshots carry this prefix; the rest are digests.
 pub const SNAPSHOT_LEASE_PREFIX: &str = "snapshot:";
-
-const ORPHAN_LEASE_TTL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct LeaseRecord {
     created_at: i64,
+    /// The berthd process that took the lease (its `Leases::instance`, new
+    /// at every start; empty in records written before it existed).
+    #[serde(default)]
+    instance: String,
     digests: BTreeSet<String>,
 }
 
 pub struct Leases {
     meta: Arc<dyn MetaStore>,
+    /// This process's id, random per start: its leases carry it.
+    instance: String,
     live: Mutex<HashMap<String, LeaseRecord>>,
     /// Read: adding to a lease. Write: a GC mark+sweep.
     gc_lock: RwLock<()>,
@@ -46,30 +52,53 @@ pub struct Lease {
 }
 
 impl Leases {
-    /// Loads leases left by a previous run: recent ones keep protecting their
-    /// content for a while, old ones are dropped.
+    /// Opens the leases of a new berthd process. Every lease in the database
+    /// was taken by a previous process, whose operations are gone: none can
+    /// ever be released by its owner, so all are dropped (if they stayed, what
+    /// they hold would be pinned for good). The GC berthd runs at start then
+    /// collects what only they held: the blobs and snapshots of a pull or an
+    /// import cut short. Partial ingests are not held by leases: they stay for
+    /// a retried pull to resume, until `gc.stale_ingest_secs`.
     pub fn load(meta: Arc<dyn MetaStore>) -> Arc<Leases> {
+        let instance = format!("{:016x}", rand::random::<u64>());
+        Self::load_as(meta, instance)
+    }
+
+    fn load_as(meta: Arc<dyn MetaStore>, instance: String) -> Arc<Leases> {
         let mut live = HashMap::new();
-        let cutoff = now_nanos() - ORPHAN_LEASE_TTL.as_nanos() as i64;
+        let mut dropped = 0usize;
         match meta.list(LEASES) {
             Ok(items) => {
                 for (id, v) in items {
                     match serde_json::from_slice::<LeaseRecord>(&v) {
-                        Ok(rec) if rec.created_at > cutoff => {
+                        Ok(rec) if rec.instance == instance => {
                             live.insert(id, rec);
+                            continue;
                         }
-                        _ => {
-                            if let Err(e) = meta.delete(LEASES, &id) {
-                                warn!(lease = %id, error = %e, "cannot drop expired lease");
-                            }
-                        }
+                        Ok(rec) => info!(
+                            lease = %id,
+                            instance = %rec.instance,
+                            entries = rec.digests.len(),
+                            "dropping a lease of a previous berthd"
+                        ),
+                        Err(e) => warn!(lease = %id, error = %e, "dropping a corrupt lease"),
+                    }
+                    match meta.delete(LEASES, &id) {
+                        Ok(()) => dropped += 1,
+                        Err(e) => warn!(lease = %id, error = %e, "cannot drop lease"),
                     }
                 }
             }
             Err(e) => warn!(error = %e, "cannot read leases"),
         }
+        if dropped > 0 {
+            if let Err(e) = meta.flush() {
+                warn!(error = %e, "cannot flush dropped leases");
+            }
+        }
         Arc::new(Leases {
             meta,
+            instance,
             live: Mutex::new(live),
             gc_lock: RwLock::new(()),
         })
@@ -79,6 +108,7 @@ impl Leases {
         let id = format!("{purpose}-{}-{:08x}", now_nanos(), rand::random::<u32>());
         let rec = LeaseRecord {
             created_at: now_nanos(),
+            instance: self.instance.clone(),
             digests: BTreeSet::new(),
         };
         self.lock_live().insert(id.clone(), rec);
@@ -243,4 +273,67 @@ pub fn referenced(
         }
     }
     marked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::SledStore;
+
+    fn records(meta: &Arc<dyn MetaStore>) -> Vec<(String, LeaseRecord)> {
+        meta.list(LEASES)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::from_slice(&v).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn leases_of_a_previous_instance_are_dropped_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(&dir.path().join("meta")).unwrap());
+
+        // A berthd killed in the middle of a pull: its lease is on disk and
+        // its owner is gone (the lease is never dropped, never released).
+        let previous = Leases::load(meta.clone());
+        let cut_short = previous.create("pull");
+        cut_short.add_blocking("sha256:aa");
+        cut_short.add_blocking(&format!("{SNAPSHOT_LEASE_PREFIX}sha256:bb"));
+        std::mem::forget(cut_short);
+        // A lease written before leases named their process, and a corrupt one.
+        let legacy = format!(
+            r#"{{"created_at":{},"digests":["sha256:cc"]}}"#,
+            now_nanos()
+        );
+        meta.put(LEASES, "pull-legacy", legacy.into_bytes())
+            .unwrap();
+        meta.put(LEASES, "pull-corrupt", b"{".to_vec()).unwrap();
+        let on_disk = records_len(&meta);
+        assert_eq!(on_disk, 3);
+
+        // The next start drops them all: nothing is protected any more.
+        let leases = Leases::load(meta.clone());
+        assert_ne!(leases.instance, previous.instance);
+        assert!(leases.protected().is_empty(), "{:?}", leases.protected());
+        assert_eq!(records_len(&meta), 0);
+
+        // A lease of the running process protects its content and is
+        // recorded with this process's id, until it is released.
+        let running = leases.create("pull");
+        running.add_blocking("sha256:dd");
+        assert!(leases.protected().contains("sha256:dd"));
+        let recs = records(&meta);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].1.instance, leases.instance);
+        // Only another process's leases go: loading as this one keeps it.
+        let same = Leases::load_as(meta.clone(), leases.instance.clone());
+        assert!(same.protected().contains("sha256:dd"));
+        drop(running);
+        assert!(leases.protected().is_empty());
+        assert_eq!(records_len(&meta), 0);
+    }
+
+    fn records_len(meta: &Arc<dyn MetaStore>) -> usize {
+        meta.list(LEASES).unwrap().len()
+    }
 }
