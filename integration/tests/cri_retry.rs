@@ -519,6 +519,42 @@ async fn stop_finishes_when_the_netns_pin_lost_its_mount() -> Result<()> {
     Ok(())
 }
 
+/// berthd killed inside RunPodSandbox after the pod's shim started but
+/// before its record (`shim.json`) was written: the restart finds the shim
+/// by its command line and kills it, and the pod goes on with a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_before_the_shim_record_leaks_no_shim() -> Result<()> {
+    let _net = host_network_lock().await;
+    let mut env = Env::start()?;
+    let mut rt = env.rt().await?;
+    let pod = env.pod("unrecorded-shim")?;
+    let pod_id = env.run_pod(&mut rt, &pod).await?;
+    // The pod's shim starts during RunPodSandbox.
+    let shims: Vec<i32> = cri::processes_naming(&pod_id)
+        .into_iter()
+        .filter(|p| cri::cmdline(*p).contains("shim"))
+        .collect();
+    ensure!(!shims.is_empty(), "the pod's shim runs");
+
+    drop(rt);
+    env.d_mut().kill9()?;
+    // As if berthd had died before recording the shim it had started.
+    let record = env.d().state().join("pods").join(&pod_id).join("shim.json");
+    std::fs::remove_file(&record).with_context(|| record.display().to_string())?;
+    env.d_mut().restart()?;
+    for p in &shims {
+        wait_gone(*p, "the unrecorded shim to be killed")?;
+    }
+
+    let mut rt = env.rt().await?;
+    let again = env.container("again", &["sleep", "3600"]);
+    let c2 = env.create_start(&mut rt, &pod_id, &pod, &again).await?;
+    let pid2 = cri::container_pid(&mut rt, &c2).await?;
+    env.stop_remove_pod(&mut rt, &pod_id).await?;
+    env.assert_no_leaks(&pod_id, &[c2], &[pid2])?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // 4. berthd killed between CreateContainer and StartContainer.
 

@@ -11,6 +11,7 @@ pub mod client;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -408,6 +409,28 @@ impl ShimManager {
         self.remove_leftovers(pod.id(), Some(&pod.record.address));
     }
 
+    /// Kills the shims started for `sandbox_id` that have no record: berthd
+    /// died between starting the shim and writing `shim.json`, so nothing
+    /// else knows the process. They are found by their command line, which
+    /// names the pod (`-id`) and this daemon's socket (`-address`), as every
+    /// shim started by the containerd convention does; their sockets go too.
+    /// Such a shim has no task yet (tasks are created after the record).
+    pub fn kill_unrecorded(&self, sandbox_id: &str) -> usize {
+        let address = self.config.socket_path();
+        let mut killed = 0;
+        for (pid, socket) in shim_processes(sandbox_id, &address) {
+            warn!(pod = %sandbox_id, pid, "killing a shim that was never recorded");
+            let pid = nix::unistd::Pid::from_raw(pid);
+            if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok() {
+                killed += 1;
+            }
+            if let Some(path) = socket {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        killed
+    }
+
     /// Removes a pod's directory and (when nothing listens on it) its socket.
     pub fn remove_leftovers(&self, sandbox_id: &str, address: Option<&str>) {
         if let Some(path) = address.and_then(client::socket_path) {
@@ -422,6 +445,41 @@ impl ShimManager {
             }
         }
     }
+}
+
+/// Live processes whose arguments carry `-id <sandbox_id>` and `-address
+/// <address>`, with their `-socket` argument if any (berth-shim's).
+fn shim_processes(sandbox_id: &str, address: &Path) -> Vec<(i32, Option<PathBuf>)> {
+    let own = std::process::id() as i32;
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let address = address.as_os_str().as_encoded_bytes();
+    let mut out = Vec::new();
+    for entry in rd.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == own || !pid_alive(pid as u32) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let value = |flag: &[u8]| args.windows(2).find(|w| w[0] == flag).map(|w| w[1]);
+        if value(b"-id") == Some(sandbox_id.as_bytes()) && value(b"-address") == Some(address) {
+            let socket = value(b"-socket")
+                .filter(|s| !s.is_empty())
+                .map(|s| PathBuf::from(std::ffi::OsStr::from_bytes(s)));
+            out.push((pid, socket));
+        }
+    }
+    out
 }
 
 fn save_record(pods_dir: &Path, rec: &PodRecord) -> Result<(), ShimError> {

@@ -1129,6 +1129,7 @@ impl TaskService {
             }
         }
         for id in broken_pods {
+            self.shims.kill_unrecorded(&id);
             self.shims.remove_leftovers(&id, None);
         }
         for t in unfinished {
