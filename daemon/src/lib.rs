@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod cri;
+pub mod failpoint;
 pub mod hosts;
 pub mod images;
 pub mod metadata;

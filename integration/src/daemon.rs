@@ -238,6 +238,15 @@ impl Daemon {
         self.spawn()
     }
 
+    /// Sets (or with `None` removes) an environment variable of berthd from
+    /// the next (re)start on, e.g. `BERTH_FAILPOINTS`.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.opts.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.opts.env.push((key.to_string(), v.to_string()));
+        }
+    }
+
     /// Replaces the config file (takes effect on the next restart).
     pub fn set_config(&mut self, config: &str) -> Result<()> {
         self.opts.config = config.to_string();

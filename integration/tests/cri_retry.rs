@@ -12,7 +12,7 @@
 //! Needs root, runc, the CNI plugins in /usr/lib/cni and cgroup v1.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use integration::cri::{
@@ -552,6 +552,57 @@ async fn kill9_before_the_shim_record_leaks_no_shim() -> Result<()> {
     let pid2 = cri::container_pid(&mut rt, &c2).await?;
     env.stop_remove_pod(&mut rt, &pod_id).await?;
     env.assert_no_leaks(&pod_id, &[c2], &[pid2])?;
+    Ok(())
+}
+
+/// berthd killed right after it recorded a container's exit and before the
+/// shim deleted the task (which makes the shim forget the status): after the
+/// restart the container is exited with its real code, and the shim's copy
+/// is deleted. (The old order, delete then record, lost the status: the
+/// container became CONTAINER_UNKNOWN with exit code 0.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_between_recording_an_exit_and_the_shim_delete() -> Result<()> {
+    let _net = host_network_lock().await;
+    let mut env = Env::start()?;
+    env.d_mut().kill9()?;
+    env.d_mut()
+        .set_env("BERTH_FAILPOINTS", Some("tasks.exit-recorded"));
+    env.d_mut().restart()?;
+    let mut rt = env.rt().await?;
+    let pod = env.pod("exit-recorded")?;
+    let pod_id = env.run_pod(&mut rt, &pod).await?;
+    let seven = env.container("seven", &["sh", "-c", "sleep 1; exit 7"]);
+    let c = env.create_start(&mut rt, &pod_id, &pod, &seven).await?;
+    let pid = cri::container_pid(&mut rt, &c).await?;
+    drop(rt);
+    let deadline = Instant::now() + TIMEOUT;
+    while env.d_mut().is_running() {
+        ensure!(Instant::now() < deadline, "the failpoint never fired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ensure!(
+        env.d().log().contains("tasks.exit-recorded"),
+        "{}",
+        env.d().log()
+    );
+
+    env.d_mut().set_env("BERTH_FAILPOINTS", None);
+    env.d_mut().kill9()?;
+    env.d_mut().restart()?;
+    let mut rt = env.rt().await?;
+    let st = cstatus(&mut rt, &c).await?;
+    ensure!(
+        st.state == api::ContainerState::ContainerExited as i32 && st.exit_code == 7,
+        "the recorded exit survives: {st:?}"
+    );
+    ensure!(
+        env.d()
+            .log()
+            .contains("deleted an exited task its shim still held"),
+        "the shim's copy is deleted at start"
+    );
+    env.stop_remove_pod(&mut rt, &pod_id).await?;
+    env.assert_no_leaks(&pod_id, std::slice::from_ref(&c), &[pid])?;
     Ok(())
 }
 

@@ -690,7 +690,6 @@ impl TaskService {
         reason: String,
     ) {
         let client = pod.client();
-        let mut at = at;
         // Read before the delete: the runtime removes the cgroup with it.
         let reason = if reason.is_empty() && code != 0 {
             let path = task.record().cgroups_path;
@@ -705,12 +704,20 @@ impl TaskService {
         } else {
             reason
         };
+        // The exit is durable before the shim is told to forget it: a crash
+        // in between leaves an exited record and a task the next start
+        // deletes, never a lost status.
+        let rec = task.update(|r| {
+            r.status = TaskStatus::Exited;
+            r.exit_code = Some(code);
+            r.finished_at = if at > 0 { at } else { now_nanos() };
+            r.reason = reason;
+        });
+        info!(task = %rec.name, id = %rec.id, exit_code = code, "task exited");
+        self.persist_logged(&rec).await;
+        crate::failpoint::hit("tasks.exit-recorded");
         match client.delete(&task.id).await {
-            Ok(d) => {
-                if at == 0 {
-                    at = ts_nanos(&d.exited_at);
-                }
-            }
+            Ok(_) => {}
             Err(e) if e.is_not_found() => {}
             Err(e) => {
                 warn!(task = %task.id, error = %e, "deleting the exited task from its shim failed")
@@ -720,14 +727,6 @@ impl TaskService {
             self.shims.shutdown(pod).await;
         }
         lock(&self.stdin_keepers).remove(&task.id);
-        let rec = task.update(|r| {
-            r.status = TaskStatus::Exited;
-            r.exit_code = Some(code);
-            r.finished_at = if at > 0 { at } else { now_nanos() };
-            r.reason = reason;
-        });
-        info!(task = %rec.name, id = %rec.id, exit_code = code, "task exited");
-        self.persist_logged(&rec).await;
         self.publish_exit(task, &rec).await;
     }
 
@@ -1066,6 +1065,7 @@ impl TaskService {
         };
         let mut by_pod: BTreeMap<String, Vec<Arc<Task>>> = BTreeMap::new();
         let mut unfinished = Vec::new();
+        let mut exited = Vec::new();
         for (key, value) in rows {
             let rec = match serde_json::from_slice::<TaskRecord>(&value) {
                 Ok(r) => r,
@@ -1093,6 +1093,8 @@ impl TaskService {
             }
             if rec.status.is_live() || rec.status == TaskStatus::Creating {
                 by_pod.entry(rec.sandbox_id.clone()).or_default().push(task);
+            } else if rec.status == TaskStatus::Exited {
+                exited.push(task);
             }
         }
         let mut pod_records: HashMap<String, PodRecord> = HashMap::new();
@@ -1103,6 +1105,14 @@ impl TaskService {
                     pod_records.insert(p.sandbox_id.clone(), p);
                 }
                 Err(id) => broken_pods.push(id),
+            }
+        }
+        // An exit recorded just before a crash may still be held by its shim
+        // (the delete had not happened): the pod's recovery deletes it.
+        for t in exited {
+            let sandbox = t.record().sandbox_id;
+            if pod_records.contains_key(&sandbox) {
+                by_pod.entry(sandbox).or_default().push(t);
             }
         }
         let mut jobs = Vec::new();
@@ -1163,6 +1173,9 @@ impl TaskService {
         tasks: Vec<Arc<Task>>,
         rec: Option<PodRecord>,
     ) {
+        let (exited, tasks): (Vec<_>, Vec<_>) = tasks
+            .into_iter()
+            .partition(|t| t.record().status == TaskStatus::Exited);
         let pod = match &rec {
             Some(r) => match self.shims.reconnect(r.clone()).await {
                 Ok(p) => Some(p),
@@ -1186,6 +1199,15 @@ impl TaskService {
                 .remove_leftovers(&sandbox, rec.as_ref().map(|r| r.address.as_str()));
             return;
         };
+        for t in &exited {
+            match pod.client().delete(&t.id).await {
+                Ok(_) => info!(task = %t.id, "deleted an exited task its shim still held"),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => {
+                    warn!(task = %t.id, error = %e, "cannot delete an exited task from its shim")
+                }
+            }
+        }
         for t in &tasks {
             pod.add_task(&t.id);
         }
