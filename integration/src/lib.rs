@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_cri;
 pub mod containerd;
 pub mod cri;
+pub mod crictl;
 pub mod daemon;
 pub mod fake_registry;
 pub mod fixtures;
