@@ -17,7 +17,9 @@
 //! re-encodes it with its own (the server's decoder follows ours). DATA and
 //! control frames are copied through without being buffered.
 
+mod hpack;
 mod rewrite;
+mod tables;
 
 use std::io;
 use std::pin::Pin;
@@ -96,16 +98,22 @@ impl<IO: AsyncRead + Unpin> AsyncRead for AuthorityFix<IO> {
                 // Frame payloads that need no rewriting are read straight
                 // into the server's buffer: no copy of ours.
                 let limit = pass.min(buf.remaining());
-                let dst = buf.initialize_unfilled_to(limit);
-                let mut direct = ReadBuf::new(dst);
+                let mut direct = buf.take(limit);
                 ready!(Pin::new(&mut this.io).poll_read(cx, &mut direct))?;
                 let n = direct.filled().len();
+                // SAFETY: `direct` views the first `limit` unfilled bytes of
+                // `buf`, and the inner reader initialised (filled) `n` of them.
+                unsafe { buf.assume_init(n) };
                 buf.advance(n);
                 this.rewriter.passed(n);
                 return Poll::Ready(Ok(()));
             }
             this.input.reserve(READ_CHUNK);
-            let n = ready!(read_into_spare(Pin::new(&mut this.io), cx, &mut this.input))?;
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut this.io),
+                cx,
+                &mut this.input
+            ))?;
             if n == 0 {
                 this.eof = true;
                 continue;
@@ -115,24 +123,6 @@ impl<IO: AsyncRead + Unpin> AsyncRead for AuthorityFix<IO> {
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         }
     }
-}
-
-/// Reads into the spare capacity of `dst`, zeroed first: no `unsafe` for
-/// uninitialised memory; these reads carry frame headers and header blocks.
-fn read_into_spare<IO: AsyncRead>(
-    io: Pin<&mut IO>,
-    cx: &mut Context<'_>,
-    dst: &mut BytesMut,
-) -> Poll<io::Result<usize>> {
-    let start = dst.len();
-    let spare = dst.capacity() - start;
-    dst.resize(start + spare, 0);
-    let mut rb = ReadBuf::new(&mut dst[start..]);
-    let res = io.poll_read(cx, &mut rb);
-    let n = rb.filled().len();
-    dst.truncate(start + n);
-    ready!(res)?;
-    Poll::Ready(Ok(n))
 }
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<IO> {

@@ -4,7 +4,8 @@
 //! Everything else passes through byte for byte.
 
 use bytes::{Buf, BufMut, BytesMut};
-use loona_hpack::{Decoder, Encoder};
+
+use crate::hpack::{self, Decoder};
 
 /// The client connection preface (RFC 9113, 3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -91,8 +92,7 @@ struct Block {
 pub struct Rewriter {
     state: State,
     block: Option<Block>,
-    decoder: Decoder<'static>,
-    encoder: Encoder<'static>,
+    decoder: Decoder,
     limits: Limits,
     rewritten: u64,
 }
@@ -105,15 +105,10 @@ impl Default for Rewriter {
 
 impl Rewriter {
     pub fn new(limits: Limits) -> Rewriter {
-        let mut decoder = Decoder::new();
-        decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
-        let mut encoder = Encoder::new();
-        encoder.set_max_table_size(HEADER_TABLE_SIZE);
         Rewriter {
             state: State::Preface(0),
             block: None,
-            decoder,
-            encoder,
+            decoder: Decoder::new(HEADER_TABLE_SIZE),
             limits,
             rewritten: 0,
         }
@@ -296,48 +291,40 @@ impl Rewriter {
             return Ok(());
         };
         let stream = block.stream;
-        let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut encoded = Vec::with_capacity(block.fragment.len() * 2 + 16);
+        if let Some(p) = block.priority {
+            encoded.extend_from_slice(&p);
+        }
         let mut list_bytes = 0usize;
         let mut too_large = false;
         let mut rewritten = false;
+        let limit = self.limits.max_list_bytes;
         self.decoder
-            .decode_with_cb(&block.fragment, |name, value| {
+            .decode(&block.fragment, |name, value| {
                 list_bytes += name.len() + value.len() + 32;
-                if list_bytes > self.limits.max_list_bytes {
+                if list_bytes > limit {
                     too_large = true;
                     return;
                 }
-                let value = if &*name == b":authority"
-                    && http::uri::Authority::try_from(&*value).is_err()
-                {
-                    rewritten = true;
-                    REPLACEMENT_AUTHORITY.to_vec()
-                } else {
-                    value.into_owned()
-                };
-                fields.push((name.into_owned(), value));
+                let value =
+                    if name == b":authority" && http::uri::Authority::try_from(value).is_err() {
+                        rewritten = true;
+                        REPLACEMENT_AUTHORITY
+                    } else {
+                        value
+                    };
+                hpack::encode([(name, value)], &mut encoded);
             })
             .map_err(|e| RewriteError::Hpack {
                 stream,
-                cause: format!("{e:?}"),
+                cause: e.to_string(),
             })?;
         if too_large {
-            return Err(RewriteError::ListTooLarge {
-                stream,
-                limit: self.limits.max_list_bytes,
-            });
+            return Err(RewriteError::ListTooLarge { stream, limit });
         }
         if rewritten {
             self.rewritten += 1;
         }
-        let mut encoded = Vec::with_capacity(block.fragment.len() + 16);
-        if let Some(p) = block.priority {
-            encoded.extend_from_slice(&p);
-        }
-        // Writing to a Vec cannot fail.
-        let _ = self
-            .encoder
-            .encode_into(fields.iter().map(|(n, v)| (&n[..], &v[..])), &mut encoded);
         let mut flags = 0;
         if block.end_stream {
             flags |= FLAG_END_STREAM;
@@ -375,6 +362,7 @@ fn put_frame_header(out: &mut BytesMut, len: usize, frame_type: u8, flags: u8, s
 #[cfg(test)]
 mod tests {
     use super::*;
+    use loona_hpack::Encoder;
 
     /// A client's side of a connection: its own HPACK encoder, raw frames.
     pub(crate) struct Client {
@@ -450,7 +438,7 @@ mod tests {
     }
 
     fn decoded_blocks(out: &[u8]) -> Vec<Vec<(String, String)>> {
-        let mut dec = Decoder::new();
+        let mut dec = loona_hpack::Decoder::new();
         let mut blocks = Vec::new();
         let mut block = Vec::new();
         for (ty, flags, _, payload) in frames(out) {
