@@ -57,7 +57,7 @@ test: deps-test build-debug
 CONFORMANCE_DIR ?= ../shared/conformance
 # What integration/conformance/run.sh and the kit's scripts use.
 CONFORMANCE_PKGS := $(RUN_PKGS) docker-registry skopeo busybox-static catatonit jq curl \
-	procps util-linux
+	procps util-linux libapr1 libaprutil1
 
 conformance-kit:
 	@CONFORMANCE_DIR="$(CONFORMANCE_DIR)" bash integration/conformance/run.sh --check-kit
@@ -67,8 +67,12 @@ deps-conformance:
 
 # Upstream critest (validation) against a private berthd in each sandbox mode
 # (pinned, pause), then the crictl verb test; see integration/conformance/README.md.
-conformance: conformance-kit deps-conformance build
-	CONFORMANCE_DIR="$(CONFORMANCE_DIR)" CARGO="$(CARGO)" bash integration/conformance/run.sh
+# CONFORMANCE_PROFILE=debug (default: the build `make test` has just made, so CI
+# builds once) or release.
+CONFORMANCE_PROFILE ?= debug
+conformance: conformance-kit deps-conformance $(if $(filter release,$(CONFORMANCE_PROFILE)),build,build-debug)
+	CONFORMANCE_DIR="$(CONFORMANCE_DIR)" CONFORMANCE_PROFILE="$(CONFORMANCE_PROFILE)" \
+		CARGO="$(CARGO)" bash integration/conformance/run.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -2,7 +2,7 @@
 # run.sh: `make conformance`. Upstream critest v1.29.0 (validation) against a private
 # berthd in each CRI sandbox mode, then the crictl verb test
 # (integration/tests/crictl.rs), all offline. As root, after `make build`
-# (target/release/berthd) and the Debian packages of `make deps-conformance`.
+# (target/$CONFORMANCE_PROFILE/berthd, debug by default) and the Debian packages of `make deps-conformance`.
 #
 #   run.sh               the whole run; exit 0 only if every critest run and the crictl test passed
 #   run.sh --check-kit   only check that the conformance kit is there (exit 2 if not)
@@ -34,8 +34,15 @@ REG_PORT_WANT=${CONFORMANCE_REGISTRY_PORT:-5055}
 CRITEST_TIMEOUT=${CRITEST_TIMEOUT:-1500}
 CRICTL_TEST_TIMEOUT=${CRICTL_TEST_TIMEOUT:-2400}
 CARGO=${CARGO:-cargo}
-BERTHD=$REPO/target/release/berthd
-BERTHCTL=$REPO/target/release/berthctl
+# debug (default: what `make test` has just built, so CI builds once) or release
+PROFILE=${CONFORMANCE_PROFILE:-debug}
+case $PROFILE in
+  debug) CARGO_PROFILE_ARGS=() ;;
+  release) CARGO_PROFILE_ARGS=(--release) ;;
+  *) echo "CONFORMANCE_PROFILE must be debug or release, not $PROFILE" >&2; exit 2 ;;
+esac
+BERTHD=$REPO/target/$PROFILE/berthd
+BERTHCTL=$REPO/target/$PROFILE/berthctl
 # The private pod network: never berth's default berth0 / 10.88.0.0/16.
 NET_NAME=berth-conformance
 BRIDGE=berthct0
@@ -425,11 +432,11 @@ elif [ ! -f "$CRICTL_RS" ]; then
   log "################################################################"
   RES_RC[crictl]=skip
 else
-  log "crictl verb test: cargo test --release -p integration --test crictl -- --ignored --test-threads=1 (log: $RESULTS/crictl-test.log)"
+  log "crictl verb test: cargo test ${CARGO_PROFILE_ARGS[*]} -p integration --test crictl -- --ignored --test-threads=1 (log: $RESULTS/crictl-test.log)"
   rc=0
   run_bg "$RESULTS/crictl-test.log" "$CRICTL_TEST_TIMEOUT" env CRICTL="$CRICTL" CONFORMANCE_DIR="$KIT" \
     CONFORMANCE_REGISTRY="$REG" CONFORMANCE_CERTS_D="$BASE/certs.d" \
-    "$CARGO" test --release -p integration --test crictl -- --ignored --test-threads=1 || rc=$?
+    "$CARGO" test "${CARGO_PROFILE_ARGS[@]}" -p integration --test crictl -- --ignored --test-threads=1 || rc=$?
   RES_RC[crictl]=$rc
   RES_PASS[crictl]=$(sed -n 's/^test result: .* \([0-9][0-9]*\) passed; \([0-9][0-9]*\) failed.*/\1/p' "$RESULTS/crictl-test.log" | tail -1)
   RES_FAIL[crictl]=$(sed -n 's/^test result: .* \([0-9][0-9]*\) passed; \([0-9][0-9]*\) failed.*/\2/p' "$RESULTS/crictl-test.log" | tail -1)
