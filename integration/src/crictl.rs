@@ -565,9 +565,19 @@ impl PtyChild {
         }
     }
 
-    /// The master's fd (for resizing the terminal with TIOCSWINSZ).
-    pub fn master_fd(&self) -> i32 {
-        self.master.as_raw_fd()
+    /// Resizes the terminal (the kernel sends SIGWINCH to the command, which is
+    /// the terminal's foreground process group).
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from the pointer.
+        let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ as _, &ws) };
+        ensure!(rc == 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+        Ok(())
     }
 }
 
@@ -760,12 +770,15 @@ CONTAINER           IMAGE               CREATED             STATE               
         let mut cmd = Command::new("/bin/sh");
         cmd.args([
             "-c",
-            "[ -t 0 ] && [ -t 1 ] && echo on-a-tty; read x; echo got-$x",
+            "[ -t 0 ] && [ -t 1 ] && echo on-a-tty; read x; echo got-$x; read y; stty size",
         ]);
         let mut p = PtyChild::spawn(cmd, "sh").unwrap();
         p.wait_output("on-a-tty", Duration::from_secs(10)).unwrap();
         p.send(b"abc\n").unwrap();
         p.wait_output("got-abc", Duration::from_secs(10)).unwrap();
+        p.resize(30, 90).unwrap();
+        p.send(b"\n").unwrap();
+        p.wait_output("30 90", Duration::from_secs(10)).unwrap();
         assert!(p.wait_exit(Duration::from_secs(10)).unwrap().success());
     }
 }

@@ -1568,6 +1568,20 @@ fn crictl_exec_attach_port_forward() -> Result<()> {
     t.wait_output("typed-42", T)?;
     t.send(b"stty size\r")?;
     t.wait_output("40 120", T)?;
+    // a resize of the local terminal reaches the remote one
+    t.resize(50, 100)?;
+    let deadline = Instant::now() + T;
+    loop {
+        t.send(b"stty size\r")?;
+        if t.wait_output("50 100", Duration::from_secs(1)).is_ok() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "exec -it: the resize to 50x100 never reached the container: {:?}",
+            t.output()
+        );
+    }
     t.send(b"[ -t 0 ] && echo is-a-$((1+1))-tty\r")?;
     t.wait_output("is-a-2-tty", T)?;
     t.send(b"exit 0\r")?;
