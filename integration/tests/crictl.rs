@@ -875,6 +875,14 @@ fn crictl_pods_and_containers() -> Result<()> {
         "ps -a --label"
     );
     ensure!(q(&["--id", &c1[..12]])? == [c1.clone()], "ps --id prefix");
+    ensure!(
+        set(&q(&["--image", &s.env.image])?) == set_of(&[&c1, &c3]),
+        "ps --image"
+    );
+    ensure!(
+        q(&["--image", "nothing:1"])?.is_empty(),
+        "ps --image nothing"
+    );
     ensure!(q(&["--latest"])? == [c3.clone()], "ps --latest");
     ensure!(
         q(&["--last", "2"])? == [c3.clone(), c2.clone()],
@@ -1230,6 +1238,11 @@ fn crictl_pods_and_containers() -> Result<()> {
         out.trim() == format!("Removed sandbox {db}"),
         "rmp: {out:?}"
     );
+    let out = c.fails(&["inspectp", &db])?;
+    ensure!(
+        out.stderr.to_lowercase().contains("not found") && out.stderr.contains(&db[..12]),
+        "inspectp of a removed pod should say it is not found:\n{out}"
+    );
     // a ready pod needs -f
     let out = c.fails(&["rmp", &web])?;
     ensure!(
@@ -1394,6 +1407,8 @@ fn logs_verbs(s: &Suite, pod: &str, pod_file: &str) -> Result<()> {
         out.lines().count() == 1 && out.trim_end().ends_with(" line-5"),
         "logs -t --tail 1: {out:?}"
     );
+    let out = c.ok(&["logs", "--limit-bytes", "10", &l])?;
+    ensure!(out == "line-1\nlin", "logs --limit-bytes 10: {out:?}");
 
     // --since: a time after line-5 was logged shows only what came later.
     let since = unix_timestamp_now();
