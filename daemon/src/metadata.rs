@@ -2,7 +2,10 @@
 //! be replaced (redb is the fallback) without touching the services. Values are
 //! opaque bytes; the typed records live with their owners (images, leases).
 
-use std::path::Path;
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -61,63 +64,140 @@ pub trait MetaStore: Send + Sync + 'static {
     }
 }
 
+/// sled behind a handle that can be replaced: sled 0.34 keeps the first
+/// I/O error of its log writer (ENOSPC, say) and fails every later call with
+/// it, even once the disk has room again. A read or write that meets such an
+/// error drops that instance, opens the database afresh (sled recovers from
+/// its log as after a crash) and retries once. A flush never reopens or
+/// retries: it fails on the broken instance, so writes it would have made
+/// durable are never acknowledged; and a flush on the new instance fails for
+/// a thread whose unflushed writes went to the old one (callers write and
+/// flush in one blocking closure, so the thread is the caller).
 pub struct SledStore {
-    db: sled::Db,
+    path: PathBuf,
+    /// `None` between a failed reopen and the next try.
+    db: RwLock<Option<(u64, sled::Db)>>,
+    generation: AtomicU64,
+}
+
+thread_local! {
+    /// The oldest generation this thread wrote to since its last flush
+    /// (0: none).
+    static UNFLUSHED: Cell<u64> = const { Cell::new(0) };
 }
 
 impl SledStore {
     pub fn open(path: &Path) -> Result<SledStore> {
-        let db = sled::Config::new()
-            .path(path)
-            // Durability comes from explicit flushes before replies; the
-            // background flush only bounds the loss window for the rest.
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|source| MetaError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
-        Ok(SledStore { db })
+        Ok(SledStore {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some((1, open_sled(path)?))),
+            generation: AtomicU64::new(1),
+        })
     }
 
-    fn tree(&self, bucket: Bucket) -> Result<sled::Tree> {
-        self.db.open_tree(bucket.0).map_err(|source| MetaError::Op {
-            op: "open tree",
+    fn current(&self) -> Option<(u64, sled::Db)> {
+        self.db.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs `f` on the current instance; after an I/O error, on a fresh one.
+    /// Returns the generation that answered.
+    fn with_db<T>(
+        &self,
+        op: &'static str,
+        bucket: Bucket,
+        f: impl Fn(&sled::Db) -> sled::Result<T>,
+    ) -> Result<(u64, T)> {
+        let wrap = |source| MetaError::Op {
+            op,
             bucket: bucket.0,
             source,
+        };
+        let failed = match self.current() {
+            Some((gen, db)) => match f(&db) {
+                Err(sled::Error::Io(e)) => (gen, e),
+                other => return other.map(|v| (gen, v)).map_err(wrap),
+            },
+            None => (
+                0,
+                std::io::Error::other("the metadata database is not open"),
+            ),
+        };
+        tracing::warn!(op, bucket = bucket.0, error = %failed.1, "metadata I/O error; reopening the database");
+        let (gen, db) = self.reopen(failed.0).map_err(|e| {
+            tracing::warn!(error = %e, "reopening the metadata database failed");
+            wrap(sled::Error::Io(failed.1))
+        })?;
+        f(&db).map(|v| (gen, v)).map_err(wrap)
+    }
+
+    /// Replaces instance `broken` (unless another caller already did).
+    fn reopen(&self, broken: u64) -> Result<(u64, sled::Db)> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if let Some((gen, db)) = slot.as_ref() {
+            if *gen != broken {
+                return Ok((*gen, db.clone()));
+            }
+        }
+        // The broken instance must be gone (its file lock with it) first.
+        drop(slot.take());
+        let db = open_sled(&self.path)?;
+        let gen = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        *slot = Some((gen, db.clone()));
+        tracing::info!(path = %self.path.display(), generation = gen, "metadata database reopened");
+        Ok((gen, db))
+    }
+}
+
+fn open_sled(path: &Path) -> Result<sled::Db> {
+    sled::Config::new()
+        .path(path)
+        // Durability comes from explicit flushes before replies; the
+        // background flush only bounds the loss window for the rest.
+        .flush_every_ms(Some(1000))
+        .open()
+        .map_err(|source| MetaError::Open {
+            path: path.display().to_string(),
+            source,
         })
+}
+
+impl MetaError {
+    /// Whether the disk (or a quota) is full: callers answer
+    /// `ResourceExhausted` rather than `Internal`.
+    pub fn is_no_space(&self) -> bool {
+        let source = match self {
+            MetaError::Open { source, .. } | MetaError::Op { source, .. } => source,
+            MetaError::Corrupt { .. } => return false,
+        };
+        matches!(source, sled::Error::Io(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
     }
 }
 
 impl MetaStore for SledStore {
     fn get(&self, bucket: Bucket, key: &str) -> Result<Option<Vec<u8>>> {
-        let v = self
-            .tree(bucket)?
-            .get(key.as_bytes())
-            .map_err(|source| MetaError::Op {
-                op: "get",
-                bucket: bucket.0,
-                source,
-            })?;
+        let (_, v) = self.with_db("get", bucket, |db| {
+            db.open_tree(bucket.0)?.get(key.as_bytes())
+        })?;
         Ok(v.map(|v| v.to_vec()))
     }
 
     fn list(&self, bucket: Bucket) -> Result<Vec<(String, Vec<u8>)>> {
-        let mut out = Vec::new();
-        for item in self.tree(bucket)?.iter() {
-            let (k, v) = item.map_err(|source| MetaError::Op {
-                op: "scan",
-                bucket: bucket.0,
-                source,
-            })?;
-            let key = String::from_utf8(k.to_vec()).map_err(|e| MetaError::Corrupt {
-                bucket: bucket.0,
-                key: String::from_utf8_lossy(&k).into_owned(),
-                reason: e.to_string(),
-            })?;
-            out.push((key, v.to_vec()));
-        }
-        Ok(out)
+        let (_, rows) = self.with_db("scan", bucket, |db| {
+            db.open_tree(bucket.0)?
+                .iter()
+                .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                .collect::<sled::Result<Vec<_>>>()
+        })?;
+        rows.into_iter()
+            .map(|(k, v)| {
+                let key = String::from_utf8(k).map_err(|e| MetaError::Corrupt {
+                    bucket: bucket.0,
+                    key: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                    reason: e.to_string(),
+                })?;
+                Ok((key, v))
+            })
+            .collect()
     }
 
     fn apply(&self, bucket: Bucket, ops: Vec<Op>) -> Result<()> {
@@ -128,21 +208,35 @@ impl MetaStore for SledStore {
                 Op::Delete(k) => batch.remove(k.as_bytes()),
             }
         }
-        self.tree(bucket)?
-            .apply_batch(batch)
-            .map_err(|source| MetaError::Op {
-                op: "write",
-                bucket: bucket.0,
-                source,
-            })
+        let (gen, ()) = self.with_db("write", bucket, |db| {
+            db.open_tree(bucket.0)?.apply_batch(batch.clone())
+        })?;
+        UNFLUSHED.with(|u| {
+            if u.get() == 0 || gen < u.get() {
+                u.set(gen);
+            }
+        });
+        Ok(())
     }
 
     fn flush(&self) -> Result<()> {
-        self.db.flush().map_err(|source| MetaError::Op {
+        let wrap = |source| MetaError::Op {
             op: "flush",
             bucket: "*",
             source,
+        };
+        let written = UNFLUSHED.with(|u| u.replace(0));
+        let (gen, db) = self.current().ok_or_else(|| {
+            wrap(sled::Error::Io(std::io::Error::other(
+                "the metadata database is not open",
+            )))
         })?;
+        db.flush().map_err(wrap)?;
+        if written != 0 && written < gen {
+            return Err(wrap(sled::Error::Io(std::io::Error::other(
+                "writes made before the metadata database was reopened after an I/O error were lost",
+            ))));
+        }
         Ok(())
     }
 }

@@ -82,6 +82,7 @@ impl ImageError {
                 _ => Code::Internal,
             },
             ImageError::Cancelled { .. } => Code::Cancelled,
+            ImageError::Meta(e) if e.is_no_space() => Code::ResourceExhausted,
             ImageError::Meta(_) | ImageError::Internal(_) => Code::Internal,
         }
     }

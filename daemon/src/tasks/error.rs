@@ -83,6 +83,7 @@ impl TaskError {
                 snapshotter::Error::AlreadyExists { .. } => Code::AlreadyExists,
                 _ => Code::Internal,
             },
+            TaskError::Meta(e) if e.is_no_space() => Code::ResourceExhausted,
             TaskError::Io { .. } | TaskError::Meta(_) | TaskError::Internal(_) => Code::Internal,
         }
     }

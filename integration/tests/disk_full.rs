@@ -1,0 +1,91 @@
+//! berth's root on a small filesystem that fills up: the metadata database
+//! (sled) hits ENOSPC, the call fails with ResourceExhausted, and once
+//! there is room again berthd writes without a restart (sled 0.34 alone
+//! keeps the first I/O error for good). Issue 13, finding 7.
+
+use std::process::Command;
+
+use anyhow::{ensure, Context, Result};
+use integration::daemon::Daemon;
+use integration::fixtures;
+
+fn image_names(d: &Daemon) -> Result<Vec<String>> {
+    Ok(d.ctl_ok(["images", "ls", "-q"])?
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+/// Writes zeros into `path` until the filesystem is full.
+fn fill(path: &std::path::Path) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    let chunk = vec![0u8; 1 << 16];
+    loop {
+        match f.write_all(&chunk) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Whatever fits of a last partial chunk, and the file's own metadata.
+    let _ = f.write_all(&[0u8; 512]);
+    let _ = f.sync_all();
+    Ok(())
+}
+
+#[test]
+fn metadata_writes_recover_after_the_disk_was_full() -> Result<()> {
+    let mut d = Daemon::start()?;
+    d.stop()?;
+    let root = d.root();
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m", "berth-disk-full"])
+        .arg(&root)
+        .output()?;
+    ensure!(out.status.success(), "mount tmpfs: {out:?}");
+    let result = scenario(&mut d, &root);
+    let _ = d.stop();
+    let _ = Command::new("umount").arg("-l").arg(&root).status();
+    result
+}
+
+fn scenario(d: &mut Daemon, root: &std::path::Path) -> Result<()> {
+    d.restart()?;
+    let tar = d.dir().join("box.tar");
+    fixtures::write_docker_archive(fixtures::busybox()?, "mybox:1", &tar)?;
+    d.ctl_ok(["images", "import", tar.to_str().context("path")?])?;
+    ensure!(image_names(d)?.len() == 1);
+
+    let filler = root.join("filler");
+    fill(&filler)?;
+    // Tag until the database's own writes hit the full disk (sled may have
+    // room left in a segment it already holds for the first few).
+    let mut failure = None;
+    for i in 0..200 {
+        let out = d.ctl(["images", "tag", "mybox:1", &format!("full:{i}")])?;
+        if !out.status.success() {
+            failure = Some(String::from_utf8_lossy(&out.stderr).into_owned());
+            break;
+        }
+    }
+    let failure = failure.context("no metadata write failed on a full disk")?;
+    ensure!(
+        failure.contains("ResourceExhausted") || failure.to_lowercase().contains("no space"),
+        "a full disk is ResourceExhausted with a clear message: {failure}"
+    );
+
+    std::fs::remove_file(&filler)?;
+    // Room again: writes work without a restart, and are durable.
+    d.ctl_ok(["images", "tag", "mybox:1", "after:1"])
+        .context("a metadata write once there is room again")?;
+    d.kill9()?;
+    d.restart()?;
+    let names = image_names(d)?;
+    ensure!(
+        names.iter().any(|n| n.ends_with("after:1"))
+            && names.iter().any(|n| n.ends_with("mybox:1")),
+        "{names:?}"
+    );
+    Ok(())
+}
