@@ -505,14 +505,24 @@ impl CriImageApi {
         &self,
         snapshotter: Arc<dyn snapshotter::Snapshotter>,
     ) -> Result<(u64, u64), Status> {
+        let content = self.svc.content.clone();
         let (bytes, inodes) = blocking(move || {
+            // Blobs and downloads in progress fill the same disk as the
+            // snapshots: kubelet's image GC must see them (a failed pull's
+            // partial blobs once filled a disk that reported 0 bytes used).
+            let (mut bytes, mut inodes) = match content.usage() {
+                Ok(u) => (u.bytes + u.ingest_bytes, u.blobs + 2 * u.ingests),
+                Err(e) => {
+                    warn!(error = %e, "cannot measure the content store");
+                    (0, 0)
+                }
+            };
             let infos = snapshotter
                 .walk(&|_| true)
                 .map_err(|source| ImageError::Snapshot {
                     image: "snapshotter".into(),
                     source,
                 })?;
-            let (mut bytes, mut inodes) = (0u64, 0u64);
             for i in infos {
                 // A snapshot removed since the walk simply no longer counts.
                 if let Ok(u) = snapshotter.usage(&i.name) {
