@@ -470,6 +470,19 @@ pub fn sweep_dir(dir: &Path) {
     let _ = unmount_below(dir);
 }
 
+/// Blob digests (`sha256:<hex>`) in a berthd root's content store, sorted.
+pub fn blob_files(root: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(root.join("content/blobs/sha256"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

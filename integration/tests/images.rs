@@ -11,6 +11,7 @@ use integration::daemon::Daemon;
 use integration::fake_registry::{Behavior, FakeRegistry};
 use integration::fixtures;
 use integration::registry::{Registry, RegistryOpts};
+use integration::util::blob_files;
 use integration::util::wait_for;
 use serde_json::Value;
 
@@ -28,19 +29,6 @@ fn image_names(d: &Daemon) -> Result<Vec<String>> {
         .lines()
         .map(str::to_string)
         .collect())
-}
-
-fn blob_files(root: &Path) -> Vec<String> {
-    let dir = root.join("content/blobs/sha256");
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 /// A daemon with a short no-progress timeout, so hang tests finish quickly.

@@ -3,13 +3,13 @@
 //! snapshotter), and archives written by `ctr images export` import into berthd, with
 //! names and manifest digests kept.
 
-use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
 use integration::containerd::Containerd;
 use integration::daemon::Daemon;
 use integration::fixtures::{self, Image};
 use integration::registry::Registry;
+use integration::util::blob_files as berth_blobs;
 use serde_json::Value;
 
 /// berthd's images as (name, target digest).
@@ -27,19 +27,6 @@ fn berth_images(d: &Daemon) -> Result<Vec<(String, String)>> {
             )
         })
         .collect())
-}
-
-/// Blob digests in berthd's content store, sorted.
-fn berth_blobs(root: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(root.join("content/blobs/sha256"))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 /// `ctr images check`: the image's content is complete and it is unpacked.

@@ -12,22 +12,11 @@ use anyhow::{ensure, Context, Result};
 use integration::daemon::{bin_path, Daemon};
 use integration::fake_registry::{Behavior, FakeRegistry};
 use integration::fixtures;
+use integration::util::blob_files;
 use integration::util::wait_for;
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-fn blob_files(root: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(root.join("content/blobs/sha256"))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
 
 fn ingest_dirs(root: &Path) -> usize {
     std::fs::read_dir(root.join("content/ingest"))

@@ -11,6 +11,7 @@ use anyhow::{ensure, Context, Result};
 use integration::daemon::Daemon;
 use integration::fixtures::{self, Image};
 use integration::registry::{generate_tls, Registry, RegistryOpts};
+use integration::util::blob_files;
 
 /// A TLS registry holding the busybox fixture as `busybox:1`.
 fn tls_registry() -> Result<(Registry, &'static Image)> {
@@ -103,18 +104,6 @@ impl Setup {
         );
         Ok(())
     }
-}
-
-fn blob_files(root: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(root.join("content/blobs/sha256"))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 /// The error of a pull refused because the server certificate is not trusted: one
