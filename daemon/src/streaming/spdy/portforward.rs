@@ -202,6 +202,10 @@ fn error_response(port: u16, err: &std::io::Error) -> String {
     format!("{v}\n")
 }
 
+/// How long the client may go on sending once the pod has closed its side
+/// (containerd's value).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn forward(
     conn: u64,
     request_id: String,
@@ -244,7 +248,17 @@ async fn forward(
             let _ = data.finish().await;
             Ok::<(), std::io::Error>(())
         };
-        let (u, d) = tokio::join!(up, down);
+        // Once the pod's side is over, the client's gets LINGER to finish
+        // (containerd's value): client-go closes its local connection only
+        // when the error stream ends, so a pod that closes after its
+        // response (busybox httpd) would otherwise leave both sides waiting.
+        // A client that is done sending still gets the whole response.
+        tokio::pin!(up, down);
+        let (u, d) = tokio::select! {
+            u = &mut up => (u, down.await),
+            d = &mut down => (tokio::time::timeout(LINGER, &mut up).await.unwrap_or(Ok(())), d),
+        };
+        let _ = data.finish().await;
         match (u, d) {
             (Err(e), _) if data.is_reset() => {
                 debug!(conn, request = request_id, error = %e, "client reset the data stream");
