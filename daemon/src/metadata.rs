@@ -53,7 +53,9 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Applies all ops or none.
     fn apply(&self, bucket: Bucket, ops: Vec<Op>) -> Result<()>;
     /// Makes every applied op durable; call before replying to a request
-    /// whose effect must survive kill -9.
+    /// whose effect must survive kill -9, on the thread that applied the ops
+    /// (SledStore fails the flush if that thread's writes were lost with a
+    /// broken database instance).
     fn flush(&self) -> Result<()>;
 
     fn put(&self, bucket: Bucket, key: &str, value: Vec<u8>) -> Result<()> {
