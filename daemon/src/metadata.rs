@@ -247,6 +247,30 @@ impl MetaStore for SledStore {
 mod tests {
     use super::*;
 
+    /// A write that went to an instance replaced before its flush is never
+    /// acknowledged; writes after the reopen are.
+    #[test]
+    fn a_flush_after_a_reopen_does_not_acknowledge_lost_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SledStore::open(&dir.path().join("meta")).unwrap();
+        db.put(IMAGES, "before", b"1".to_vec()).unwrap();
+        db.flush().unwrap();
+        db.put(IMAGES, "lost", b"2".to_vec()).unwrap();
+        let (gen, _) = db.current().unwrap();
+        db.reopen(gen).unwrap();
+        assert!(
+            db.flush().is_err(),
+            "the unflushed write went with the old instance"
+        );
+        db.put(IMAGES, "after", b"3".to_vec()).unwrap();
+        db.flush().unwrap();
+        assert_eq!(db.get(IMAGES, "before").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(db.get(IMAGES, "after").unwrap(), Some(b"3".to_vec()));
+        // A second reopen of the same broken instance is a no-op.
+        let (now, _) = db.current().unwrap();
+        assert_eq!(db.reopen(gen).unwrap().0, now);
+    }
+
     #[test]
     fn put_get_list_delete_batch() {
         let dir = tempfile::tempdir().unwrap();
