@@ -72,6 +72,9 @@ impl ImageError {
                 | content_store::Error::SizeMismatch { .. } => Code::DataLoss,
                 content_store::Error::NotFound { .. } => Code::NotFound,
                 content_store::Error::InvalidDigest { .. } => Code::InvalidArgument,
+                content_store::Error::Io { source, .. } if is_no_space(source) => {
+                    Code::ResourceExhausted
+                }
                 _ => Code::Internal,
             },
             ImageError::Snapshot { source, .. } => match source {
@@ -79,6 +82,9 @@ impl ImageError {
                 snapshotter::Error::AlreadyExists { .. } => Code::AlreadyExists,
                 snapshotter::Error::FailedPrecondition { .. } => Code::FailedPrecondition,
                 snapshotter::Error::InvalidArgument { .. } => Code::InvalidArgument,
+                snapshotter::Error::Io { source, .. } if is_no_space(source) => {
+                    Code::ResourceExhausted
+                }
                 _ => Code::Internal,
             },
             ImageError::Cancelled { .. } => Code::Cancelled,
@@ -93,6 +99,11 @@ impl ImageError {
             source,
         }
     }
+}
+
+/// A full disk (or quota): the caller can free space and retry.
+fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 impl From<ImageError> for tonic::Status {
@@ -110,4 +121,41 @@ where
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ImageError::Internal(format!("blocking task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_resource_exhausted() {
+        let full = || std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let e = ImageError::Content {
+            image: "busybox".into(),
+            source: content_store::Error::Io {
+                context: "writing".into(),
+                path: "/x".into(),
+                source: full(),
+            },
+        };
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        let e = ImageError::Snapshot {
+            image: "busybox".into(),
+            source: snapshotter::Error::Io {
+                context: "applying".into(),
+                path: "/x".into(),
+                source: full(),
+            },
+        };
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        let e = ImageError::Content {
+            image: "busybox".into(),
+            source: content_store::Error::Io {
+                context: "writing".into(),
+                path: "/x".into(),
+                source: std::io::Error::from_raw_os_error(libc::EIO),
+            },
+        };
+        assert_eq!(e.code(), tonic::Code::Internal);
+    }
 }
