@@ -3,7 +3,6 @@
 //! snapshotter), and archives written by `ctr images export` import into berthd, with
 //! names and manifest digests kept.
 
-
 use anyhow::{ensure, Context, Result};
 use integration::containerd::Containerd;
 use integration::daemon::Daemon;
