@@ -8,6 +8,7 @@ use std::process::Command;
 use anyhow::{ensure, Context, Result};
 use integration::daemon::Daemon;
 use integration::fixtures;
+use integration::registry::{Registry, RegistryOpts};
 
 fn image_names(d: &Daemon) -> Result<Vec<String>> {
     Ok(d.ctl_ok(["images", "ls", "-q"])?
@@ -87,5 +88,38 @@ fn scenario(d: &mut Daemon, root: &std::path::Path) -> Result<()> {
             && names.iter().any(|n| n.ends_with("mybox:1")),
         "{names:?}"
     );
+
+    // A pull that runs out of space fails with ResourceExhausted and leaves
+    // no partial blob behind to keep the disk full.
+    let mut rm = vec!["images".to_string(), "rm".into(), "--sync".into()];
+    rm.extend(names);
+    d.ctl_ok(&rm)?;
+    d.ctl_ok(["content", "prune"])?;
+    let reg = Registry::start(RegistryOpts::default())?;
+    reg.push_layout(fixtures::busybox()?, "big:1")?;
+    fill(&filler)?;
+    let f = std::fs::OpenOptions::new().write(true).open(&filler)?;
+    let len = f.metadata()?.len();
+    f.set_len(len.saturating_sub(384 << 10))?;
+    drop(f);
+    let out = d.ctl(["images", "pull", &reg.reference("big:1")])?;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    ensure!(!out.status.success(), "the pull fits after all?");
+    ensure!(
+        err.contains("ResourceExhausted") || err.to_lowercase().contains("no space"),
+        "{err}"
+    );
+    let ingest = root.join("content/ingest");
+    let left: Vec<_> = std::fs::read_dir(&ingest)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    ensure!(
+        left.is_empty(),
+        "partial downloads left in {}: {left:?}",
+        ingest.display()
+    );
+    std::fs::remove_file(&filler)?;
+    d.ctl_ok(["images", "pull", &reg.reference("big:1")])
+        .context("the same pull once there is room")?;
     Ok(())
 }

@@ -605,11 +605,21 @@ impl ImageService {
                 }
                 while let Some(msg) = chunk_rx.blocking_recv() {
                     match msg {
-                        Some(b) => writer.write_all(&b).map_err(|e| content_store::Error::Io {
-                            context: "writing ingest".into(),
-                            path: std::path::PathBuf::from(writer.reference()),
-                            source: e,
-                        })?,
+                        Some(b) => {
+                            if let Err(e) = writer.write_all(&b) {
+                                let path = std::path::PathBuf::from(writer.reference());
+                                if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+                                    // A full disk: a partial blob kept for a
+                                    // resume would only keep it full.
+                                    let _ = writer.abort();
+                                }
+                                return Err(content_store::Error::Io {
+                                    context: "writing ingest".into(),
+                                    path,
+                                    source: e,
+                                });
+                            }
+                        }
                         None => return writer.commit(None, None).map(Some),
                     }
                 }
