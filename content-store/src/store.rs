@@ -707,6 +707,13 @@ impl Writer {
         &self.reference
     }
 
+    /// The digest of what was written so far: the committed blob's, if
+    /// nothing more is written. Lets a caller protect the blob (a GC lease)
+    /// before it exists.
+    pub fn digest_so_far(&self) -> Digest {
+        Digest::from_sha256_bytes(self.hasher.clone().finalize().into())
+    }
+
     /// What this writer was opened to produce, if known.
     pub fn expected(&self) -> Option<&Expected> {
         self.expected.as_ref()

@@ -108,8 +108,10 @@ fn commit_without_expectations_names_blob_by_content() {
     let bytes = data(5000, 2);
     let mut w = s.writer("anon", None).unwrap();
     w.write_all(&bytes).unwrap();
+    let so_far = w.digest_so_far();
     let info = w.commit(None, None).unwrap();
     assert_eq!(info.digest, Digest::of(&bytes));
+    assert_eq!(so_far, info.digest, "known before the commit");
     assert_eq!(s.read_all(&info.digest, 5000).unwrap(), bytes);
 }
 

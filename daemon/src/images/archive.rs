@@ -115,6 +115,10 @@ fn store_entry(
         let _ = w.abort();
         return Err(bad(format!("reading {path}: {e}")));
     }
+    // Leased before it is committed: a GC running in between must not take
+    // a blob nothing references yet.
+    let digest = w.digest_so_far();
+    lease.add_blocking(digest.as_str());
     let info = match w.commit(None, None) {
         Ok(i) => i,
         Err(content_store::Error::DigestMismatch { actual, .. }) => {
@@ -124,7 +128,6 @@ fn store_entry(
         }
         Err(e) => return Err(ImageError::content(path)(e)),
     };
-    lease.add_blocking(info.digest.as_str());
     Ok((info.digest, info.size))
 }
 
