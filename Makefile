@@ -9,7 +9,7 @@ RUN_PKGS := runc containernetworking-plugins iproute2 iptables
 TEST_PKGS := $(RUN_PKGS) crun docker-registry skopeo umoci busybox-static catatonit \
 	apache2-utils attr jq containerd python3-websocket python3-venv
 
-.PHONY: run test build build-debug deps-run deps-test lint bench bench-pull bench-unpack install clean durability \
+.PHONY: run test build build-debug deps-run deps-test lint bench soak bench-pull bench-unpack install clean durability \
 	conformance conformance-kit deps-conformance
 
 # Installs only what is missing, so repeated runs are quick and offline-safe.
@@ -87,6 +87,12 @@ lint:
 # against containerd 1.6's CRI plugin, side by side; see README, Performance.
 bench: deps-test build
 	$(CARGO) run --release -p integration --bin bench-cri -- $(BENCH_ARGS)
+
+# berthd's RSS over 500 pod cycles beside 10 long-lived pods: fails when it grows
+# more than 384 KiB per 100 cycles after warm-up (flags through SOAK_ARGS, e.g.
+# SOAK_ARGS="--cycles 750 --heaptrack /tmp/berthd"); see README, Performance.
+soak: deps-test build
+	$(CARGO) run --release -p integration --bin soak-cri -- $(SOAK_ARGS)
 
 # Pull (fetch+unpack) throughput against containerd, plus fetch-only references
 # (skopeo, ctr content fetch); see README, Performance.
