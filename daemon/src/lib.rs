@@ -7,6 +7,7 @@ pub mod failpoint;
 pub mod hosts;
 pub mod images;
 pub mod metadata;
+mod mountinfo;
 pub mod network;
 pub mod oci;
 pub mod reference;

@@ -128,12 +128,12 @@ impl CriImageApi {
     /// kubelet's image GC must keep (CRI `pinned`, as containerd).
     fn is_sandbox_image(&self, records: &[ImageRecord]) -> bool {
         let configured = self.svc.config.cri.sandbox_image.trim();
-        let Ok(sandbox) = Reference::parse_normalized(configured) else {
+        let Ok(sandbox) = Reference::parse_normalized(configured).map(|r| r.to_string()) else {
             return false;
         };
-        records.iter().any(|r| {
-            Reference::parse_normalized(&r.name).is_ok_and(|n| n.to_string() == sandbox.to_string())
-        })
+        records
+            .iter()
+            .any(|r| Reference::parse_normalized(&r.name).is_ok_and(|n| n.to_string() == sandbox))
     }
 
     fn lock_users(&self) -> std::sync::MutexGuard<'_, HashMap<String, ImageUser>> {

@@ -17,6 +17,7 @@ use super::gc::{children, SNAPSHOT_LEASE_PREFIX};
 use super::store::{ImageRecord, ImageStore};
 use super::unpack::chain_ids;
 use super::ImageService;
+use crate::mountinfo::is_mount_point;
 use crate::oci::{self, Descriptor};
 
 /// Label naming the directory a view snapshot is mounted on.
@@ -140,16 +141,6 @@ fn mount_key(target: &Path) -> String {
     use sha2::Digest as _;
     let h = sha2::Sha256::digest(target.as_os_str().as_encoded_bytes());
     format!("{MOUNT_PREFIX}{}", &hex::encode(h)[..24])
-}
-
-fn is_mount_point(target: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = target.to_string_lossy();
-    text.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| mp.replace("\\040", " ") == want)
 }
 
 impl ImageService {

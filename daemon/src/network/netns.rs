@@ -6,7 +6,6 @@
 //! left in a pod's namespace.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -188,6 +187,10 @@ pub(crate) fn ensure_shared_dir(dir: &Path) -> Result<(), PinError> {
 /// (a clean shutdown with no pods left): true if it was unmounted. With pins
 /// below it stays, because the pods outlive the daemon.
 pub(crate) fn release_shared_dir(dir: &Path) -> Result<bool, PinError> {
+    let mount_points = || {
+        crate::mountinfo::mount_points()
+            .map_err(io(Path::new(crate::mountinfo::MOUNTINFO), "reading"))
+    };
     let points = mount_points()?;
     if !points.iter().any(|p| p == dir) || points.iter().any(|p| p != dir && p.starts_with(dir)) {
         return Ok(false);
@@ -202,38 +205,6 @@ pub(crate) fn release_shared_dir(dir: &Path) -> Result<bool, PinError> {
         }
     }
     Ok(true)
-}
-
-fn mount_points() -> Result<Vec<PathBuf>, PinError> {
-    let info = Path::new("/proc/self/mountinfo");
-    let text = std::fs::read_to_string(info).map_err(io(info, "reading"))?;
-    Ok(text.lines().filter_map(mount_point).collect())
-}
-
-/// The mount point (field 5) of a `/proc/self/mountinfo` line, with the
-/// kernel's octal escapes (`\040` for a space) undone.
-fn mount_point(line: &str) -> Option<PathBuf> {
-    let field = line.split(' ').nth(4)?;
-    let mut out = Vec::with_capacity(field.len());
-    let b = field.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
-            .and_then(|d| {
-                let v = d.iter().fold(0u16, |v, c| v * 8 + u16::from(c - b'0'));
-                u8::try_from(v).ok()
-            });
-        if let (b'\\', Some(v)) = (b[i], octal) {
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    Some(PathBuf::from(std::ffi::OsString::from_vec(out)))
 }
 
 /// Creates the empty file a namespace gets bind-mounted onto; an existing
@@ -369,20 +340,6 @@ where
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn mountinfo_mount_points_unescape() {
-        let line = "36 35 98:0 /mnt1 /run/with\\040space rw,noatime master:1 - ext3 /dev/root rw";
-        assert_eq!(
-            super::mount_point(line),
-            Some(std::path::PathBuf::from("/run/with space"))
-        );
-        let line = "36 35 98:0 / /odd\\9x\\777\\0 rw - ext3 /dev/root rw";
-        assert_eq!(
-            super::mount_point(line),
-            Some(std::path::PathBuf::from("/odd\\9x\\777\\0"))
-        );
-    }
-
     use super::*;
 
     #[test]

@@ -40,6 +40,7 @@ use crate::config::Config;
 use crate::images::store::now_nanos;
 use crate::images::ImageService;
 use crate::metadata::{MetaStore, QUARANTINE, TASKS};
+use crate::mountinfo::is_mount_point;
 use crate::shim::{write_atomic, Launcher, PodRecord, PodShim, ShimManager, NAMESPACE};
 use error::blocking;
 pub use error::TaskError;
@@ -194,16 +195,6 @@ fn default_name(image: &str, id: &str) -> String {
     } else {
         format!("{base}-{short}")
     }
-}
-
-fn is_mount_point(target: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = target.to_string_lossy();
-    text.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| mp.replace("\\040", " ") == want)
 }
 
 /// What `runc state` says about a container.
