@@ -730,19 +730,7 @@ impl Drop for Env {
 pub fn log_excerpt(log: &str, n: usize) -> String {
     let mut lines: Vec<String> = Vec::new();
     for l in log.lines() {
-        let mut clean = String::with_capacity(l.len());
-        let mut chars = l.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                for d in chars.by_ref() {
-                    if d.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                clean.push(c);
-            }
-        }
+        let clean = crate::crictl::strip_ansi(l);
         const NOISE: &[&str] = &["h2::", "sled::", "hyper", "tower::", "tonic::transport"];
         if NOISE.iter().any(|n| clean.contains(n)) {
             continue;

@@ -228,25 +228,15 @@ fn text(buf: &Buf) -> String {
     String::from_utf8_lossy(&buf.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
 }
 
-/// Polls `f` until it returns `Some`, or fails after `timeout` with `what` and `ctx()`.
+/// Polls `f` until it returns `Some` ([`crate::util::wait_for`]); a failure
+/// carries `ctx()`.
 fn poll<T>(
     what: &str,
     timeout: Duration,
-    mut f: impl FnMut() -> Result<Option<T>>,
+    f: impl FnMut() -> Result<Option<T>>,
     ctx: impl Fn() -> String,
 ) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    let mut interval = Duration::from_millis(5);
-    loop {
-        if let Some(v) = f()? {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}\n{}", ctx());
-        }
-        std::thread::sleep(interval);
-        interval = (interval * 2).min(Duration::from_millis(100));
-    }
+    crate::util::wait_for(what, timeout, f).map_err(|e| anyhow::anyhow!("{e:#}\n{}", ctx()))
 }
 
 /// A command running in the background; its stdout and stderr are collected as they
