@@ -508,6 +508,9 @@ impl ContentStore {
             let started = read_small(&dir.join(STARTED_FILE))
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .map_or(updated, |n| UNIX_EPOCH + Duration::from_nanos(n));
+            // File times come from the kernel's coarse clock, `startedat` from the
+            // fine one: the first write can look older than the open by a tick.
+            let updated = updated.max(started);
             out.push(IngestStatus {
                 reference,
                 offset,

@@ -256,10 +256,12 @@ fn run_ls_kill_rm_and_foreground(config: &str) -> Result<()> {
     ensure!(t["pid"].is_null() && t["finishedAt"].is_string(), "{t}");
     ensure!(!alive(pid));
     // The pod's last task is gone from its shim: the shim exits.
-    wait_for("the shim to exit", TIMEOUT, || {
-        Ok((!alive(shim)).then_some(()))
+    // The exit is recorded before the shim is told to delete the task, and the
+    // pod's directory goes after the shim: poll for both.
+    let pod_dir = d.state().join("pods").join(&id);
+    wait_for("the shim to exit and its directory to go", TIMEOUT, || {
+        Ok((!alive(shim) && !pod_dir.exists()).then_some(()))
     })?;
-    ensure!(!d.state().join("pods").join(&id).exists());
     let table = d.ctl_ok(["tasks", "ls"])?;
     ensure!(table.contains("exited") && table.contains("137"), "{table}");
     let err = d.ctl_err(&["tasks", "kill", "sleeper"])?;
