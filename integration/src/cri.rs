@@ -100,6 +100,8 @@ pub struct TestNet {
     pub conf_dir: PathBuf,
     pub netns_dir: PathBuf,
     pub bin_dirs: Vec<PathBuf>,
+    /// berthd's `[cni] plugin_timeout_secs` for this network.
+    pub plugin_timeout_secs: u64,
 }
 
 impl TestNet {
@@ -130,6 +132,7 @@ impl TestNet {
             conf_dir,
             netns_dir,
             bin_dirs: vec![PathBuf::from(CNI_PLUGINS)],
+            plugin_timeout_secs: 30,
             dir,
         })
     }
@@ -229,10 +232,11 @@ esac
             .map(|b| format!("{:?}", b.display().to_string()))
             .collect();
         format!(
-            "[cni]\nconf_dir = {:?}\nbin_dirs = [{}]\nnetns_dir = {:?}\nplugin_timeout_secs = 30\n",
+            "[cni]\nconf_dir = {:?}\nbin_dirs = [{}]\nnetns_dir = {:?}\nplugin_timeout_secs = {}\n",
             self.conf_dir.display().to_string(),
             bins.join(", "),
             self.netns_dir.display().to_string(),
+            self.plugin_timeout_secs,
         )
     }
 

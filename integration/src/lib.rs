@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod bench_cri;
+pub mod chaos;
 pub mod containerd;
 pub mod cri;
 pub mod crictl;

@@ -239,6 +239,11 @@ impl Registry {
     }
 
     /// "127.0.0.1:PORT".
+    /// The registry process (the chaos suite stops it with SIGSTOP).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn addr(&self) -> &str {
         &self.addr
     }
