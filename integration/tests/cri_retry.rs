@@ -709,3 +709,103 @@ async fn container_exit_while_berthd_is_down() -> Result<()> {
     env.assert_no_leaks(&pod_id, std::slice::from_ref(&c), &[pid])?;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// 6. The OCI runtime dies in the middle of `create` (found by the chaos suite).
+
+/// A runc that, while the token file exists, starts the real `create`, waits
+/// until the container's memory cgroup exists and then SIGKILLs it and itself:
+/// runc has made the cgroup and not yet written its state, so `runc delete`
+/// knows nothing to remove.
+const DYING_RUNC: &str = r#"#!/bin/sh
+token=@TOKEN@
+real=@REAL@
+bundle=
+prev=
+for a in "$@"; do
+  [ "$prev" = --bundle ] && bundle=$a
+  prev=$a
+done
+case " $* " in
+*" create "*)
+  if [ -n "$bundle" ] && rm "$token" 2>/dev/null; then
+    cg=$(tr ',' '\n' < "$bundle/config.json" | sed -n 's/.*"cgroupsPath": *"\([^"]*\)".*/\1/p')
+    exec 3<&0
+    "$real" "$@" <&3 &
+    child=$!
+    i=0
+    while [ ! -d "/sys/fs/cgroup/memory$cg" ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done
+    kill -9 $child
+    kill -9 $$
+  fi;;
+esac
+exec "$real" "$@"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runc_killed_mid_create_leaves_no_cgroup() -> Result<()> {
+    let _net = host_network_lock().await;
+    let hooks = tempfile::tempdir()?;
+    let token = hooks.path().join("die");
+    let wrapper = hooks.path().join("dying-runc");
+    let real = integration::bench::which("runc").context("runc on PATH")?;
+    std::fs::write(
+        &wrapper,
+        DYING_RUNC
+            .replace("@TOKEN@", &token.display().to_string())
+            .replace("@REAL@", &real.display().to_string()),
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    let env = Env::start_with(
+        TestNet::new()?,
+        CriOpts {
+            extra: format!("\n[shim]\nruntime = {:?}\n", wrapper.display().to_string()),
+            ..Default::default()
+        },
+    )?;
+    let mut rt = env.rt().await?;
+    let pod = env.pod("runc-dies")?;
+    let pod_id = env.run_pod(&mut rt, &pod).await?;
+    let pod_cgroup = pod
+        .linux
+        .as_ref()
+        .map(|l| l.cgroup_parent.clone())
+        .unwrap_or_default();
+    let cfg = env.container("victim", &["sleep", "3600"]);
+
+    std::fs::write(&token, b"")?;
+    let r = rt
+        .create_container(api::CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(cfg.clone()),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await;
+    ensure!(!token.exists(), "the wrapper never ran create");
+    let err = match r {
+        Ok(r) => bail!(
+            "CreateContainer succeeded with runc killed: {:?}",
+            r.into_inner()
+        ),
+        Err(s) => s,
+    };
+    ensure!(
+        err.message().contains("victim"),
+        "the error names the container: {err:?}"
+    );
+    // Nothing of the half-made container is left: no cgroup below the pod's,
+    // no process in it.
+    let leftover = cri::cgroup_dirs_naming(&pod_cgroup, &[String::new()]);
+    ensure!(
+        leftover.is_empty(),
+        "cgroups left by the killed create: {leftover:?}"
+    );
+    // kubelet's retry with the same name works.
+    let c = env.create_start(&mut rt, &pod_id, &pod, &cfg).await?;
+    let pid = cri::container_pid(&mut rt, &c).await?;
+    ensure!(cri::alive(pid));
+    env.stop_remove_pod(&mut rt, &pod_id).await?;
+    env.assert_no_leaks(&pod_id, std::slice::from_ref(&c), &[pid])?;
+    Ok(())
+}

@@ -16,6 +16,7 @@
 //! `containerd.task.v2.Task` and `containerd.task.v3.Task` over ttrpc. See README.md.
 
 mod args;
+mod cgroup;
 mod crilog;
 mod events;
 mod logger;

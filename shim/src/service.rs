@@ -520,13 +520,21 @@ impl Service {
             },
             pio.child_stdio(),
         );
+        // runc killed mid-create may leave its cgroup that `delete` cannot see.
+        let remove_cgroup = || {
+            if let Some(p) = bcfg.cgroups_path.as_deref() {
+                crate::cgroup::remove_leftover(Path::new(crate::stats::CGROUP_ROOT), p);
+            }
+        };
         if let Err(e) = created {
             let _ = runc.delete(&req.id, true);
+            remove_cgroup();
             undo_mounts();
             return Err(runtime_err(e));
         }
         let fail = |msg: String| {
             let _ = runc.delete(&req.id, true);
+            remove_cgroup();
             undo_mounts();
             internal(msg)
         };
