@@ -6,6 +6,7 @@
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
+use integration::cri::api;
 use integration::daemon::Daemon;
 use integration::fixtures;
 use integration::registry::{Registry, RegistryOpts};
@@ -121,5 +122,45 @@ fn scenario(d: &mut Daemon, root: &std::path::Path) -> Result<()> {
     std::fs::remove_file(&filler)?;
     d.ctl_ok(["images", "pull", &reg.reference("big:1")])
         .context("the same pull once there is room")?;
+
+    // The blobs fit and the unpacked layer does not: ResourceExhausted too, not
+    // DataLoss (the image is fine; found by the chaos suite's disk-full fault).
+    let dir = tempfile::tempdir()?;
+    let zeros = fixtures::ImageBuilder::new("zeros")
+        .layer(
+            fixtures::LayerBuilder::new().file("zeros", 0o644, vec![0u8; 24 << 20]),
+            fixtures::Compression::Gzip,
+            "zeros",
+        )
+        .write(dir.path())?;
+    reg.push_layout(&zeros, "zeros:1")?;
+    fill(&filler)?;
+    let f = std::fs::OpenOptions::new().write(true).open(&filler)?;
+    let len = f.metadata()?.len();
+    f.set_len(len.saturating_sub(4 << 20))?;
+    drop(f);
+    let image = reg.reference("zeros:1");
+    let r = tokio::runtime::Runtime::new()?.block_on(async {
+        let mut img = integration::cri::image_client(d).await?;
+        let r = img
+            .pull_image(api::PullImageRequest {
+                image: Some(api::ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await;
+        anyhow::Ok(r)
+    })?;
+    integration::cri::expect_code(
+        "CRI PullImage of a layer that does not fit on the disk",
+        r,
+        tonic::Code::ResourceExhausted,
+        &["zeros", "no space left"],
+    )?;
+    std::fs::remove_file(&filler)?;
+    d.ctl_ok(["images", "pull", &reg.reference("zeros:1")])
+        .context("the unpack once there is room")?;
     Ok(())
 }

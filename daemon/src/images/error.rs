@@ -24,6 +24,9 @@ pub enum ImageError {
     },
     #[error("{image}: {reason}")]
     BadImage { image: String, reason: String },
+    /// The node's disk filled up while the image was written.
+    #[error("{image}: {reason}")]
+    NoSpace { image: String, reason: String },
     #[error("{image}: {source}")]
     Content {
         image: String,
@@ -67,6 +70,7 @@ impl ImageError {
             },
             ImageError::UnsupportedMediaType { .. } => Code::FailedPrecondition,
             ImageError::BadImage { .. } => Code::DataLoss,
+            ImageError::NoSpace { .. } => Code::ResourceExhausted,
             ImageError::Content { source, .. } => match source {
                 content_store::Error::DigestMismatch { .. }
                 | content_store::Error::SizeMismatch { .. } => Code::DataLoss,

@@ -255,9 +255,14 @@ impl Unpacker {
             compression,
             &opts,
         )
-        .map_err(|e| ImageError::BadImage {
-            image: image.into(),
-            reason: format!("layer {}: {e}", layer.digest),
+        .map_err(|e| {
+            let reason = format!("layer {}: {e}", layer.digest);
+            let image = image.into();
+            if e.is_no_space() {
+                ImageError::NoSpace { image, reason }
+            } else {
+                ImageError::BadImage { image, reason }
+            }
         })?;
         if report.diff_id != diff_id {
             return Err(ImageError::BadImage {

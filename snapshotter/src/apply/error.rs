@@ -72,3 +72,19 @@ pub enum ApplyError {
     #[error("reading layer tar: {0}")]
     Tar(#[source] io::Error),
 }
+
+impl ApplyError {
+    /// Whether the target filesystem was full (or over quota): the layer is fine,
+    /// the node has to make room.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            ApplyError::Root { source, .. } | ApplyError::Io { source, .. } => {
+                matches!(
+                    source.raw_os_error(),
+                    Some(libc::ENOSPC) | Some(libc::EDQUOT)
+                )
+            }
+            _ => false,
+        }
+    }
+}
