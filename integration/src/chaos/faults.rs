@@ -207,6 +207,7 @@ async fn fill_disk(ctx: &Ctx, setup: &Setup) -> Result<()> {
             return Err(e).context("fallocate the balloon");
         }
     }
+    ctx.disk_full_hit.store(false, Ordering::SeqCst);
     ctx.disk_full.store(true, Ordering::SeqCst);
     ctx.progress(&format!("root full: {} MiB ballooned", size >> 20));
     // Hold it until a pull has run into it (or 8 s).
@@ -219,6 +220,9 @@ async fn fill_disk(ctx: &Ctx, setup: &Setup) -> Result<()> {
     }
     std::fs::remove_file(&balloon).with_context(|| format!("remove {}", balloon.display()))?;
     ctx.disk_full.store(false, Ordering::SeqCst);
+    if ctx.disk_full_hit.swap(false, Ordering::SeqCst) {
+        ctx.fault_hit("disk-full");
+    }
     Ok(())
 }
 

@@ -91,6 +91,8 @@ pub struct FaultCount {
 pub struct StatsInner {
     /// (method, code) -> calls.
     pub rpcs: BTreeMap<(String, String), u64>,
+    /// (method, code) -> the first message of such an answer (not OK).
+    pub first_msg: BTreeMap<(String, String), String>,
     /// Latency (s) of calls that got an answer while berthd served normally...
     pub lat_normal: Vec<f64>,
     /// ...and within [`RECOVERY_WINDOW`] of a restart.
@@ -135,6 +137,8 @@ pub struct Ctx {
     pub stopping: AtomicBool,
     /// The puller has a pull in flight.
     pub pulling: AtomicBool,
+    /// A pull failed with ResourceExhausted while the disk was held full.
+    pub disk_full_hit: AtomicBool,
     stats: Mutex<StatsInner>,
     pub model: Mutex<model::Model>,
 }
@@ -156,6 +160,7 @@ impl Ctx {
             disk_full: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             pulling: AtomicBool::new(false),
+            disk_full_hit: AtomicBool::new(false),
             stats: Mutex::new(StatsInner::default()),
             model: Mutex::new(model::Model::default()),
         })
@@ -263,9 +268,13 @@ impl Ctx {
         {
             let recovering = self.recovering();
             let mut st = self.stats();
-            *st.rpcs
-                .entry((method.to_string(), format!("{code:?}")))
-                .or_default() += 1;
+            let key = (method.to_string(), format!("{code:?}"));
+            if let Err(s) = &r {
+                st.first_msg
+                    .entry(key.clone())
+                    .or_insert_with(|| s.message().to_string());
+            }
+            *st.rpcs.entry(key).or_default() += 1;
             if code != Code::Unavailable && !timed_out {
                 if recovering {
                     st.lat_recovery.push(secs);

@@ -172,6 +172,18 @@ pub fn print(ctx: &Ctx, wall: f64) {
         })
         .collect();
     print_table(&["CRI method", "OK", "other answers"], &rows);
+
+    // What each kind of failed answer said first (a kill's broken connection, an
+    // injected fault's error, or a bug).
+    println!();
+    let rows: Vec<Vec<String>> = st
+        .first_msg
+        .iter()
+        .map(|((m, c), msg)| vec![format!("{m} {c}"), clip(msg)])
+        .collect();
+    if !rows.is_empty() {
+        print_table(&["answer", "first message"], &rows);
+    }
 }
 
 fn mib(kib: Option<u64>) -> String {
@@ -202,7 +214,12 @@ pub fn json(ctx: &Ctx, wall: f64) -> Value {
         "cycles": st.cycles,
         "abandoned": st.abandoned,
         "adopted": st.adopted,
-        "rpcs": st.rpcs.iter().map(|((m, c), n)| json!({"method": m, "code": c, "count": n})).collect::<Vec<_>>(),
+        "rpcs": st.rpcs.iter().map(|((m, c), n)| json!({
+            "method": m,
+            "code": c,
+            "count": n,
+            "first_message": st.first_msg.get(&(m.clone(), c.clone())),
+        })).collect::<Vec<_>>(),
         "pulls_ok": st.pulls_ok,
         "pulls_failed": st.pulls_failed,
         "checks": st.checks,

@@ -461,7 +461,15 @@ impl Worker {
                         .await
                 }
             },
-            retry,
+            // A retried start of a container that ran to its end meanwhile (the
+            // job): the start went through; kubelet sees the exit in its next list.
+            |s| {
+                if s.code() == Code::FailedPrecondition && s.message().contains("is exited") {
+                    OnErr::Done(api::StartContainerResponse::default())
+                } else {
+                    OnErr::Retry
+                }
+            },
         )
         .await;
         let mut m = lock(&self.ctx.model);
@@ -852,7 +860,7 @@ pub async fn puller(ctx: Arc<Ctx>, setup: Arc<Setup>) {
             Err(s) => {
                 ctx.stats().pulls_failed += 1;
                 if full && s.code() == Code::ResourceExhausted {
-                    ctx.fault_hit("disk-full");
+                    ctx.disk_full_hit.store(true, Ordering::SeqCst);
                 }
                 if reconnect(&s) {
                     if let Some((r, i)) = ctx.connect(Duration::from_secs(60)).await {
