@@ -809,3 +809,49 @@ async fn runc_killed_mid_create_leaves_no_cgroup() -> Result<()> {
     env.assert_no_leaks(&pod_id, std::slice::from_ref(&c), &[pid])?;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// 7. StopContainer while the container's shim has just died (found by the chaos
+// suite: StopContainer answered OK at once while the shim's death was still being
+// settled, and the container still showed RUNNING).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_container_after_its_shim_died_answers_once_exited() -> Result<()> {
+    let _net = host_network_lock().await;
+    let env = Env::start()?;
+    let mut rt = env.rt().await?;
+    let pod = env.pod("shim-dies")?;
+    let pod_id = env.run_pod(&mut rt, &pod).await?;
+    let cfg = env.container("main", &["sleep", "3600"]);
+    let c = env.create_start(&mut rt, &pod_id, &pod, &cfg).await?;
+    let shims = cri::processes_naming(&format!("-id {pod_id}"));
+    ensure!(!shims.is_empty(), "no shim names pod {pod_id}");
+    for p in shims {
+        cri::kill(p, libc::SIGKILL);
+    }
+    // kubelet retries a StopContainer that failed (the shim's connection broke).
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let r = rt
+            .stop_container(api::StopContainerRequest {
+                container_id: c.clone(),
+                timeout: 2,
+            })
+            .await;
+        match r {
+            Ok(_) => break,
+            Err(s) if Instant::now() < deadline => {
+                eprintln!("StopContainer: {:?}: {}", s.code(), s.message());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => return Err(env.status_err("StopContainer", s)),
+        }
+    }
+    let st = cstatus(&mut rt, &c).await?;
+    ensure!(
+        st.state == api::ContainerState::ContainerExited as i32 && st.exit_code == 137,
+        "StopContainer answered OK and the container is {st:?}"
+    );
+    env.stop_remove_pod(&mut rt, &pod_id).await?;
+    Ok(())
+}

@@ -31,7 +31,7 @@ const KILL_GRACE: Duration = Duration::from_secs(30);
 
 /// `<name>_<pod name>_<pod namespace>_<pod uid>_<attempt>`: unique per pod
 /// and attempt (containerd's form).
-fn container_name(c: &cri::ContainerMetadata, pod: &cri::PodSandboxMetadata) -> String {
+pub(crate) fn container_name(c: &cri::ContainerMetadata, pod: &cri::PodSandboxMetadata) -> String {
     format!(
         "{}_{}_{}_{}_{}",
         c.name, pod.name, pod.namespace, pod.uid, c.attempt
@@ -39,7 +39,7 @@ fn container_name(c: &cri::ContainerMetadata, pod: &cri::PodSandboxMetadata) -> 
 }
 
 /// `<log_directory>/<log_path>`; the relative part may not climb out.
-fn log_path(pod_dir: &str, rel: &str, name: &str) -> Result<Option<PathBuf>, Status> {
+pub(crate) fn log_path(pod_dir: &str, rel: &str, name: &str) -> Result<Option<PathBuf>, Status> {
     if pod_dir.is_empty() || rel.is_empty() {
         return Ok(None);
     }
@@ -435,7 +435,10 @@ impl CriRuntime {
         if timeout > 0 && signal != 9 {
             match self.tasks.kill(&rec.id, signal, false).await {
                 Ok(()) => {}
-                Err(TaskError::FailedPrecondition(_)) => return Ok(()),
+                // Not running, or its shim is gone: the exit is (being) settled.
+                // Answer once it is, never while the container still shows
+                // RUNNING (its shim's death takes a while to settle).
+                Err(TaskError::FailedPrecondition(_)) => return self.exited(&rec.id).await,
                 Err(e) => return Err(e.into()),
             }
             let grace = Duration::from_secs(timeout as u64);
@@ -454,12 +457,16 @@ impl CriRuntime {
             Ok(()) | Err(TaskError::FailedPrecondition(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        match tokio::time::timeout(KILL_GRACE, self.tasks.wait(&rec.id)).await {
+        self.exited(&rec.id).await
+    }
+
+    /// Waits (up to [`KILL_GRACE`]) until the container's exit is recorded.
+    async fn exited(&self, id: &str) -> Result<(), Status> {
+        match tokio::time::timeout(KILL_GRACE, self.tasks.wait(id)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(Status::deadline_exceeded(format!(
-                "container {}: still running {}s after SIGKILL",
-                rec.id,
+                "container {id}: still running {}s after SIGKILL",
                 KILL_GRACE.as_secs()
             ))),
         }
