@@ -193,20 +193,7 @@ async fn stop_registry(ctx: &Ctx, setup: &Setup, rng: &mut XorShift64) {
 async fn fill_disk(ctx: &Ctx, setup: &Setup) -> Result<()> {
     ctx.fault_injected("disk-full");
     let balloon = setup.root.join("chaos-balloon");
-    let free = free_bytes(&setup.root)?;
-    let size = free.saturating_sub(2 << 20);
-    {
-        let f = std::fs::File::create(&balloon)
-            .with_context(|| format!("create {}", balloon.display()))?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: fallocate(2) on a file this function owns; the result is checked.
-        let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as libc::off_t) };
-        if r != 0 {
-            let e = std::io::Error::last_os_error();
-            let _ = std::fs::remove_file(&balloon);
-            return Err(e).context("fallocate the balloon");
-        }
-    }
+    let size = balloon_up(&balloon, &setup.root)?;
     ctx.disk_full_hit.store(false, Ordering::SeqCst);
     ctx.disk_full.store(true, Ordering::SeqCst);
     ctx.progress(&format!("root full: {} MiB ballooned", size >> 20));
@@ -224,6 +211,29 @@ async fn fill_disk(ctx: &Ctx, setup: &Setup) -> Result<()> {
         ctx.fault_hit("disk-full");
     }
     Ok(())
+}
+
+/// Allocates `balloon` so that about 2 MiB stay free; returns its size. The
+/// workers write meanwhile: a size that no longer fits is tried 1 MiB smaller.
+fn balloon_up(balloon: &Path, root: &Path) -> Result<u64> {
+    use std::os::fd::AsRawFd;
+    let f =
+        std::fs::File::create(balloon).with_context(|| format!("create {}", balloon.display()))?;
+    let mut size = free_bytes(root)?.saturating_sub(2 << 20);
+    loop {
+        // SAFETY: fallocate(2) on a file this function owns; the result is checked.
+        let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as libc::off_t) };
+        if r == 0 {
+            return Ok(size);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOSPC) || size < (4 << 20) {
+            drop(f);
+            let _ = std::fs::remove_file(balloon);
+            return Err(e).context("fallocate the balloon");
+        }
+        size -= 1 << 20;
+    }
 }
 
 fn free_bytes(path: &Path) -> Result<u64> {
