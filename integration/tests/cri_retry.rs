@@ -855,3 +855,41 @@ async fn stop_container_after_its_shim_died_answers_once_exited() -> Result<()> 
     env.stop_remove_pod(&mut rt, &pod_id).await?;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// 8. A container that exits while its start is still being recorded (found by the
+// chaos suite: the start's write of "running" reached the store after the exit
+// watcher's "exited"; after a crash the exit status was lost).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quick_exit_recorded_before_the_start_survives_a_crash() -> Result<()> {
+    let _net = host_network_lock().await;
+    let mut env = Env::start()?;
+    // The start's write waits 500 ms: the exit is recorded meanwhile.
+    env.d_mut()
+        .set_env("BERTH_FAILPOINTS", Some("tasks.start-persist@500"));
+    env.d_mut().restart()?;
+    let mut rt = env.rt().await?;
+    let pod = env.pod("quick-exit")?;
+    let pod_id = env.run_pod(&mut rt, &pod).await?;
+    // It exits while the start is still being recorded (after the start itself).
+    let cfg = env.container("job", &["sh", "-c", "sleep 0.2; exit 3"]);
+    let c = env.create_start(&mut rt, &pod_id, &pod, &cfg).await?;
+    let st = cstatus(&mut rt, &c).await?;
+    ensure!(
+        st.state == api::ContainerState::ContainerExited as i32 && st.exit_code == 3,
+        "{st:?}"
+    );
+    drop(rt);
+    env.d_mut().kill9()?;
+    env.d_mut().set_env("BERTH_FAILPOINTS", None);
+    env.d_mut().restart()?;
+    let mut rt = env.rt().await?;
+    let st = cstatus(&mut rt, &c).await?;
+    ensure!(
+        st.state == api::ContainerState::ContainerExited as i32 && st.exit_code == 3,
+        "after a crash, the job that exited 3 is {st:?}"
+    );
+    env.stop_remove_pod(&mut rt, &pod_id).await?;
+    Ok(())
+}

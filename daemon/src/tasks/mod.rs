@@ -81,6 +81,8 @@ pub struct Task {
     rec: Mutex<TaskRecord>,
     exit: watch::Sender<Option<pb::Exit>>,
     removing: AtomicBool,
+    /// Orders this task's writes to the metadata store (see `persist`).
+    persisting: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -99,6 +101,7 @@ impl Task {
             rec: Mutex::new(rec),
             exit: watch::channel(exit).0,
             removing: AtomicBool::new(false),
+            persisting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -308,8 +311,20 @@ impl TaskService {
             .collect()
     }
 
-    /// Writes a record and makes it durable.
+    /// Writes a task's record and makes it durable. A known task's writes are
+    /// ordered and each writes its latest record, not the caller's copy: a start
+    /// and the exit watcher of a quick command update it in turn, and their
+    /// writes could otherwise reach the store in the other order, leaving
+    /// "running" on disk after "exited" (and, once the shim forgot the task,
+    /// a lost exit status after a crash).
     async fn persist(&self, rec: &TaskRecord) -> Result<(), TaskError> {
+        let task = self.get(&rec.id);
+        let _order = match &task {
+            Some(t) => Some(t.persisting.lock().await),
+            None => None,
+        };
+        let latest = task.as_ref().map(|t| t.record());
+        let rec = latest.as_ref().unwrap_or(rec);
         let meta = self.meta.clone();
         let key = rec.id.clone();
         let value = serde_json::to_vec(rec).map_err(|e| TaskError::Internal(e.to_string()))?;
@@ -593,6 +608,7 @@ impl TaskService {
             }
             r.started_at = started_at;
         });
+        crate::failpoint::delay("tasks.start-persist").await;
         self.persist(&rec).await?;
         info!(task = %rec.name, id = %rec.id, pid = rec.pid, image = %rec.image, "task started");
         Ok(rec)
