@@ -4,6 +4,8 @@
 pub mod config;
 pub mod cri;
 pub mod failpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hosts;
 pub mod images;
 pub mod metadata;

@@ -43,9 +43,9 @@ type GrpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The user an image config names (`config.User`), as CRI reports it.
 #[derive(Debug, Clone, Default, PartialEq)]
-struct ImageUser {
-    uid: Option<i64>,
-    username: String,
+pub(crate) struct ImageUser {
+    pub(crate) uid: Option<i64>,
+    pub(crate) username: String,
 }
 
 pub struct CriImageApi {
@@ -180,7 +180,7 @@ pub fn image_id(rec: &ImageRecord) -> String {
 
 /// containerd's `getUserFromImage`: `User` may be `uid`, `name`, `uid:gid`
 /// or `name:group`; a numeric user is a uid, anything else a user name.
-fn user_from_config(config: &Value) -> ImageUser {
+pub(crate) fn user_from_config(config: &Value) -> ImageUser {
     let user = config
         .get("config")
         .and_then(|c| c.get("User"))

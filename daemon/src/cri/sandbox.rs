@@ -40,11 +40,11 @@ pub(crate) fn host_network(cfg: &cri::PodSandboxConfig) -> bool {
 }
 
 /// `<name>_<namespace>_<uid>_<attempt>`, unique per pod (containerd's form).
-fn sandbox_name(m: &cri::PodSandboxMetadata) -> String {
+pub(crate) fn sandbox_name(m: &cri::PodSandboxMetadata) -> String {
     format!("{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
 }
 
-fn validate(cfg: &cri::PodSandboxConfig) -> Result<&cri::PodSandboxMetadata, Status> {
+pub(crate) fn validate(cfg: &cri::PodSandboxConfig) -> Result<&cri::PodSandboxMetadata, Status> {
     let m = cfg.metadata.as_ref().ok_or_else(|| {
         Status::invalid_argument("RunPodSandbox: the sandbox config has no metadata")
     })?;
@@ -69,7 +69,7 @@ fn validate(cfg: &cri::PodSandboxConfig) -> Result<&cri::PodSandboxMetadata, Sta
     Ok(m)
 }
 
-fn port_mappings(cfg: &cri::PodSandboxConfig) -> Vec<PortMapping> {
+pub(crate) fn port_mappings(cfg: &cri::PodSandboxConfig) -> Vec<PortMapping> {
     cfg.port_mappings
         .iter()
         .filter(|p| p.host_port > 0 && p.container_port > 0)
@@ -925,7 +925,7 @@ fn remove_cgroup(layout: &stats::CgroupLayout, path: &str) {
 }
 
 /// The pod config as JSON for verbose status (kubelet and crictl show it).
-fn pod_config_json(cfg: &cri::PodSandboxConfig) -> serde_json::Value {
+pub(crate) fn pod_config_json(cfg: &cri::PodSandboxConfig) -> serde_json::Value {
     let ns = namespace_options(cfg);
     json!({
         "metadata": cfg.metadata.as_ref().map(|m| json!({

@@ -220,7 +220,7 @@ impl Scanned {
 
 /// Names an index entry: a full reference annotation wins; a bare tag joins
 /// the base name.
-fn entry_name(desc: &Descriptor, base: &str) -> Result<Option<String>, ImageError> {
+pub(crate) fn entry_name(desc: &Descriptor, base: &str) -> Result<Option<String>, ImageError> {
     let ann = desc.annotations.clone().unwrap_or_default();
     if let Some(n) = ann.get(ANNOTATION_NAME) {
         let r = Reference::parse_normalized(n).map_err(|e| bad(e.to_string()))?;
