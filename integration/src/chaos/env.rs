@@ -311,11 +311,19 @@ pub async fn teardown(ctx: &Ctx, setup: &Setup, rt: &mut Rt, img: &mut Img) -> R
     let mut leaks: Vec<(&'static str, String)> = Vec::new();
     leaks.extend(blobs.into_iter().map(|b| ("blob", b)));
     leaks.extend(snaps.into_iter().map(|s| ("snapshot", s)));
-    leaks.extend(
-        dir_entries(&setup.root.join("content").join("ingest"))
-            .into_iter()
-            .map(|e| ("ingest", e)),
-    );
+    // Partial downloads of pulls a kill interrupted stay, resumable (one per
+    // blob, keyed by digest); anything else in the ingest dir is a leak.
+    let mut kept = (0, 0);
+    for e in dir_entries(&setup.root.join("content").join("ingest")) {
+        let reference = std::fs::read_to_string(Path::new(&e).join("ref")).unwrap_or_default();
+        if reference.starts_with("fetch-sha256:") {
+            kept.0 += 1;
+            kept.1 += std::fs::metadata(Path::new(&e).join("data")).map_or(0, |m| m.len());
+        } else {
+            leaks.push(("ingest", format!("{e} (ref {reference:?})")));
+        }
+    }
+    ctx.stats().kept_ingests = kept;
 
     ctx.progress("teardown: stopping berthd (SIGTERM)");
     let status = lock(&setup.daemon).stop()?;

@@ -103,6 +103,9 @@ pub struct StatsInner {
     pub violations: Vec<Violation>,
     /// (kind, what) left after the final teardown.
     pub leaks: Vec<(&'static str, String)>,
+    /// Partial downloads left after the teardown (kept so that a retried pull
+    /// resumes them; swept after `gc.stale_ingest_secs`): count, bytes.
+    pub kept_ingests: (u64, u64),
     /// Pod cycles finished (created, exercised, removed).
     pub cycles: u64,
     /// Pods given up on and removed without finishing their cycle.
@@ -221,6 +224,16 @@ impl Ctx {
             object: object.into(),
             detail: detail.into(),
         };
+        // One per object and kind: a broken record seen again by every later
+        // check is one violation.
+        if self
+            .stats()
+            .violations
+            .iter()
+            .any(|o| o.kind == v.kind && o.object == v.object)
+        {
+            return;
+        }
         eprintln!(
             "[{:7.1}s] VIOLATION {}: {}: {}",
             v.at, v.kind, v.object, v.detail

@@ -115,6 +115,14 @@ pub fn print(ctx: &Ctx, wall: f64) {
                 mib(rss_max)
             ),
         ],
+        vec![
+            "partial downloads kept for resume".into(),
+            format!(
+                "{} ({} MiB)",
+                st.kept_ingests.0,
+                mib(Some(st.kept_ingests.1 / 1024))
+            ),
+        ],
         vec!["violations".into(), st.violations.len().to_string()],
         vec!["leaks".into(), st.leaks.len().to_string()],
     ];
@@ -224,6 +232,7 @@ pub fn json(ctx: &Ctx, wall: f64) -> Value {
         "pulls_failed": st.pulls_failed,
         "checks": st.checks,
         "log_lines": st.log_lines,
+        "kept_ingests": {"count": st.kept_ingests.0, "bytes": st.kept_ingests.1},
         "restart_secs": {"p50": p(&st.restarts, 50.0), "max": p(&st.restarts, 100.0), "n": st.restarts.len()},
         "latency_secs": {
             "normal": {"p50": p(&st.lat_normal, 50.0), "p99": p(&st.lat_normal, 99.0)},

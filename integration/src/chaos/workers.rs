@@ -596,6 +596,17 @@ impl Worker {
                 self.check_exit(&pod, &job, Role::Job, &st);
                 break;
             }
+            if st.state == api::ContainerState::ContainerUnknown as i32 {
+                self.ctx.violation(
+                    "container-state",
+                    &job,
+                    format!(
+                        "the job container is UNKNOWN ({:?}: {:?})",
+                        st.reason, st.message
+                    ),
+                );
+                break;
+            }
             if t.elapsed() > Duration::from_secs(60) {
                 self.ctx.violation(
                     "container-state",
