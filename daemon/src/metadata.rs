@@ -171,7 +171,7 @@ impl MetaError {
             MetaError::Open { source, .. } | MetaError::Op { source, .. } => source,
             MetaError::Corrupt { .. } => return false,
         };
-        matches!(source, sled::Error::Io(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+        matches!(source, sled::Error::Io(e) if crate::images::error::is_no_space(e))
     }
 }
 

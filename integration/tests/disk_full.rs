@@ -164,3 +164,68 @@ fn scenario(d: &mut Daemon, root: &std::path::Path) -> Result<()> {
         .context("the unpack once there is room")?;
     Ok(())
 }
+
+/// CRI calls on a full disk: CreateContainer fails ResourceExhausted, and once
+/// there is room the pod can be stopped and removed and a new container made
+/// (the failed create's cleanup, which also hit the full disk, used to leave
+/// the container "already being removed" for good). Found by the chaos suite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_create_on_a_full_disk_is_resource_exhausted_and_recoverable() -> Result<()> {
+    use integration::cri::{self, Env};
+    let _net = cri::host_network_lock().await;
+    let mut env = Env::start()?;
+    env.d_mut().stop()?;
+    let root = env.d().root();
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "berth-disk-full"])
+        .arg(&root)
+        .output()?;
+    ensure!(out.status.success(), "mount tmpfs: {out:?}");
+    let result = async {
+        env.d_mut().restart()?;
+        env.import(fixtures::busybox()?, "docker.io/berth-e2e/busybox")?;
+        let mut rt = env.rt().await?;
+        let pod = env.pod("full-disk")?;
+        let pod_id = env.run_pod(&mut rt, &pod).await?;
+        let cfg = env.container("c", &["sleep", "3600"]);
+        let filler = root.join("filler");
+        fill(&filler)?;
+        // Creates until one fails: the first may still fit in sled's segments.
+        let mut failure = None;
+        for i in 0..20 {
+            let mut c = cfg.clone();
+            if let Some(m) = c.metadata.as_mut() {
+                m.attempt = i;
+            }
+            let r = rt
+                .create_container(api::CreateContainerRequest {
+                    pod_sandbox_id: pod_id.clone(),
+                    config: Some(c),
+                    sandbox_config: Some(pod.clone()),
+                })
+                .await;
+            if let Err(s) = r {
+                failure = Some(s);
+                break;
+            }
+        }
+        let s = failure.context("no CreateContainer failed on a full disk")?;
+        ensure!(
+            s.code() == tonic::Code::ResourceExhausted,
+            "CreateContainer on a full disk: {:?}: {}",
+            s.code(),
+            s.message()
+        );
+        std::fs::remove_file(&filler)?;
+        env.stop_remove_pod(&mut rt, &pod_id).await?;
+        let pod = env.pod("full-disk-after")?;
+        let pod_id = env.run_pod(&mut rt, &pod).await?;
+        env.create_start(&mut rt, &pod_id, &pod, &cfg).await?;
+        env.stop_remove_pod(&mut rt, &pod_id).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = env.d_mut().stop();
+    let _ = Command::new("umount").arg("-l").arg(&root).status();
+    result
+}

@@ -106,8 +106,14 @@ impl ImageError {
 }
 
 /// A full disk (or quota): the caller can free space and retry.
-fn is_no_space(e: &std::io::Error) -> bool {
+/// Also by kind: sled hands out clones of its stored error, which keep the
+/// kind and lose the errno.
+pub(crate) fn is_no_space(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
 }
 
 impl From<ImageError> for tonic::Status {

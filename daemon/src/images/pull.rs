@@ -608,7 +608,7 @@ impl ImageService {
                         Some(b) => {
                             if let Err(e) = writer.write_all(&b) {
                                 let path = std::path::PathBuf::from(writer.reference());
-                                if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+                                if super::error::is_no_space(&e) {
                                     // A full disk: a partial blob kept for a
                                     // resume would only keep it full.
                                     let _ = writer.abort();

@@ -105,3 +105,31 @@ where
         .await
         .map_err(|e| TaskError::Internal(format!("blocking task failed: {e}")))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sled's own ENOSPC (a write or a flush of the log) is ResourceExhausted.
+    #[test]
+    fn a_full_metadata_disk_is_resource_exhausted() {
+        for op in ["write", "flush"] {
+            let e = TaskError::Meta(MetaError::Op {
+                op,
+                bucket: "tasks",
+                source: sled::Error::Io(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+            });
+            assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+        }
+        // What sled hands out after the first failure: a clone of its stored
+        // error, which keeps the kind and loses the errno.
+        let stored = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let clone = std::io::Error::new(stored.kind(), format!("{stored:?}"));
+        let e = TaskError::Meta(MetaError::Op {
+            op: "flush",
+            bucket: "*",
+            source: sled::Error::Io(clone),
+        });
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    }
+}

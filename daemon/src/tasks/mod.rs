@@ -638,6 +638,21 @@ impl TaskService {
         task.removing.store(true, Ordering::SeqCst);
         if let Err(e) = self.drop_task(&rec).await {
             error!(task = %rec.name, error = %e, "cannot clean up after a failed run");
+            // Left for a later remove (kubelet's RemoveContainer or
+            // RemovePodSandbox) to finish, e.g. once the full disk has room.
+            let mut settled = false;
+            let rec = task.update(|r| {
+                if r.status == TaskStatus::Creating {
+                    r.status = TaskStatus::Unknown;
+                    r.finished_at = now_nanos();
+                    r.reason = "its create failed".into();
+                    settled = true;
+                }
+            });
+            if settled {
+                task.exit.send_replace(Some(rec.exit_pb()));
+            }
+            task.removing.store(false, Ordering::SeqCst);
         }
     }
 
