@@ -352,15 +352,25 @@ impl ContentStore {
             read_small(&dir.join(TOTAL_FILE)).and_then(|s| s.trim().parse().ok());
         let stored_expected =
             read_small(&dir.join(EXPECTED_FILE)).and_then(|s| Digest::parse(s.trim()).ok());
-        if read_small(&dir.join(REF_FILE)).as_deref() != Some(reference) {
-            write_small(&dir, REF_FILE, reference)?;
-        }
-        if read_small(&dir.join(STARTED_FILE)).is_none() {
-            write_small(
-                &dir,
-                STARTED_FILE,
-                &unix_nanos(SystemTime::now()).to_string(),
-            )?;
+        let described = (|| {
+            if read_small(&dir.join(REF_FILE)).as_deref() != Some(reference) {
+                write_small(&dir, REF_FILE, reference)?;
+            }
+            if read_small(&dir.join(STARTED_FILE)).is_none() {
+                write_small(
+                    &dir,
+                    STARTED_FILE,
+                    &unix_nanos(SystemTime::now()).to_string(),
+                )?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = described {
+            // E.g. a full disk: an ingest nobody can name is nobody's to resume.
+            if read_small(&dir.join(REF_FILE)).as_deref() != Some(reference) {
+                let _ = remove_ingest_locked(&dir);
+            }
+            return Err(e);
         }
 
         let data_path = dir.join(DATA_FILE);
@@ -560,7 +570,10 @@ impl ContentStore {
                     Err(Error::Locked { .. } | Error::IngestNotFound { .. }) => continue,
                     Err(e) => return Err(e),
                 };
-                if is_old(ingest_updated(&path)) {
+                // Without its ref (a crash or a full disk right after the
+                // mkdir) no writer can ever resume it: removed at once.
+                let unnamed = read_small(&path.join(REF_FILE)).is_none();
+                if unnamed || is_old(ingest_updated(&path)) {
                     let reference = read_small(&path.join(REF_FILE)).unwrap_or(name);
                     remove_ingest_locked(&path)?;
                     tracing::info!(reference, "removed stale ingest");
