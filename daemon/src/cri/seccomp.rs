@@ -554,12 +554,50 @@ pub fn load_profile(path: &Path) -> Result<Value, String> {
             path.display()
         ));
     }
-    let body = std::fs::read(path)
+    let body = read_profile_file(path)
         .map_err(|e| format!("cannot read seccomp profile {}: {e}", path.display()))?;
     let v: Value = serde_json::from_slice(&body)
         .map_err(|e| format!("seccomp profile {} is not valid JSON: {e}", path.display()))?;
     validate_profile(&v).map_err(|e| format!("seccomp profile {}: {e}", path.display()))?;
     Ok(v)
+}
+
+/// Largest localhost profile read (Docker's default profile is ~20 KiB).
+const MAX_PROFILE_BYTES: u64 = 4 << 20;
+
+/// Reads a profile file: only a regular file, at most [`MAX_PROFILE_BYTES`].
+/// The path comes from the CRI request: opened without blocking (a FIFO
+/// would wait for a writer forever) and never read from a device
+/// (`/dev/zero` would grow the buffer until berthd is OOM-killed).
+fn read_profile_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let md = file.metadata()?;
+    if !md.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if md.len() > MAX_PROFILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("larger than {MAX_PROFILE_BYTES} bytes"),
+        ));
+    }
+    let mut body = Vec::with_capacity(md.len() as usize);
+    file.take(MAX_PROFILE_BYTES + 1).read_to_end(&mut body)?;
+    if body.len() as u64 > MAX_PROFILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("larger than {MAX_PROFILE_BYTES} bytes"),
+        ));
+    }
+    Ok(body)
 }
 
 fn validate_profile(v: &Value) -> Result<(), String> {
@@ -696,5 +734,25 @@ mod tests {
         assert!(load_profile(Path::new("rel.json"))
             .unwrap_err()
             .contains("not absolute"));
+    }
+
+    /// A profile path naming a FIFO, a device or a huge file fails at once
+    /// instead of blocking on the FIFO or reading /dev/zero until OOM.
+    #[test]
+    fn localhost_profiles_are_regular_bounded_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(load_profile(&fifo)
+            .unwrap_err()
+            .contains("not a regular file"));
+        assert!(load_profile(Path::new("/dev/zero"))
+            .unwrap_err()
+            .contains("not a regular file"));
+        let big = dir.path().join("big.json");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_PROFILE_BYTES + 1).unwrap();
+        assert!(load_profile(&big).unwrap_err().contains("larger than"));
+        assert!(load_profile(dir.path()).is_err());
     }
 }
