@@ -184,9 +184,19 @@ impl Reference {
     /// `user/img:1`, `localhost:5000/x@sha256:…`.
     pub fn familiar(&self) -> String {
         let mut out = if self.domain == DEFAULT_DOMAIN {
-            match self.path.strip_prefix(OFFICIAL_REPO_PREFIX) {
+            let short = match self.path.strip_prefix(OFFICIAL_REPO_PREFIX) {
                 Some(rest) if !rest.contains('/') => rest.to_string(),
                 _ => self.path.clone(),
+            };
+            // A path whose first component reads as a domain
+            // (`docker.io/dex.docker.io/x`, `docker.io/localhost/x`) keeps
+            // `docker.io/`: shortened it would name another registry or
+            // repository. Upstream shortens it anyway.
+            let (domain, path) = split_docker_domain(&short);
+            if domain == DEFAULT_DOMAIN && path == self.path {
+                short
+            } else {
+                self.repository()
             }
         } else {
             self.repository()
@@ -1257,6 +1267,30 @@ mod tests {
         }
         let r = p(&format!("a:b@{D}"));
         assert_eq!(p(&r.to_string()), r);
+    }
+
+    /// Found by the reference fuzz target: the familiar form of a docker
+    /// hub path whose first component looks like a domain parsed back as
+    /// another registry's (or another repository's) reference.
+    #[test]
+    fn familiar_keeps_docker_io_when_the_path_reads_as_a_domain() {
+        for (s, familiar) in [
+            (
+                "index.docker.io/dex.docker.io/x",
+                "docker.io/dex.docker.io/x:latest",
+            ),
+            ("docker.io/localhost/x", "docker.io/localhost/x:latest"),
+            (
+                "docker.io/index.docker.io/x",
+                "docker.io/index.docker.io/x:latest",
+            ),
+            ("docker.io/a.b/c:1", "docker.io/a.b/c:1"),
+            ("docker.io/ab/c:1", "ab/c:1"),
+        ] {
+            let r = p(s);
+            assert_eq!(r.familiar(), familiar, "{s}");
+            assert_eq!(p(&r.familiar()), r, "{s}");
+        }
     }
 
     #[test]
