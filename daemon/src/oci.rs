@@ -136,8 +136,10 @@ pub fn sniff_media_type(body: &[u8]) -> Option<String> {
     #[serde(rename_all = "camelCase")]
     struct Probe {
         media_type: Option<String>,
-        manifests: Option<serde_json::Value>,
-        config: Option<serde_json::Value>,
+        // Only their presence counts; skipped as `Index`/`Manifest` skip
+        // unknown fields, so a document those parse always sniffs.
+        manifests: Option<serde::de::IgnoredAny>,
+        config: Option<serde::de::IgnoredAny>,
     }
     let p: Probe = serde_json::from_slice(body).ok()?;
     if let Some(mt) = p.media_type {
@@ -229,5 +231,10 @@ mod tests {
             Some("x/y")
         );
         assert_eq!(sniff_media_type(b"not json"), None);
+        // Found by the image_json fuzz target: invalid UTF-8 in a field
+        // nothing reads made the sniff fail on an index that parses.
+        let body = b"{\"schemaVersion\":2,\"manifests\":[{\"mediaType\":\"a\",\"x\":\"\xff\",\"digest\":\"d\",\"size\":1}]}";
+        assert!(serde_json::from_slice::<Index>(body).is_ok());
+        assert_eq!(sniff_media_type(body).as_deref(), Some(OCI_INDEX));
     }
 }
