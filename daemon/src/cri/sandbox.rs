@@ -60,6 +60,15 @@ pub(crate) fn validate(cfg: &cri::PodSandboxConfig) -> Result<&cri::PodSandboxMe
             )));
         }
     }
+    // CNI gets them as u16: 70000 would silently become 4464.
+    for p in &cfg.port_mappings {
+        if p.host_port > 65535 || p.container_port > 65535 {
+            return Err(Status::invalid_argument(format!(
+                "pod {}: port mapping {}:{} is out of range (ports are 1 to 65535)",
+                m.name, p.host_port, p.container_port
+            )));
+        }
+    }
     if cfg.hostname.len() > 64 {
         return Err(Status::invalid_argument(format!(
             "pod {}: hostname {:?} is longer than 64 bytes",
@@ -987,6 +996,31 @@ mod tests {
             sandbox_name(cfg("web").metadata.as_ref().unwrap()),
             "web_default_u_1"
         );
+    }
+
+    /// Found writing the cri_requests fuzz target's port check: a port
+    /// past 65535 was truncated to u16 (70000 -> 4464) on its way to CNI.
+    #[test]
+    fn ports_past_65535_are_refused() {
+        for (host_port, container_port) in [(70000, 80), (8080, 65536)] {
+            let mut c = cfg("web");
+            c.port_mappings = vec![cri::PortMapping {
+                host_port,
+                container_port,
+                ..Default::default()
+            }];
+            let e = validate(&c).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains("out of range"), "{}", e.message());
+        }
+        let mut c = cfg("web");
+        c.port_mappings = vec![cri::PortMapping {
+            host_port: 65535,
+            container_port: 1,
+            ..Default::default()
+        }];
+        assert!(validate(&c).is_ok());
+        assert_eq!(port_mappings(&c)[0].host_port, 65535);
     }
 
     #[test]
