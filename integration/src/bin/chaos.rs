@@ -51,6 +51,10 @@ struct Args {
     /// Bound on one lister round (3 list calls) that got answers, seconds.
     #[arg(long, default_value_t = 5.0)]
     max_lister_secs: f64,
+    /// Bound on berthd's VmRSS at any sample (after each fault), MiB. Growth over
+    /// many pod cycles without restarts is `make soak`'s to bound.
+    #[arg(long, default_value_t = 256)]
+    max_rss_mib: u64,
     /// berthd's --log-level.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -93,6 +97,7 @@ async fn chaos_main(a: Args) -> Result<bool> {
         seed: a.seed,
         root_mib: a.root_mib,
         max_lister_secs: a.max_lister_secs,
+        max_rss_mib: a.max_rss_mib,
         log_level: a.log_level,
         sandbox_mode: a.sandbox_mode,
         bin_dir: bench::berth_bin_dir()?,

@@ -92,6 +92,17 @@ fn sample_rss(ctx: &Ctx, setup: &Setup) {
     if let Ok(kib) = crate::containerd::rss_kib_of(pid) {
         let at = ctx.secs();
         ctx.stats().rss.push((at, kib));
+        if kib > ctx.opts.max_rss_mib * 1024 {
+            ctx.violation(
+                "memory",
+                "berthd",
+                format!(
+                    "VmRSS {} MiB, bound {} MiB",
+                    kib / 1024,
+                    ctx.opts.max_rss_mib
+                ),
+            );
+        }
     }
 }
 

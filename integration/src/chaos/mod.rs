@@ -53,6 +53,8 @@ pub struct Options {
     pub root_mib: u64,
     /// Bound on a lister call's latency (seconds) while berthd serves.
     pub max_lister_secs: f64,
+    /// Bound on berthd's VmRSS (MiB) at any sample.
+    pub max_rss_mib: u64,
     /// berthd's `--log-level`.
     pub log_level: String,
     /// berth's `[cri] sandbox_mode`.
