@@ -70,6 +70,33 @@ pub const PULL_DEADLINE: Duration = Duration::from_secs(120);
 /// How long after berthd serves again latencies count as "during recovery".
 pub const RECOVERY_WINDOW: Duration = Duration::from_secs(5);
 
+/// Different messages kept per CRI method and code.
+pub const MESSAGES_KEPT: usize = 4;
+
+/// A message with hex ids and numbers masked, to tell kinds of errors apart.
+pub fn message_shape(m: &str) -> String {
+    let mut out = String::new();
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 8 || run.chars().all(|c| c.is_ascii_digit()) && !run.is_empty() {
+            out.push('#');
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in m.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
 /// One invariant broken.
 #[derive(Clone, Debug)]
 pub struct Violation {
@@ -93,8 +120,10 @@ pub struct FaultCount {
 pub struct StatsInner {
     /// (method, code) -> calls.
     pub rpcs: BTreeMap<(String, String), u64>,
-    /// (method, code) -> the first message of such an answer (not OK).
-    pub first_msg: BTreeMap<(String, String), String>,
+    /// (method, code) -> up to [`MESSAGES_KEPT`] different messages of such
+    /// answers (not OK), told apart with ids and numbers masked: a bug's error
+    /// is not hidden behind the many broken connections of the kills.
+    pub first_msg: BTreeMap<(String, String), Vec<String>>,
     /// Latency (s) of calls that got an answer while berthd served normally...
     pub lat_normal: Vec<f64>,
     /// ...and within [`RECOVERY_WINDOW`] of a restart.
@@ -285,9 +314,11 @@ impl Ctx {
             let mut st = self.stats();
             let key = (method.to_string(), format!("{code:?}"));
             if let Err(s) = &r {
-                st.first_msg
-                    .entry(key.clone())
-                    .or_insert_with(|| s.message().to_string());
+                let kept = st.first_msg.entry(key.clone()).or_default();
+                let shape = message_shape(s.message());
+                if kept.len() < MESSAGES_KEPT && !kept.iter().any(|k| message_shape(k) == shape) {
+                    kept.push(s.message().to_string());
+                }
             }
             *st.rpcs.entry(key).or_default() += 1;
             if code != Code::Unavailable && !timed_out {
@@ -431,4 +462,22 @@ async fn drive(ctx: &Arc<Ctx>, setup: &Arc<env::Setup>) -> anyhow::Result<()> {
         workers::check_logger_log(ctx, l);
     }
     env::teardown(ctx, setup, &mut rt, &mut img).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_shapes_mask_ids_and_numbers() {
+        assert_eq!(
+            message_shape("task job_w5-9_uid-9428-65_0 is exited"),
+            message_shape("task job_w1-12_uid-9428-301_0 is exited")
+        );
+        assert_eq!(
+            message_shape("container 8598c907654834292b1b not found"),
+            "container # not found"
+        );
+        assert_ne!(message_shape("transport error"), message_shape("not found"));
+    }
 }

@@ -181,16 +181,19 @@ pub fn print(ctx: &Ctx, wall: f64) {
         .collect();
     print_table(&["CRI method", "OK", "other answers"], &rows);
 
-    // What each kind of failed answer said first (a kill's broken connection, an
+    // What each kind of failed answer said (a kill's broken connection, an
     // injected fault's error, or a bug).
     println!();
     let rows: Vec<Vec<String>> = st
         .first_msg
         .iter()
-        .map(|((m, c), msg)| vec![format!("{m} {c}"), clip(msg)])
+        .flat_map(|((m, c), msgs)| {
+            msgs.iter()
+                .map(move |msg| vec![format!("{m} {c}"), clip(msg)])
+        })
         .collect();
     if !rows.is_empty() {
-        print_table(&["answer", "first message"], &rows);
+        print_table(&["answer", "messages (first of each kind)"], &rows);
     }
 }
 
@@ -226,7 +229,7 @@ pub fn json(ctx: &Ctx, wall: f64) -> Value {
             "method": m,
             "code": c,
             "count": n,
-            "first_message": st.first_msg.get(&(m.clone(), c.clone())),
+            "messages": st.first_msg.get(&(m.clone(), c.clone())),
         })).collect::<Vec<_>>(),
         "pulls_ok": st.pulls_ok,
         "pulls_failed": st.pulls_failed,
