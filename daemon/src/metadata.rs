@@ -127,7 +127,19 @@ impl SledStore {
         tracing::warn!(op, bucket = bucket.0, error = %failed.1, "metadata I/O error; reopening the database");
         let (gen, db) = self.reopen(failed.0).map_err(|e| {
             tracing::warn!(error = %e, "reopening the metadata database failed");
-            wrap(sled::Error::Io(failed.1))
+            // Why the reopen failed (a disk still full, say) is what the
+            // caller's answer should say, not only "not open".
+            let kind = match &e {
+                MetaError::Open {
+                    source: sled::Error::Io(io),
+                    ..
+                } => io.kind(),
+                _ => failed.1.kind(),
+            };
+            wrap(sled::Error::Io(std::io::Error::new(
+                kind,
+                format!("{}; reopening the database failed: {e}", failed.1),
+            )))
         })?;
         f(&db).map(|v| (gen, v)).map_err(wrap)
     }

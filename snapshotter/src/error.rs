@@ -49,6 +49,29 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the filesystem (or the metadata database on it) was full or over
+    /// quota: the caller can make room and try again.
+    pub fn is_no_space(&self) -> bool {
+        fn full(e: &io::Error) -> bool {
+            matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+                || matches!(
+                    e.kind(),
+                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+                )
+        }
+        match self {
+            Error::Io { source, .. } => full(source),
+            Error::Metadata { source, .. } => {
+                if let Some(sled::Error::Io(e)) = source.downcast_ref::<sled::Error>() {
+                    full(e)
+                } else {
+                    source.downcast_ref::<io::Error>().is_some_and(full)
+                }
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(
         context: impl Into<String>,
         path: impl AsRef<Path>,

@@ -86,9 +86,7 @@ impl ImageError {
                 snapshotter::Error::AlreadyExists { .. } => Code::AlreadyExists,
                 snapshotter::Error::FailedPrecondition { .. } => Code::FailedPrecondition,
                 snapshotter::Error::InvalidArgument { .. } => Code::InvalidArgument,
-                snapshotter::Error::Io { source, .. } if is_no_space(source) => {
-                    Code::ResourceExhausted
-                }
+                e if e.is_no_space() => Code::ResourceExhausted,
                 _ => Code::Internal,
             },
             ImageError::Cancelled { .. } => Code::Cancelled,

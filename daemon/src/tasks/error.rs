@@ -81,6 +81,7 @@ impl TaskError {
             TaskError::Snapshot { source, .. } => match source {
                 snapshotter::Error::NotFound { .. } => Code::NotFound,
                 snapshotter::Error::AlreadyExists { .. } => Code::AlreadyExists,
+                e if e.is_no_space() => Code::ResourceExhausted,
                 _ => Code::Internal,
             },
             TaskError::Meta(e) if e.is_no_space() => Code::ResourceExhausted,
@@ -130,6 +131,17 @@ mod tests {
             bucket: "*",
             source: sled::Error::Io(clone),
         });
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+        // The snapshotter's own metadata database, full.
+        let e = TaskError::Snapshot {
+            context: "preparing the rootfs of c".into(),
+            source: snapshotter::Error::Metadata {
+                context: "create snapshot".into(),
+                source: Box::new(sled::Error::Io(std::io::Error::from_raw_os_error(
+                    libc::ENOSPC,
+                ))),
+            },
+        };
         assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
     }
 }
