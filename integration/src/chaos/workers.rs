@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -347,7 +347,7 @@ impl Worker {
             config: Some(cfg.clone()),
             runtime_handler: String::new(),
         };
-        let adopted = std::sync::atomic::AtomicBool::new(false);
+        let adopted = AtomicBool::new(false);
         let id = call(
             &self.ctx,
             &mut self.rt,
@@ -400,7 +400,7 @@ impl Worker {
             config: Some(cc),
             sandbox_config: Some(cfg.clone()),
         };
-        let adopted = std::sync::atomic::AtomicBool::new(false);
+        let adopted = AtomicBool::new(false);
         self.begin(pod).await;
         let r = call(
             &self.ctx,
@@ -444,7 +444,25 @@ impl Worker {
         Ok(id)
     }
 
+    /// Starts a container; a retry told "is exited" counts as started only if
+    /// berthd recorded a start (an adopted container whose create failed and was
+    /// killed never started: kubelet would make a new attempt).
     async fn start(&mut self, pod: &str, id: &str) -> Result<()> {
+        let inferred = AtomicBool::new(false);
+        self.start_call(pod, id, &inferred).await?;
+        if inferred.load(Ordering::Relaxed) {
+            // Busy until known: the checker must not judge it meanwhile.
+            self.begin(pod).await;
+            if self.status(id).await?.started_at == 0 {
+                // Left busy: the cycle is abandoned and the pod removed.
+                bail!("container {id} exited without ever starting (its create failed)");
+            }
+            self.end(pod);
+        }
+        Ok(())
+    }
+
+    async fn start_call(&mut self, pod: &str, id: &str, inferred: &AtomicBool) -> Result<()> {
         let cid = id.to_string();
         self.begin(pod).await;
         let r = call(
@@ -465,6 +483,7 @@ impl Worker {
             // job): the start went through; kubelet sees the exit in its next list.
             |s| {
                 if s.code() == Code::FailedPrecondition && s.message().contains("is exited") {
+                    inferred.store(true, Ordering::Relaxed);
                     OnErr::Done(api::StartContainerResponse::default())
                 } else {
                     OnErr::Retry
