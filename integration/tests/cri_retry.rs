@@ -893,3 +893,53 @@ async fn a_quick_exit_recorded_before_the_start_survives_a_crash() -> Result<()>
     env.stop_remove_pod(&mut rt, &pod_id).await?;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// 9. The shim dies after a container's exit was recorded and before it deleted
+// the task (found by the chaos suite: the runtime's state and the container's
+// cgroup stayed after RemoveContainer).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shim_death_before_the_task_delete_leaves_no_runtime_state() -> Result<()> {
+    let _net = host_network_lock().await;
+    let mut env = Env::start()?;
+    // After the exit is recorded, berthd waits 1.5 s before the shim's delete.
+    env.d_mut()
+        .set_env("BERTH_FAILPOINTS", Some("tasks.exit-recorded@1500"));
+    env.d_mut().restart()?;
+    let mut rt = env.rt().await?;
+    let pod = env.pod("shim-dies-late")?;
+    let pod_id = env.run_pod(&mut rt, &pod).await?;
+    let cfg = env.container("job", &["sh", "-c", "sleep 0.3; exit 3"]);
+    let c = env.create_start(&mut rt, &pod_id, &pod, &cfg).await?;
+    let st =
+        wait_container_state(&mut rt, &c, api::ContainerState::ContainerExited, TIMEOUT).await?;
+    ensure!(st.exit_code == 3, "{st:?}");
+    let state_dir = env.d().state().join("runc").join("berth").join(&c);
+    ensure!(
+        state_dir.exists(),
+        "runc has no state for {c} before the delete"
+    );
+    for p in cri::processes_naming(&format!("-id {pod_id}")) {
+        cri::kill(p, libc::SIGKILL);
+    }
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    rt.remove_container(api::RemoveContainerRequest {
+        container_id: c.clone(),
+    })
+    .await
+    .map_err(|s| env.status_err("RemoveContainer", s))?;
+    ensure!(
+        !state_dir.exists(),
+        "the runtime's state of {c} stayed after RemoveContainer"
+    );
+    let parent = pod
+        .linux
+        .as_ref()
+        .map(|l| l.cgroup_parent.clone())
+        .unwrap_or_default();
+    let left = cri::cgroup_dirs_naming(&parent, std::slice::from_ref(&c));
+    ensure!(left.is_empty(), "cgroups of {c} left: {left:?}");
+    env.stop_remove_pod(&mut rt, &pod_id).await?;
+    Ok(())
+}

@@ -738,6 +738,7 @@ impl TaskService {
         info!(task = %rec.name, id = %rec.id, exit_code = code, "task exited");
         self.persist_logged(&rec).await;
         crate::failpoint::hit("tasks.exit-recorded");
+        crate::failpoint::delay("tasks.exit-recorded").await;
         match client.delete(&task.id).await {
             Ok(_) => {}
             Err(e) if e.is_not_found() => {}
@@ -1044,6 +1045,13 @@ impl TaskService {
                     self.shims.shutdown(&pod).await;
                 }
             }
+        }
+        // A shim that died after the exit was recorded and before it deleted
+        // the task leaves the runtime's container (state, cgroup): the
+        // runtime deletes it.
+        if rec.runtime_root.join(NAMESPACE).join(&rec.id).exists() && !self.runc_delete(&rec).await
+        {
+            warn!(task = %rec.name, "the runtime could not delete the container");
         }
         let result = self.drop_task(&rec).await;
         if result.is_err() {
