@@ -99,8 +99,20 @@ fn reserved_for(s: &Status) -> Option<String> {
     (!id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit())).then(|| id.to_string())
 }
 
-/// Stops and removes a pod, trying for up to `budget`.
+/// Stops and removes a pod, trying for up to `budget` whatever the errors (as
+/// kubelet's pod cleanup does: a disk full for a while fails several tries).
 pub async fn remove_pod(ctx: &Ctx, rt: &mut Rt, id: &str, budget: Duration) -> Result<()> {
+    let give_up = Instant::now() + budget;
+    loop {
+        match stop_remove_pod(ctx, rt, id, budget).await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= give_up => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+async fn stop_remove_pod(ctx: &Ctx, rt: &mut Rt, id: &str, budget: Duration) -> Result<()> {
     let pid = id.to_string();
     call(
         ctx,
