@@ -163,16 +163,72 @@ impl SledStore {
 }
 
 fn open_sled(path: &Path) -> Result<sled::Db> {
-    sled::Config::new()
-        .path(path)
-        // Durability comes from explicit flushes before replies; the
-        // background flush only bounds the loss window for the rest.
-        .flush_every_ms(Some(1000))
-        .open()
-        .map_err(|source| MetaError::Open {
-            path: path.display().to_string(),
-            source,
-        })
+    drop_unfinished_snapshots(path);
+    let open = || {
+        sled::Config::new()
+            .path(path)
+            // Durability comes from explicit flushes before replies; the
+            // background flush only bounds the loss window for the rest.
+            .flush_every_ms(Some(1000))
+            .open()
+    };
+    match open() {
+        // A snapshot is only an index over the log: without any, sled
+        // recovers from the log alone. Moved aside, not deleted.
+        Err(sled::Error::Corruption { .. }) if set_snapshots_aside(path) => open(),
+        r => r,
+    }
+    .map_err(|source| MetaError::Open {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// sled 0.34 writes a snapshot to `snap.<lsn>.generating` and renames it when
+/// done, but on open takes the highest `snap.*` file, finished or not: one
+/// left empty by a full disk (or a crash) made every later open fail with
+/// `Corruption` (the chaos suite's disk-full fault, 2026-12-07; the database
+/// opened whole once the file was gone).
+fn drop_unfinished_snapshots(path: &Path) {
+    for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => tracing::warn!(file = %name, "removed an unfinished sled snapshot"),
+                Err(err) => {
+                    tracing::warn!(file = %name, error = %err, "cannot remove an unfinished sled snapshot")
+                }
+            }
+        }
+    }
+}
+
+/// Moves every `snap.*` file of the database into `snapshots-set-aside.<ns>/`;
+/// whether any was moved.
+fn set_snapshots_aside(path: &Path) -> bool {
+    let aside = path.join(format!(
+        "snapshots-set-aside.{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    let mut moved = false;
+    for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().starts_with("snap.") {
+            continue;
+        }
+        if std::fs::create_dir_all(&aside).is_ok()
+            && std::fs::rename(e.path(), aside.join(&name)).is_ok()
+        {
+            moved = true;
+        }
+    }
+    if moved {
+        tracing::warn!(dir = %aside.display(), "sled reported corruption; its snapshots were set aside and the log is replayed");
+    }
+    moved
 }
 
 impl MetaError {
@@ -258,6 +314,30 @@ impl MetaStore for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An empty unfinished snapshot with a higher LSN than the last finished
+    /// one (a full disk while sled generated it) made sled 0.34's open fail
+    /// with `Corruption` for good; the records are all there without it.
+    #[test]
+    fn an_unfinished_snapshot_does_not_stop_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta");
+        {
+            let db = SledStore::open(&path).unwrap();
+            for i in 0..100 {
+                db.put(TASKS, &format!("t{i}"), vec![1; 100]).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        std::fs::write(path.join("snap.00000000FFFFFFFF.generating"), b"").unwrap();
+        assert!(matches!(
+            sled::Config::new().path(&path).open(),
+            Err(sled::Error::Corruption { .. })
+        ));
+        let db = SledStore::open(&path).unwrap();
+        assert!(db.get(TASKS, "t99").unwrap().is_some());
+        assert!(!path.join("snap.00000000FFFFFFFF.generating").exists());
+    }
 
     /// A write that went to an instance replaced before its flush is never
     /// acknowledged; writes after the reopen are.
