@@ -225,7 +225,7 @@ async fn fill_disk(ctx: &Ctx, setup: &Setup) -> Result<()> {
 }
 
 /// Allocates `balloon` so that about 2 MiB stay free; returns its size. The
-/// workers write meanwhile: a size that no longer fits is tried 1 MiB smaller.
+/// workers write meanwhile: a size that no longer fits is tried 8 MiB smaller.
 fn balloon_up(balloon: &Path, root: &Path) -> Result<u64> {
     use std::os::fd::AsRawFd;
     let f =
@@ -238,12 +238,14 @@ fn balloon_up(balloon: &Path, root: &Path) -> Result<u64> {
             return Ok(size);
         }
         let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ENOSPC) || size < (4 << 20) {
+        if e.raw_os_error() != Some(libc::ENOSPC) || size < (16 << 20) {
             drop(f);
             let _ = std::fs::remove_file(balloon);
             return Err(e).context("fallocate the balloon");
         }
-        size -= 1 << 20;
+        // Each failed try costs a pass over the pages (about a second on
+        // tmpfs): shrink in steps that find room in a few tries.
+        size -= 8 << 20;
     }
 }
 
