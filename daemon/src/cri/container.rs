@@ -439,6 +439,7 @@ impl CriRuntime {
                 // Answer once it is, never while the container still shows
                 // RUNNING (its shim's death takes a while to settle).
                 Err(TaskError::FailedPrecondition(_)) => return self.exited(&rec.id).await,
+                Err(e) if e.is_shim_gone() => return self.exited(&rec.id).await,
                 Err(e) => return Err(e.into()),
             }
             let grace = Duration::from_secs(timeout as u64);
@@ -455,6 +456,7 @@ impl CriRuntime {
         let all = !self.own_pid_namespace(&rec);
         match self.tasks.kill(&rec.id, 9, all).await {
             Ok(()) | Err(TaskError::FailedPrecondition(_)) => {}
+            Err(e) if e.is_shim_gone() => {}
             Err(e) => return Err(e.into()),
         }
         self.exited(&rec.id).await

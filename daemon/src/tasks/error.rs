@@ -54,6 +54,11 @@ impl TaskError {
         move |source| TaskError::Io { context, source }
     }
 
+    /// The shim's connection broke (it died): its death settles the task.
+    pub fn is_shim_gone(&self) -> bool {
+        matches!(self, TaskError::Shim { source, .. } if source.is_connection())
+    }
+
     pub fn code(&self) -> tonic::Code {
         use tonic::Code;
         match self {
