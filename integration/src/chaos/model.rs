@@ -284,7 +284,8 @@ async fn check_container(
     use api::ContainerState as S;
     let state = S::try_from(c.state).unwrap_or(S::ContainerUnknown);
     let ok = match (crec.state, state) {
-        (_, S::ContainerUnknown) => false,
+        // Its shim, killed before it reaped the container, took the status.
+        (_, S::ContainerUnknown) => prec.shim_killed,
         (CtrState::Created, S::ContainerCreated) => true,
         // A container whose shim was killed is exited before it ever started.
         (CtrState::Created, S::ContainerExited) => prec.shim_killed,
@@ -311,6 +312,7 @@ async fn check_container(
     if state != S::ContainerExited {
         return;
     }
+
     let st = ctx
         .rpc(
             "ContainerStatus",

@@ -681,14 +681,18 @@ impl Worker {
         self.end(&pod);
         r.map_err(|s| anyhow!("StopContainer {main}: {:?}: {}", s.code(), s.message()))?;
         let st = self.status(&main).await?;
-        if st.state != api::ContainerState::ContainerExited as i32 {
+        // A shim killed before it reaped the container takes the exit status
+        // with it (the process was its child): UNKNOWN is the honest answer.
+        let lost =
+            st.state == api::ContainerState::ContainerUnknown as i32 && self.shim_killed(&pod);
+        if st.state == api::ContainerState::ContainerExited as i32 {
+            self.check_exit(&pod, &main, Role::Main, &st);
+        } else if !lost {
             self.ctx.violation(
                 "container-state",
                 &main,
                 format!("StopContainer returned and the container is {:?}", st.state),
             );
-        } else {
-            self.check_exit(&pod, &main, Role::Main, &st);
         }
 
         for id in [&main, &job] {
