@@ -322,6 +322,41 @@ impl Worker {
         lock(&self.ctx.model).end(pod);
     }
 
+    /// One lifecycle call on `pod` (or a container of it), kubelet-style: the
+    /// pod is busy meanwhile; `acked` records an acknowledged answer.
+    async fn step<T, F, Fut>(
+        &mut self,
+        pod: &str,
+        method: &'static str,
+        object: &str,
+        f: F,
+        on_err: impl Fn(&Status) -> OnErr<T>,
+        acked: impl FnOnce(&mut super::model::Model),
+    ) -> Result<T>
+    where
+        F: Fn(Rt) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.begin(pod).await;
+        let r = call(
+            &self.ctx,
+            &mut self.rt,
+            method,
+            object,
+            LIFECYCLE_DEADLINE,
+            STEP_BUDGET,
+            f,
+            on_err,
+        )
+        .await;
+        let mut m = lock(&self.ctx.model);
+        if r.is_ok() {
+            acked(&mut m);
+        }
+        m.end(pod);
+        r.map_err(|s| anyhow!("{method} {object}: {:?}: {}", s.code(), s.message()))
+    }
+
     fn shim_killed(&self, pod: &str) -> bool {
         shim_killed(&self.ctx, pod)
     }
@@ -476,14 +511,10 @@ impl Worker {
 
     async fn start_call(&mut self, pod: &str, id: &str, inferred: &AtomicBool) -> Result<()> {
         let cid = id.to_string();
-        self.begin(pod).await;
-        let r = call(
-            &self.ctx,
-            &mut self.rt,
+        self.step(
+            pod,
             "StartContainer",
             id,
-            LIFECYCLE_DEADLINE,
-            STEP_BUDGET,
             |mut rt| {
                 let container_id = cid.clone();
                 async move {
@@ -501,16 +532,10 @@ impl Worker {
                     OnErr::Retry
                 }
             },
+            |m| m.set_ctr_state(id, CtrState::Started),
         )
-        .await;
-        let mut m = lock(&self.ctx.model);
-        if r.is_ok() {
-            m.set_ctr_state(id, CtrState::Started);
-        }
-        m.end(pod);
-        drop(m);
-        r.map(|_| ())
-            .map_err(|s| anyhow!("StartContainer {id}: {:?}: {}", s.code(), s.message()))
+        .await
+        .map(|_| ())
     }
 
     async fn status(&mut self, id: &str) -> Result<api::ContainerStatus> {
@@ -654,14 +679,10 @@ impl Worker {
 
         // StopContainer main: sleep ignores SIGTERM as PID 1, so SIGKILL after 1 s.
         let cid = main.clone();
-        self.begin(&pod).await;
-        let r = call(
-            &self.ctx,
-            &mut self.rt,
+        self.step(
+            &pod,
             "StopContainer",
             &main,
-            LIFECYCLE_DEADLINE,
-            STEP_BUDGET,
             |mut rt| {
                 let container_id = cid.clone();
                 async move {
@@ -673,13 +694,9 @@ impl Worker {
                 }
             },
             retry,
+            |m| m.set_ctr_state(&main, CtrState::Stopped),
         )
-        .await;
-        if r.is_ok() {
-            lock(&self.ctx.model).set_ctr_state(&main, CtrState::Stopped);
-        }
-        self.end(&pod);
-        r.map_err(|s| anyhow!("StopContainer {main}: {:?}: {}", s.code(), s.message()))?;
+        .await?;
         let st = self.status(&main).await?;
         // A shim killed before it reaped the container takes the exit status
         // with it (the process was its child): UNKNOWN is the honest answer.
@@ -697,14 +714,10 @@ impl Worker {
 
         for id in [&main, &job] {
             let cid = id.to_string();
-            self.begin(&pod).await;
-            let r = call(
-                &self.ctx,
-                &mut self.rt,
+            self.step(
+                &pod,
                 "RemoveContainer",
                 id,
-                LIFECYCLE_DEADLINE,
-                STEP_BUDGET,
                 |mut rt| {
                     let container_id = cid.clone();
                     async move {
@@ -713,24 +726,15 @@ impl Worker {
                     }
                 },
                 not_found_is_done,
+                |m| m.remove_ctr(id),
             )
-            .await;
-            if r.is_ok() {
-                lock(&self.ctx.model).remove_ctr(id);
-            }
-            self.end(&pod);
-            r.map_err(|s| anyhow!("RemoveContainer {id}: {:?}: {}", s.code(), s.message()))?;
+            .await?;
         }
-
-        self.begin(&pod).await;
         let p = pod.clone();
-        let r = call(
-            &self.ctx,
-            &mut self.rt,
+        self.step(
+            &pod,
             "StopPodSandbox",
             &pod,
-            LIFECYCLE_DEADLINE,
-            STEP_BUDGET,
             |mut rt| {
                 let pod_sandbox_id = p.clone();
                 async move {
@@ -739,22 +743,13 @@ impl Worker {
                 }
             },
             retry,
+            |m| m.set_pod_state(&pod, PodState::Stopped),
         )
-        .await;
-        if r.is_ok() {
-            lock(&self.ctx.model).set_pod_state(&pod, PodState::Stopped);
-        }
-        self.end(&pod);
-        r.map_err(|s| anyhow!("StopPodSandbox {pod}: {:?}: {}", s.code(), s.message()))?;
-        self.begin(&pod).await;
-        let p = pod.clone();
-        let r = call(
-            &self.ctx,
-            &mut self.rt,
+        .await?;
+        self.step(
+            &pod,
             "RemovePodSandbox",
             &pod,
-            LIFECYCLE_DEADLINE,
-            STEP_BUDGET,
             |mut rt| {
                 let pod_sandbox_id = p.clone();
                 async move {
@@ -763,15 +758,9 @@ impl Worker {
                 }
             },
             not_found_is_done,
+            |m| m.remove_pod(&pod),
         )
-        .await;
-        match r {
-            Ok(_) => lock(&self.ctx.model).remove_pod(&pod),
-            Err(s) => {
-                self.end(&pod);
-                bail!("RemovePodSandbox {pod}: {:?}: {}", s.code(), s.message());
-            }
-        }
+        .await?;
         Ok(())
     }
 
