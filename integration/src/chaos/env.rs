@@ -242,15 +242,9 @@ impl Drop for Setup {
 pub async fn teardown(ctx: &Ctx, setup: &Setup, rt: &mut Rt, img: &mut Img) -> Result<()> {
     ctx.progress("teardown: removing every pod and image");
     let pods = ctx
-        .rpc(
-            "ListPodSandbox",
-            "teardown",
-            LIST_DEADLINE,
-            rt.list_pod_sandbox(api::ListPodSandboxRequest { filter: None }),
-        )
+        .list_pods(rt, "teardown")
         .await
-        .map_err(|s| anyhow::anyhow!("ListPodSandbox: {s}"))?
-        .items;
+        .map_err(|s| anyhow::anyhow!("ListPodSandbox: {s}"))?;
     for p in pods {
         if let Err(e) = super::workers::remove_pod(ctx, rt, &p.id, Duration::from_secs(120)).await {
             ctx.violation(

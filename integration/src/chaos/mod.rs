@@ -355,6 +355,38 @@ impl Ctx {
         r
     }
 
+    /// Every pod (ListPodSandbox, no filter), for `who`.
+    pub async fn list_pods(
+        &self,
+        rt: &mut Rt,
+        who: &str,
+    ) -> Result<Vec<cri::api::PodSandbox>, Status> {
+        self.rpc(
+            "ListPodSandbox",
+            who,
+            LIST_DEADLINE,
+            rt.list_pod_sandbox(cri::api::ListPodSandboxRequest { filter: None }),
+        )
+        .await
+        .map(|r| r.items)
+    }
+
+    /// Every container (ListContainers, no filter), for `who`.
+    pub async fn list_containers(
+        &self,
+        rt: &mut Rt,
+        who: &str,
+    ) -> Result<Vec<cri::api::Container>, Status> {
+        self.rpc(
+            "ListContainers",
+            who,
+            LIST_DEADLINE,
+            rt.list_containers(cri::api::ListContainersRequest { filter: None }),
+        )
+        .await
+        .map(|r| r.containers)
+    }
+
     /// CRI clients on a fresh connection; waits (up to `timeout`) for the socket.
     pub async fn connect(&self, timeout: Duration) -> Option<(Rt, Img)> {
         let deadline = Instant::now() + timeout;

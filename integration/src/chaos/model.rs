@@ -178,24 +178,10 @@ pub fn allowed_exit(role: Role, shim_killed: bool) -> &'static [i32] {
 pub async fn check(ctx: &Ctx, rt: &mut Rt, root: &Path, when: &str) {
     ctx.stats().checks += 1;
     let snap = lock(&ctx.model).snapshot();
-    let pods = ctx
-        .rpc(
-            "ListPodSandbox",
-            "checker",
-            LIST_DEADLINE,
-            rt.list_pod_sandbox(api::ListPodSandboxRequest { filter: None }),
-        )
-        .await;
-    let ctrs = ctx
-        .rpc(
-            "ListContainers",
-            "checker",
-            LIST_DEADLINE,
-            rt.list_containers(api::ListContainersRequest { filter: None }),
-        )
-        .await;
+    let pods = ctx.list_pods(rt, "checker").await;
+    let ctrs = ctx.list_containers(rt, "checker").await;
     let (pods, ctrs) = match (pods, ctrs) {
-        (Ok(p), Ok(c)) => (p.items, c.containers),
+        (Ok(p), Ok(c)) => (p, c),
         (Err(s), _) | (_, Err(s)) => {
             if !ctx.is_down() {
                 ctx.violation(

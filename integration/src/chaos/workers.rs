@@ -805,22 +805,8 @@ pub async fn lister(ctx: Arc<Ctx>) {
     };
     while !ctx.stopping() {
         let t = Instant::now();
-        let r1 = ctx
-            .rpc(
-                "ListPodSandbox",
-                "lister",
-                LIST_DEADLINE,
-                rt.list_pod_sandbox(api::ListPodSandboxRequest { filter: None }),
-            )
-            .await;
-        let r2 = ctx
-            .rpc(
-                "ListContainers",
-                "lister",
-                LIST_DEADLINE,
-                rt.list_containers(api::ListContainersRequest { filter: None }),
-            )
-            .await;
+        let r1 = ctx.list_pods(&mut rt, "lister").await.map(|_| ());
+        let r2 = ctx.list_containers(&mut rt, "lister").await.map(|_| ());
         let r3 = ctx
             .rpc(
                 "ListContainerStats",
@@ -828,7 +814,8 @@ pub async fn lister(ctx: Arc<Ctx>) {
                 LIST_DEADLINE,
                 rt.list_container_stats(api::ListContainerStatsRequest { filter: None }),
             )
-            .await;
+            .await
+            .map(|_| ());
         let secs = t.elapsed().as_secs_f64();
         match (&r1, &r2, &r3) {
             (Ok(_), Ok(_), Ok(_)) => {
