@@ -218,13 +218,14 @@ impl Daemon {
                 .max_decoding_message_size(max),
             )
             // The CRI ImageService (runtime.v1) over the same image store.
+            // The CRI: what kubelet sends at most (a pod accepted must list).
             .add_service(
                 CriImageServiceServer::new(CriImageApi::new(self.images.clone()))
-                    .max_decoding_message_size(max),
+                    .max_decoding_message_size(crate::cri::limits::MAX_MESSAGE_BYTES),
             )
             .add_service(
                 CriRuntimeServiceServer::new(CriRuntimeApi::new(self.cri.clone()))
-                    .max_decoding_message_size(max),
+                    .max_decoding_message_size(crate::cri::limits::MAX_MESSAGE_BYTES),
             )
             .add_service(ContentServer::new(ContentApi {
                 svc: self.images.clone(),

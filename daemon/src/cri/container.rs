@@ -157,6 +157,15 @@ impl CriRuntime {
                 "CreateContainer: metadata.name is empty",
             ));
         }
+        super::limits::field(
+            "CreateContainer",
+            "metadata.name",
+            &m.name,
+            super::limits::MAX_CONTAINER_NAME,
+        )?;
+        let what = format!("container {}", m.name);
+        super::limits::labels(&what, &cfg.labels)?;
+        super::limits::annotations(&what, &cfg.annotations)?;
         let image = cfg
             .image
             .as_ref()

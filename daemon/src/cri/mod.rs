@@ -9,6 +9,7 @@
 
 pub mod container;
 pub mod image;
+pub mod limits;
 pub mod meta;
 pub mod podfiles;
 pub mod podns;

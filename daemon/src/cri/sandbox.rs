@@ -18,8 +18,8 @@ use tracing::{debug, info, warn};
 
 use super::meta::{SandboxRecord, SandboxState};
 use super::{
-    find_by_prefix, in_created_order, labels_match, lock, podfiles, podns, stats, CriRuntime,
-    Sandbox,
+    find_by_prefix, in_created_order, labels_match, limits, lock, podfiles, podns, stats,
+    CriRuntime, Sandbox,
 };
 use crate::images::store::now_nanos;
 use crate::network::{PodNetworkOptions, PodRef, PortMapping};
@@ -48,11 +48,12 @@ pub(crate) fn validate(cfg: &cri::PodSandboxConfig) -> Result<&cri::PodSandboxMe
     let m = cfg.metadata.as_ref().ok_or_else(|| {
         Status::invalid_argument("RunPodSandbox: the sandbox config has no metadata")
     })?;
-    for (field, value) in [
-        ("name", &m.name),
-        ("namespace", &m.namespace),
-        ("uid", &m.uid),
+    for (field, value, max) in [
+        ("name", &m.name, limits::MAX_POD_NAME),
+        ("namespace", &m.namespace, limits::MAX_NAMESPACE),
+        ("uid", &m.uid, limits::MAX_UID),
     ] {
+        limits::field("RunPodSandbox", &format!("metadata.{field}"), value, max)?;
         if value.trim().is_empty() {
             return Err(Status::invalid_argument(format!(
                 "RunPodSandbox: metadata.{field} is empty (pod {:?})",
@@ -60,9 +61,26 @@ pub(crate) fn validate(cfg: &cri::PodSandboxConfig) -> Result<&cri::PodSandboxMe
             )));
         }
     }
-    // CNI gets them as u16: 70000 would silently become 4464.
+    let what = format!("pod {}", m.name);
+    limits::labels(&what, &cfg.labels)?;
+    limits::annotations(&what, &cfg.annotations)?;
+    // A relative log directory would be taken from berthd's working directory.
+    let log_dir = Path::new(&cfg.log_directory);
+    if !cfg.log_directory.is_empty()
+        && (!log_dir.is_absolute()
+            || log_dir
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir)))
+    {
+        return Err(Status::invalid_argument(format!(
+            "{what}: log_directory {} must be an absolute path without '..'",
+            limits::echo(&cfg.log_directory)
+        )));
+    }
+    // CNI gets them as u16: 70000 would silently become 4464, and -1 was
+    // dropped without a word.
     for p in &cfg.port_mappings {
-        if p.host_port > 65535 || p.container_port > 65535 {
+        if !(0..=65535).contains(&p.host_port) || !(0..=65535).contains(&p.container_port) {
             return Err(Status::invalid_argument(format!(
                 "pod {}: port mapping {}:{} is out of range (ports are 1 to 65535)",
                 m.name, p.host_port, p.container_port
@@ -71,8 +89,9 @@ pub(crate) fn validate(cfg: &cri::PodSandboxConfig) -> Result<&cri::PodSandboxMe
     }
     if cfg.hostname.len() > 64 {
         return Err(Status::invalid_argument(format!(
-            "pod {}: hostname {:?} is longer than 64 bytes",
-            m.name, cfg.hostname
+            "pod {}: hostname {} is longer than 64 bytes",
+            m.name,
+            limits::echo(&cfg.hostname)
         )));
     }
     Ok(m)
