@@ -259,17 +259,11 @@ impl ImageService {
                     reason: format!("index {digest} is not valid JSON: {e}"),
                 })?;
             let chosen = select_platform(&index, &platform).ok_or_else(|| {
-                let available: Vec<String> = index
-                    .manifests
-                    .iter()
-                    .filter_map(|m| m.platform.as_ref())
-                    .map(|p| format!("{}/{}", p.os, p.architecture))
-                    .collect();
                 ImageError::NotFound(format!(
                     "{name}: no manifest for platform {}/{} (index has: {})",
                     platform.os,
                     platform.architecture,
-                    available.join(", ")
+                    platforms_of(&index)
                 ))
             })?;
             if !oci::is_manifest(&chosen.media_type) {
@@ -723,4 +717,61 @@ pub fn select_platform(index: &oci::Index, want: &Platform) -> Option<Descriptor
         .find(|m| m.platform.as_ref().and_then(|p| p.variant.as_ref()) == want.variant.as_ref())
         .or_else(|| candidates.first())
         .map(|d| (*d).clone())
+}
+
+/// The platforms an index offers, for an error: each once, escaped and cut,
+/// at most [`PLATFORMS_SHOWN`] (an index of 10,000 entries made an error too
+/// large for a client's header limit).
+fn platforms_of(index: &oci::Index) -> String {
+    let mut seen: Vec<String> = Vec::new();
+    let mut more = 0;
+    for p in index.manifests.iter().filter_map(|m| m.platform.as_ref()) {
+        let shown = format!("{}/{}", p.os, p.architecture);
+        let shown = crate::cri::limits::echo(&shown);
+        if seen.contains(&shown) {
+            continue;
+        }
+        if seen.len() < PLATFORMS_SHOWN {
+            seen.push(shown);
+        } else {
+            more += 1;
+        }
+    }
+    let mut out = seen.join(", ");
+    if more > 0 {
+        out.push_str(&format!(" and {more} more"));
+    }
+    out
+}
+
+/// How many platforms a "no manifest for platform" error names.
+const PLATFORMS_SHOWN: usize = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_platforms_named_in_an_error_are_bounded() {
+        let manifests: Vec<serde_json::Value> = (0..10_000)
+            .map(|i| {
+                serde_json::json!({
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": format!("sha256:{:064x}", i),
+                    "size": 1,
+                    "platform": {"os": "linux", "architecture": format!("arch{i}\u{1b}[31m")},
+                })
+            })
+            .collect();
+        let index: oci::Index = serde_json::from_value(serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": manifests,
+        }))
+        .unwrap();
+        let s = platforms_of(&index);
+        assert!(s.len() < 1024, "{} bytes", s.len());
+        assert!(s.ends_with("and 9984 more"), "{s}");
+        assert!(!s.contains('\u{1b}'), "{s}");
+        assert!(s.starts_with("\"linux/arch0\\u{1b}[31m\""), "{s}");
+    }
 }
