@@ -65,11 +65,11 @@ pub enum ApplyError {
     HardlinkTargetMissing { path: String, target: String },
 
     /// Reading or decompressing the blob failed.
-    #[error("decompressing layer: {0}")]
+    #[error("decompressing layer: {}", escaped(.0))]
     Decompress(#[source] io::Error),
 
     /// The tar stream is malformed or truncated.
-    #[error("reading layer tar: {0}")]
+    #[error("reading layer tar: {}", escaped(.0))]
     Tar(#[source] io::Error),
 }
 
@@ -86,5 +86,45 @@ impl ApplyError {
             }
             _ => false,
         }
+    }
+}
+
+/// The longest decoder or tar error repeated in a message.
+const MAX_ECHO: usize = 512;
+
+/// A decoder's or the tar reader's error, whose text may quote the layer's own
+/// bytes (a header field of a blob that is not a tar): control characters
+/// escaped, length bounded, so that the error is safe on a terminal and in a
+/// gRPC status.
+fn escaped(e: &io::Error) -> String {
+    let mut out = String::new();
+    for c in e.to_string().chars() {
+        if out.len() >= MAX_ECHO {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tar_errors_are_escaped_and_bounded() {
+        let raw = format!(
+            "numeric field was not a number: \u{1b}[31m\0{}",
+            "x".repeat(4096)
+        );
+        let e = ApplyError::Tar(io::Error::other(raw)).to_string();
+        assert!(!e.chars().any(char::is_control), "{e:?}");
+        assert!(e.contains("\\u{1b}[31m"), "{e}");
+        assert!(e.len() < MAX_ECHO + 64, "{} bytes", e.len());
     }
 }
