@@ -237,7 +237,7 @@ pub async fn check(ctx: &Ctx, rt: &mut Rt, root: &Path, when: &str) {
             check_container(ctx, rt, &pod_id, &prec, &cid, &crec, listed, when).await;
         }
     }
-    images(ctx, rt, when).await;
+    images(ctx, when).await;
     let root = root.to_path_buf();
     tokio::task::block_in_place(|| verify_blobs(ctx, &root));
 }
@@ -401,8 +401,7 @@ async fn running_has_process(ctx: &Ctx, rt: &mut Rt, id: &str) {
 }
 
 /// Every image whose pull was acknowledged (and not removed) is listed.
-async fn images(ctx: &Ctx, rt: &mut Rt, when: &str) {
-    let _ = rt;
+async fn images(ctx: &Ctx, when: &str) {
     let want: Vec<(String, u64)> = lock(&ctx.model)
         .images
         .iter()

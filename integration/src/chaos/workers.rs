@@ -847,7 +847,7 @@ pub async fn lister(ctx: Arc<Ctx>) {
 /// Pulls the big images in turn and removes each again; a pull that fails must
 /// leave no image behind, one acknowledged must be there whole.
 pub async fn puller(ctx: Arc<Ctx>, setup: Arc<Setup>) {
-    let Some((mut rt, mut img)) = ctx.connect(Duration::from_secs(60)).await else {
+    let Some((_, mut img)) = ctx.connect(Duration::from_secs(60)).await else {
         return;
     };
     let mut n = 0usize;
@@ -885,8 +885,7 @@ pub async fn puller(ctx: Arc<Ctx>, setup: Arc<Setup>) {
                     ctx.disk_full_hit.store(true, Ordering::SeqCst);
                 }
                 if reconnect(&s) {
-                    if let Some((r, i)) = ctx.connect(Duration::from_secs(60)).await {
-                        rt = r;
+                    if let Some((_, i)) = ctx.connect(Duration::from_secs(60)).await {
                         img = i;
                     }
                 }
@@ -899,7 +898,6 @@ pub async fn puller(ctx: Arc<Ctx>, setup: Arc<Setup>) {
         tokio::time::sleep(Duration::from_millis(300)).await;
         remove_image(&ctx, &mut img, &image).await;
     }
-    let _ = rt;
 }
 
 async fn failed_pull_leaves_nothing(ctx: &Ctx, img: &mut Img, image: &str, why: &Status) {
