@@ -239,7 +239,7 @@ impl MetaError {
             MetaError::Open { source, .. } | MetaError::Op { source, .. } => source,
             MetaError::Corrupt { .. } => return false,
         };
-        matches!(source, sled::Error::Io(e) if crate::images::error::is_no_space(e))
+        matches!(source, sled::Error::Io(e) if snapshotter::is_no_space(e))
     }
 }
 

@@ -48,17 +48,22 @@ pub enum Error {
     },
 }
 
+/// Whether an I/O error means a full disk (or quota), by errno or by kind:
+/// sled hands out clones of its stored error, which keep the kind and lose
+/// the errno.
+pub fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || matches!(
+            e.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        )
+}
+
 impl Error {
     /// Whether the filesystem (or the metadata database on it) was full or over
     /// quota: the caller can make room and try again.
     pub fn is_no_space(&self) -> bool {
-        fn full(e: &io::Error) -> bool {
-            matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
-                || matches!(
-                    e.kind(),
-                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-                )
-        }
+        let full = is_no_space;
         match self {
             Error::Io { source, .. } => full(source),
             Error::Metadata { source, .. } => {

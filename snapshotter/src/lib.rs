@@ -40,7 +40,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-pub use error::{Error, Result};
+pub use error::{is_no_space, Error, Result};
 pub use mount::{mount_all, unmount, Mount};
 pub use native::NativeSnapshotter;
 pub use overlay::{overlay_supported, OverlaySnapshotter};

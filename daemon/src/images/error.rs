@@ -1,6 +1,8 @@
 //! Errors of the image service, each naming the image and the cause, with the
 //! gRPC code a client should see.
 
+use snapshotter::is_no_space;
+
 use crate::registry::RegistryError;
 
 #[derive(Debug, thiserror::Error)]
@@ -101,17 +103,6 @@ impl ImageError {
             source,
         }
     }
-}
-
-/// A full disk (or quota): the caller can free space and retry.
-/// Also by kind: sled hands out clones of its stored error, which keep the
-/// kind and lose the errno.
-pub(crate) fn is_no_space(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
-        || matches!(
-            e.kind(),
-            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-        )
 }
 
 impl From<ImageError> for tonic::Status {

@@ -602,7 +602,7 @@ impl ImageService {
                         Some(b) => {
                             if let Err(e) = writer.write_all(&b) {
                                 let path = std::path::PathBuf::from(writer.reference());
-                                if super::error::is_no_space(&e) {
+                                if snapshotter::is_no_space(&e) {
                                     // A full disk: a partial blob kept for a
                                     // resume would only keep it full.
                                     let _ = writer.abort();

@@ -331,7 +331,7 @@ impl Worker {
         object: &str,
         f: F,
         on_err: impl Fn(&Status) -> OnErr<T>,
-        acked: impl FnOnce(&mut super::model::Model),
+        acked: impl FnOnce(&mut super::model::Model, &T),
     ) -> Result<T>
     where
         F: Fn(Rt) -> Fut,
@@ -350,8 +350,8 @@ impl Worker {
         )
         .await;
         let mut m = lock(&self.ctx.model);
-        if r.is_ok() {
-            acked(&mut m);
+        if let Ok(v) = &r {
+            acked(&mut m, v);
         }
         m.end(pod);
         r.map_err(|s| anyhow!("{method} {object}: {:?}: {}", s.code(), s.message()))
@@ -448,45 +448,28 @@ impl Worker {
             sandbox_config: Some(cfg.clone()),
         };
         let adopted = AtomicBool::new(false);
-        self.begin(pod).await;
-        let r = call(
-            &self.ctx,
-            &mut self.rt,
-            "CreateContainer",
-            pod,
-            LIFECYCLE_DEADLINE,
-            STEP_BUDGET,
-            |mut rt| {
-                let req = req.clone();
-                async move { rt.create_container(req).await }
-            },
-            |s| match reserved_for(s) {
-                Some(id) => {
-                    adopted.store(true, Ordering::Relaxed);
-                    OnErr::Done(api::CreateContainerResponse { container_id: id })
-                }
-                None => OnErr::Retry,
-            },
-        )
-        .await;
-        let id = match r {
-            Ok(r) => r.container_id,
-            Err(s) => {
-                self.end(pod);
-                bail!(
-                    "CreateContainer {name} in {pod}: {:?}: {}",
-                    s.code(),
-                    s.message()
-                );
-            }
-        };
+        let id = self
+            .step(
+                pod,
+                "CreateContainer",
+                name,
+                |mut rt| {
+                    let req = req.clone();
+                    async move { rt.create_container(req).await }
+                },
+                |s| match reserved_for(s) {
+                    Some(id) => {
+                        adopted.store(true, Ordering::Relaxed);
+                        OnErr::Done(api::CreateContainerResponse { container_id: id })
+                    }
+                    None => OnErr::Retry,
+                },
+                |m, r| m.add_ctr(&r.container_id, pod, name, role),
+            )
+            .await?
+            .container_id;
         if adopted.load(Ordering::Relaxed) {
             self.ctx.stats().adopted += 1;
-        }
-        {
-            let mut m = lock(&self.ctx.model);
-            m.add_ctr(&id, pod, name, role);
-            m.end(pod);
         }
         Ok(id)
     }
@@ -532,7 +515,7 @@ impl Worker {
                     OnErr::Retry
                 }
             },
-            |m| m.set_ctr_state(id, CtrState::Started),
+            |m, _| m.set_ctr_state(id, CtrState::Started),
         )
         .await
         .map(|_| ())
@@ -694,7 +677,7 @@ impl Worker {
                 }
             },
             retry,
-            |m| m.set_ctr_state(&main, CtrState::Stopped),
+            |m, _| m.set_ctr_state(&main, CtrState::Stopped),
         )
         .await?;
         let st = self.status(&main).await?;
@@ -726,7 +709,7 @@ impl Worker {
                     }
                 },
                 not_found_is_done,
-                |m| m.remove_ctr(id),
+                |m, _| m.remove_ctr(id),
             )
             .await?;
         }
@@ -743,7 +726,7 @@ impl Worker {
                 }
             },
             retry,
-            |m| m.set_pod_state(&pod, PodState::Stopped),
+            |m, _| m.set_pod_state(&pod, PodState::Stopped),
         )
         .await?;
         self.step(
@@ -758,7 +741,7 @@ impl Worker {
                 }
             },
             not_found_is_done,
-            |m| m.remove_pod(&pod),
+            |m, _| m.remove_pod(&pod),
         )
         .await?;
         Ok(())

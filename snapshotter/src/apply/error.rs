@@ -79,10 +79,7 @@ impl ApplyError {
     pub fn is_no_space(&self) -> bool {
         match self {
             ApplyError::Root { source, .. } | ApplyError::Io { source, .. } => {
-                matches!(
-                    source.raw_os_error(),
-                    Some(libc::ENOSPC) | Some(libc::EDQUOT)
-                )
+                crate::is_no_space(source)
             }
             _ => false,
         }
