@@ -620,6 +620,78 @@ impl ContentStore {
         Ok(removed)
     }
 
+    /// Removes the ingests whose reference starts with `prefix`, that no
+    /// writer holds and that have not been updated for `idle`: the partial
+    /// downloads a caller keeps for a resume only as long as one could still
+    /// come. Returns the references removed.
+    pub fn remove_idle_ingests(&self, prefix: &str, idle: Duration) -> Result<Vec<String>> {
+        let now = SystemTime::now();
+        let root = &self.inner.ingest;
+        let mut removed = Vec::new();
+        for entry in fs::read_dir(root).map_err(|e| Error::io("list ingests", root, e))? {
+            let entry = entry.map_err(|e| Error::io("list ingests", root, e))?;
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = entry.path();
+            let Some(reference) = read_small(&path.join(REF_FILE)) else {
+                continue;
+            };
+            if !reference.starts_with(prefix) {
+                continue;
+            }
+            let is_idle = |dir: &Path| {
+                now.duration_since(ingest_updated(dir))
+                    .unwrap_or(Duration::ZERO)
+                    >= idle
+            };
+            if !is_idle(&path) {
+                continue;
+            }
+            let _lock = match lock_ingest(&reference, &path, false, Wait::No) {
+                Ok(lock) => lock,
+                Err(Error::Locked { .. } | Error::IngestNotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            // A writer may have resumed it between the check and the lock.
+            if !is_idle(&path) {
+                continue;
+            }
+            remove_ingest_locked(&path)?;
+            removed.push(reference);
+        }
+        removed.sort();
+        Ok(removed)
+    }
+
+    /// Bytes the filesystem holding the store can still take: what root may
+    /// use when running as root (the blocks reserved for root included), else
+    /// what an unprivileged writer may.
+    pub fn available_bytes(&self) -> Result<u64> {
+        let path = &self.inner.ingest;
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| {
+            Error::io(
+                "statvfs",
+                path,
+                io::Error::new(io::ErrorKind::InvalidInput, e),
+            )
+        })?;
+        // SAFETY: statvfs(3) writes into the zeroed struct we own and reads the
+        // NUL-terminated path, both valid for the duration of the call.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut st) };
+        if rc != 0 {
+            return Err(Error::io("statvfs", path, io::Error::last_os_error()));
+        }
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        let blocks = if unsafe { libc::geteuid() } == 0 {
+            st.f_bfree
+        } else {
+            st.f_bavail
+        };
+        Ok(blocks.saturating_mul(st.f_frsize))
+    }
+
     /// Ingest directory for a reference. References are arbitrary strings, so
     /// the directory is named by their sha256: always a safe, fixed-length name.
     fn ingest_dir(&self, reference: &str) -> PathBuf {

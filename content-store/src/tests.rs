@@ -726,3 +726,56 @@ fn large_streaming_write() {
     std::io::copy(&mut r, &mut check).unwrap();
     assert_eq!(Digest::from_sha256_bytes(check.finalize().into()), want);
 }
+
+#[test]
+fn remove_idle_ingests_takes_only_idle_unlocked_ones_with_the_prefix() {
+    let (_tmp, s) = store();
+    let old = SystemTime::now() - Duration::from_secs(600);
+    for r in ["fetch-a", "fetch-held", "fetch-fresh", "import-a"] {
+        let mut w = s.writer(r, None).unwrap();
+        w.write_all(&data(10_000, 3)).unwrap();
+    }
+    let held = s.writer("fetch-held", None).unwrap();
+    for r in ["fetch-a", "fetch-held", "import-a"] {
+        let dir = ingest_dir(&s, r);
+        set_mtime(&dir.join("data"), old);
+        set_mtime(&dir, old);
+    }
+
+    let removed = s
+        .remove_idle_ingests("fetch-", Duration::from_secs(300))
+        .unwrap();
+    assert_eq!(removed, vec!["fetch-a".to_owned()]);
+    let refs: Vec<String> = s
+        .list_ingests()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.reference)
+        .collect();
+    assert_eq!(refs, ["fetch-fresh", "fetch-held", "import-a"]);
+
+    // Released, the held one goes too; another prefix is never touched.
+    drop(held);
+    let removed = s.remove_idle_ingests("fetch-", Duration::ZERO).unwrap();
+    assert_eq!(removed, ["fetch-fresh", "fetch-held"]);
+    let refs: Vec<String> = s
+        .list_ingests()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.reference)
+        .collect();
+    assert_eq!(refs, ["import-a"]);
+}
+
+#[test]
+fn available_bytes_is_the_free_space_of_the_store() {
+    let (_tmp, s) = store();
+    let before = s.available_bytes().unwrap();
+    assert!(before > 0);
+    // statvfs of a path that is gone is an error naming it, not a zero.
+    let gone = TempDir::new().unwrap();
+    let s2 = ContentStore::open(gone.path().join("c")).unwrap();
+    fs::remove_dir_all(gone.path().join("c")).unwrap();
+    let err = s2.available_bytes().unwrap_err();
+    assert!(err.to_string().contains("statvfs"), "{err}");
+}
