@@ -15,7 +15,7 @@ mod store;
 
 pub use digest::Digest;
 pub use error::{Error, Result};
-pub use store::{ContentStore, Expected, Info, IngestStatus, Reader, Usage, Writer};
+pub use store::{ContentStore, Expected, Info, IngestStatus, Reader, Space, Usage, Writer};
 
 #[cfg(test)]
 mod tests;

@@ -69,6 +69,15 @@ pub struct Usage {
     pub ingest_bytes: u64,
 }
 
+/// Size and free space of the filesystem under the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes that can still be written.
+    pub available: u64,
+    /// The filesystem's size in bytes.
+    pub total: u64,
+}
+
 /// The state of one in-progress (or abandoned) ingest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IngestStatus {
@@ -664,10 +673,10 @@ impl ContentStore {
         Ok(removed)
     }
 
-    /// Bytes the filesystem holding the store can still take: what root may
-    /// use when running as root (the blocks reserved for root included), else
-    /// what an unprivileged writer may.
-    pub fn available_bytes(&self) -> Result<u64> {
+    /// The filesystem holding the store: its size and the bytes it can still
+    /// take (what root may use when running as root, the blocks reserved for
+    /// root included, else what an unprivileged writer may).
+    pub fn space(&self) -> Result<Space> {
         let path = &self.inner.ingest;
         let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| {
             Error::io(
@@ -684,12 +693,15 @@ impl ContentStore {
             return Err(Error::io("statvfs", path, io::Error::last_os_error()));
         }
         // SAFETY: geteuid(2) cannot fail and touches no memory.
-        let blocks = if unsafe { libc::geteuid() } == 0 {
+        let free = if unsafe { libc::geteuid() } == 0 {
             st.f_bfree
         } else {
             st.f_bavail
         };
-        Ok(blocks.saturating_mul(st.f_frsize))
+        Ok(Space {
+            available: free.saturating_mul(st.f_frsize),
+            total: st.f_blocks.saturating_mul(st.f_frsize),
+        })
     }
 
     /// Ingest directory for a reference. References are arbitrary strings, so

@@ -768,14 +768,17 @@ fn remove_idle_ingests_takes_only_idle_unlocked_ones_with_the_prefix() {
 }
 
 #[test]
-fn available_bytes_is_the_free_space_of_the_store() {
+fn space_is_the_free_space_of_the_store() {
     let (_tmp, s) = store();
-    let before = s.available_bytes().unwrap();
-    assert!(before > 0);
+    let before = s.space().unwrap();
+    assert!(
+        before.total > 0 && before.available <= before.total,
+        "{before:?}"
+    );
     // statvfs of a path that is gone is an error naming it, not a zero.
     let gone = TempDir::new().unwrap();
     let s2 = ContentStore::open(gone.path().join("c")).unwrap();
     fs::remove_dir_all(gone.path().join("c")).unwrap();
-    let err = s2.available_bytes().unwrap_err();
+    let err = s2.space().unwrap_err();
     assert!(err.to_string().contains("statvfs"), "{err}");
 }

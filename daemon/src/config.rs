@@ -267,6 +267,14 @@ pub struct PullConfig {
     pub max_manifest_bytes: u64,
     /// Image configs larger than this are refused (bytes).
     pub max_config_bytes: u64,
+    /// Blobs (layers) whose descriptor declares more than this are refused
+    /// before a byte is fetched (bytes; default 64 GiB, a quarter of
+    /// `snapshotter.max_layer_bytes`: a compressed layer is smaller than what
+    /// it unpacks to). A registry that sends more than a descriptor declares
+    /// is cut off at the declared size whatever this says. A blob is also
+    /// refused up front when it cannot fit in the free space of the content
+    /// store's filesystem (less a reserve of 1%, at most 64 MiB).
+    pub max_blob_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -274,6 +282,14 @@ pub struct PullConfig {
 pub struct GcConfig {
     /// Ingests untouched for this long are removed at start (seconds).
     pub stale_ingest_secs: u64,
+    /// How long a pull's partial download is kept for a retry to resume
+    /// (seconds). A pull keeps one only when it failed on a transient error
+    /// (a stall, a broken connection, a 5xx) from a registry that serves byte
+    /// ranges; a cancelled pull, a failure a retry cannot cure (digest or
+    /// size mismatch, a limit, a full disk, a 4xx) and a registry without
+    /// ranges remove the ingest at once. Kept ones idle for longer than this
+    /// are swept while berthd runs and at start. 0: never kept.
+    pub partial_ingest_keep_secs: u64,
 }
 
 impl Default for Config {
@@ -314,6 +330,7 @@ impl Default for PullConfig {
             connect_timeout_secs: 10,
             max_manifest_bytes: 4 << 20,
             max_config_bytes: 8 << 20,
+            max_blob_bytes: 64 << 30,
         }
     }
 }
@@ -322,6 +339,9 @@ impl Default for GcConfig {
     fn default() -> Self {
         GcConfig {
             stale_ingest_secs: 24 * 3600,
+            // kubelet's image pull back-off tops out at 5 minutes: a retry
+            // it schedules comes well within this.
+            partial_ingest_keep_secs: 600,
         }
     }
 }

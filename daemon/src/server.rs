@@ -202,6 +202,8 @@ impl Daemon {
         self.cri.set_streaming(streaming);
         let listener = bind_socket(&socket)?;
         self.images.spawn_gc_loop();
+        // Partial downloads kept for a retry go once none came (at start too).
+        self.images.spawn_partial_ingest_sweep();
         // Unreferenced content and snapshots a crash left behind go now.
         self.images.request_gc();
         info!(socket = %socket.display(), root = %self.config.root.display(), version = VERSION, "berthd serving");

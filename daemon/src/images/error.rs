@@ -26,9 +26,13 @@ pub enum ImageError {
     },
     #[error("{image}: {reason}")]
     BadImage { image: String, reason: String },
-    /// The node's disk filled up while the image was written.
+    /// The node's disk filled up while the image was written, or a blob
+    /// cannot fit in what is free.
     #[error("{image}: {reason}")]
     NoSpace { image: String, reason: String },
+    /// Larger than a configured limit: refused before it is fetched.
+    #[error("{image}: {reason}")]
+    OverLimit { image: String, reason: String },
     #[error("{image}: {source}")]
     Content {
         image: String,
@@ -62,7 +66,9 @@ impl ImageError {
                 RegistryError::Connect { .. } => Code::Unavailable,
                 RegistryError::Tls { .. } => Code::FailedPrecondition,
                 RegistryError::Config(_) => Code::FailedPrecondition,
+                RegistryError::TokenTooLarge { .. } => Code::ResourceExhausted,
                 RegistryError::TooLarge { .. }
+                | RegistryError::Overlong { .. }
                 | RegistryError::DigestMismatch { .. }
                 | RegistryError::Protocol { .. } => Code::DataLoss,
                 RegistryError::Status { status, .. } if status.is_server_error() => {
@@ -72,7 +78,7 @@ impl ImageError {
             },
             ImageError::UnsupportedMediaType { .. } => Code::FailedPrecondition,
             ImageError::BadImage { .. } => Code::DataLoss,
-            ImageError::NoSpace { .. } => Code::ResourceExhausted,
+            ImageError::NoSpace { .. } | ImageError::OverLimit { .. } => Code::ResourceExhausted,
             ImageError::Content { source, .. } => match source {
                 content_store::Error::DigestMismatch { .. }
                 | content_store::Error::SizeMismatch { .. } => Code::DataLoss,

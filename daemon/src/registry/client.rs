@@ -49,6 +49,22 @@ pub enum RegistryError {
     },
     #[error("{what}: larger than the limit of {limit} bytes")]
     TooLarge { what: String, limit: u64 },
+    /// The token server's answer is bigger than any token: it is refused
+    /// rather than buffered (one that streams forever would fill memory).
+    #[error("{what}: the token response from {realm} is larger than the limit of {limit} bytes")]
+    TokenTooLarge {
+        what: String,
+        realm: String,
+        limit: u64,
+    },
+    /// The registry sent more bytes than the descriptor declares: cut off
+    /// there, nothing past the declared size is written.
+    #[error("{what}: registry {host} sent more than the {declared} bytes its descriptor declares")]
+    Overlong {
+        host: String,
+        what: String,
+        declared: u64,
+    },
     #[error("{what}: digest mismatch: expected {expected}, registry sent {actual}")]
     DigestMismatch {
         what: String,
@@ -66,8 +82,22 @@ impl RegistryError {
     fn try_next_host(&self) -> bool {
         !matches!(
             self,
-            RegistryError::TooLarge { .. } | RegistryError::DigestMismatch { .. }
+            RegistryError::TooLarge { .. }
+                | RegistryError::DigestMismatch { .. }
+                | RegistryError::Overlong { .. }
         )
+    }
+
+    /// Errors a later attempt may not meet (a stall, a broken connection, a
+    /// server error): worth keeping a partial download for.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RegistryError::Timeout { .. } | RegistryError::Connect { .. } => true,
+            RegistryError::Status { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            _ => false,
+        }
     }
 }
 
@@ -119,6 +149,11 @@ pub struct BlobBody {
     pub offset: u64,
     /// Total size when the registry says so.
     pub total: Option<u64>,
+    /// The registry serves byte ranges (it answered one with 206, or said
+    /// `Accept-Ranges: bytes`): a partial download can be resumed.
+    pub ranges: bool,
+    /// The host that answered, for errors.
+    pub host: String,
     pub stream: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, RegistryError>> + Send>>,
 }
 
@@ -451,8 +486,39 @@ impl Repository {
                             detail: format!(": token server {realm} answered {status}{detail}"),
                         });
                     }
-                    let body =
-                        read_limited(resp, 1 << 20, what, host, self.client.no_progress).await?;
+                    // Its own bound and its own error: a token endpoint that
+                    // streams forever is not a large manifest, and one that
+                    // trickles must not hold the pull past the timeout.
+                    let too_large = || RegistryError::TokenTooLarge {
+                        what: what.into(),
+                        realm: crate::cri::limits::echo(realm),
+                        limit: MAX_TOKEN_RESPONSE,
+                    };
+                    if resp
+                        .content_length()
+                        .is_some_and(|l| l > MAX_TOKEN_RESPONSE)
+                    {
+                        return Err(too_large());
+                    }
+                    let token_what = format!("{what} (token from {realm})");
+                    let read = read_limited(
+                        resp,
+                        MAX_TOKEN_RESPONSE,
+                        &token_what,
+                        host,
+                        self.client.no_progress,
+                    );
+                    let body = match tokio::time::timeout(self.client.no_progress, read).await {
+                        Err(_) => {
+                            return Err(RegistryError::Timeout {
+                                host: host.into(),
+                                what: token_what,
+                                secs: self.client.no_progress.as_secs(),
+                            })
+                        }
+                        Ok(Err(RegistryError::TooLarge { .. })) => return Err(too_large()),
+                        Ok(res) => res?,
+                    };
                     let tr: TokenResponse =
                         serde_json::from_slice(&body).map_err(|e| RegistryError::Protocol {
                             what: what.into(),
@@ -605,6 +671,12 @@ impl Repository {
             };
             let partial = resp.status() == StatusCode::PARTIAL_CONTENT;
             let start = if partial { offset } else { 0 };
+            let ranges = partial
+                || resp
+                    .headers()
+                    .get(reqwest::header::ACCEPT_RANGES)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.split(',').any(|u| u.trim().eq_ignore_ascii_case("bytes")));
             let total = resp.content_length().map(|l| l + start);
             let host = ep.host.host.clone();
             let what_s = what.to_string();
@@ -634,6 +706,8 @@ impl Repository {
             return Ok(BlobBody {
                 offset: start,
                 total,
+                ranges,
+                host: ep.host.host.clone(),
                 stream: Box::pin(stream),
             });
         }
@@ -734,6 +808,9 @@ impl Repository {
         Ok(())
     }
 }
+
+/// The largest token server answer read (bytes): real ones are a few KiB.
+const MAX_TOKEN_RESPONSE: u64 = 1 << 20;
 
 /// Tags cannot contain ':', digests always do.
 fn by_digest(object: &str) -> bool {
