@@ -209,7 +209,8 @@ fuzz_target!(
             seeds::LAYER_ZSTD_RAW => (body, Compression::Zstd),
             _ => (body, Compression::None),
         };
-        let res = apply_layer(&root, blob, compression, &opts);
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let res = apply_layer(&root, blob, compression, &opts, &never);
         if let Ok(report) = &res {
             assert!(report.diff_id.starts_with("sha256:") && report.diff_id.len() == 71);
             if compression == Compression::None {

@@ -394,6 +394,9 @@ impl ImageService {
         let content = self.content.clone();
         let lease = self.leases.create("import");
         let svc = self.clone();
+        // The import stops unpacking if its caller goes away (see CancelOnDrop).
+        let stop = super::unpack::CancelOnDrop::new();
+        let cancel = stop.flag();
         let found = blocking(move || {
             use std::io::Seek;
             let mut file = file;
@@ -433,7 +436,7 @@ impl ImageService {
                     for c in &chain {
                         lease.add_blocking(&format!("{}{}", super::gc::SNAPSHOT_LEASE_PREFIX, c.chain_id));
                     }
-                    svc.unpack_chain(&name, &chain)?;
+                    svc.unpack_chain_until(&name, &chain, &cancel)?;
                 }
                 records.push(ImageRecord {
                     name,
@@ -448,6 +451,7 @@ impl ImageService {
             Ok((records, lease))
         })
         .await?;
+        drop(stop);
         let (records, lease) = found;
         let images = self.images.clone();
         let records = blocking(move || images.put_all(records).map_err(ImageError::from)).await?;

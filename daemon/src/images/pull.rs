@@ -409,6 +409,11 @@ impl ImageService {
                     let image = name.clone();
                     let c = chain[next].clone();
                     let parent = next.checked_sub(1).map(|p| chain[p].chain_id.clone());
+                    // A cancelled pull (inflight.cancel) drops this future, and the
+                    // guard with it: the blocking unpack then stops and removes its
+                    // snapshot instead of running on for minutes.
+                    let stop = super::unpack::CancelOnDrop::new();
+                    let cancel = stop.flag();
                     blocking(move || {
                         svc.unpacker
                             .unpack_layer(
@@ -417,10 +422,12 @@ impl ImageService {
                                 &c.diff_id,
                                 &c.chain_id,
                                 parent.as_deref(),
+                                &cancel,
                             )
                             .map(|_| ())
                     })
                     .await?;
+                    drop(stop);
                     next += 1;
                 }
             }

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use berth_api::snapshots::v1 as pb;
@@ -183,10 +184,21 @@ impl ImageService {
     /// Unpacks whatever layers of the chain are missing (content must be
     /// present). Blocking.
     pub fn unpack_chain(&self, image: &str, chain: &[ChainLayer]) -> Result<(), ImageError> {
+        self.unpack_chain_until(image, chain, &AtomicBool::new(false))
+    }
+
+    /// [`Self::unpack_chain`] that stops, removing the layer it was unpacking,
+    /// once `cancel` is set. Blocking.
+    pub fn unpack_chain_until(
+        &self,
+        image: &str,
+        chain: &[ChainLayer],
+        cancel: &AtomicBool,
+    ) -> Result<(), ImageError> {
         let mut parent: Option<&str> = None;
         for c in chain {
             self.unpacker
-                .unpack_layer(image, &c.layer, &c.diff_id, &c.chain_id, parent)?;
+                .unpack_layer(image, &c.layer, &c.diff_id, &c.chain_id, parent, cancel)?;
             parent = Some(&c.chain_id);
         }
         Ok(())

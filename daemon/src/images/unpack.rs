@@ -4,12 +4,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use content_store::{ContentStore, Digest};
 use sha2::{Digest as _, Sha256};
-use snapshotter::apply::{apply_layer, ApplyOptions, Compression, WhiteoutMode};
+use snapshotter::apply::{apply_layer, ApplyError, ApplyOptions, Compression, WhiteoutMode};
 use snapshotter::{Kind, Snapshotter};
 use tracing::{debug, info, warn};
 
@@ -72,6 +72,35 @@ fn with_writeback<T>(dir: Option<&Path>, f: impl FnOnce() -> T) -> T {
     })
 }
 
+/// The cancellation flag of a blocking unpack, set when this guard is dropped.
+/// The future that awaits the unpack holds it: a blocking task runs on when
+/// its future is dropped (a pull cancelled because its client went away), and
+/// the flag makes it stop and remove what it made instead.
+pub struct CancelOnDrop(Arc<AtomicBool>);
+
+impl CancelOnDrop {
+    pub fn new() -> CancelOnDrop {
+        CancelOnDrop(Arc::new(AtomicBool::new(false)))
+    }
+
+    /// The flag to hand to the blocking work.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.0.clone()
+    }
+}
+
+impl Default for CancelOnDrop {
+    fn default() -> Self {
+        CancelOnDrop::new()
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 pub struct Unpacker {
     pub snapshotter: Arc<dyn Snapshotter>,
     content: ContentStore,
@@ -115,7 +144,8 @@ impl Unpacker {
 
     /// Unpacks one layer on top of `parent` (already committed) and commits
     /// it as `chain_id`. Returns whether it was applied now (false: it was
-    /// there already). Blocking.
+    /// there already). Blocking. Once `cancel` is set, it stops promptly,
+    /// removes its snapshot and returns [`ImageError::Cancelled`].
     pub fn unpack_layer(
         &self,
         image: &str,
@@ -123,13 +153,14 @@ impl Unpacker {
         diff_id: &str,
         chain_id: &str,
         parent: Option<&str>,
+        cancel: &AtomicBool,
     ) -> Result<bool, ImageError> {
         let gate = {
             let mut map = self.in_progress.lock().unwrap_or_else(|e| e.into_inner());
             map.entry(chain_id.to_string()).or_default().clone()
         };
         let _held = gate.lock().unwrap_or_else(|e| e.into_inner());
-        let res = self.unpack_locked(image, layer, diff_id, chain_id, parent);
+        let res = self.unpack_locked(image, layer, diff_id, chain_id, parent, cancel);
         let mut map = self.in_progress.lock().unwrap_or_else(|e| e.into_inner());
         if Arc::strong_count(&gate) <= 2 {
             map.remove(chain_id);
@@ -144,9 +175,17 @@ impl Unpacker {
         diff_id: &str,
         chain_id: &str,
         parent: Option<&str>,
+        cancel: &AtomicBool,
     ) -> Result<bool, ImageError> {
         if self.is_unpacked(chain_id) {
             return Ok(false);
+        }
+        let cancelled = || ImageError::Cancelled {
+            image: image.to_string(),
+        };
+        // Cancelled while another pull held this chain ID's gate.
+        if cancel.load(Ordering::Relaxed) {
+            return Err(cancelled());
         }
         let snap_err = |e: snapshotter::Error| ImageError::Snapshot {
             image: image.to_string(),
@@ -182,7 +221,7 @@ impl Unpacker {
                 Some(d) => d.clone(),
                 None => self.snapshotter.upper_dir(&key).map_err(snap_err)?,
             };
-            let res = self.apply(image, layer, diff_id, &target);
+            let res = self.apply(image, layer, diff_id, &target, cancel);
             if let Some(dir) = mounted {
                 if let Err(e) = snapshotter::unmount(&dir) {
                     warn!(dir = %dir.display(), error = %e, "cannot unmount unpack dir");
@@ -192,7 +231,19 @@ impl Unpacker {
             res
         });
         let t_applied = t0.elapsed();
+        // Cancelled at the very end: nothing would reference the layer once
+        // the pull's lease is gone, so do not commit it.
+        let applied = applied.and_then(|()| {
+            if cancel.load(Ordering::Relaxed) {
+                Err(cancelled())
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = applied {
+            if matches!(e, ImageError::Cancelled { .. }) {
+                info!(image, layer = %layer.digest, snapshot = %key, "unpack cancelled, snapshot removed");
+            }
             if let Err(re) = self.snapshotter.remove(&key) {
                 warn!(snapshot = %key, error = %re, "cannot remove failed unpack");
             }
@@ -227,6 +278,7 @@ impl Unpacker {
         layer: &Descriptor,
         diff_id: &str,
         target: &Path,
+        cancel: &AtomicBool,
     ) -> Result<(), ImageError> {
         let digest = Digest::parse(&layer.digest).map_err(ImageError::content(image))?;
         let reader = self
@@ -254,10 +306,21 @@ impl Unpacker {
             std::io::BufReader::with_capacity(1 << 20, reader),
             compression,
             &opts,
+            cancel,
         )
         .map_err(|e| {
-            let reason = format!("layer {}: {e}", layer.digest);
             let image = image.into();
+            // The config key an operator would raise.
+            let key = match &e {
+                ApplyError::Cancelled => return ImageError::Cancelled { image },
+                ApplyError::LayerTooLarge { .. } | ApplyError::StreamTooLarge { .. } => {
+                    " (snapshotter.max_layer_bytes)"
+                }
+                ApplyError::EntryTooLarge { .. } => " (snapshotter.max_file_bytes)",
+                ApplyError::TooManyEntries { .. } => " (snapshotter.max_layer_entries)",
+                _ => "",
+            };
+            let reason = format!("layer {}: {e}{key}", layer.digest);
             if e.is_no_space() {
                 ImageError::NoSpace { image, reason }
             } else {

@@ -27,13 +27,15 @@ pub enum ApplyError {
     #[error("layer entry {path:?}: device nodes are not allowed")]
     DeviceNotAllowed { path: String },
 
-    /// An entry declares more data than `max_file_size`.
+    /// An entry declares more data than `max_file_size` (a sparse file: its
+    /// apparent size).
     #[error("layer entry {path:?}: size {size} exceeds the limit of {limit} bytes")]
     EntryTooLarge { path: String, size: u64, limit: u64 },
 
-    /// An entry would take the uncompressed layer past `max_total_size`.
+    /// An entry would take the uncompressed layer past `max_total_size`
+    /// (sparse files count at their apparent size).
     #[error(
-        "layer entry {path:?}: size {size} would take the layer past its limit of {limit} bytes"
+        "layer entry {path:?}: size {size} would take the layer past its limit of {limit} bytes (sparse files count at their apparent size)"
     )]
     LayerTooLarge { path: String, size: u64, limit: u64 },
 
@@ -71,6 +73,10 @@ pub enum ApplyError {
     /// The tar stream is malformed or truncated.
     #[error("reading layer tar: {}", escaped(.0))]
     Tar(#[source] io::Error),
+
+    /// The caller's cancellation flag was set.
+    #[error("layer application cancelled")]
+    Cancelled,
 }
 
 impl ApplyError {

@@ -58,14 +58,19 @@
 //!   containerd; those and any the filesystem refuses with `ENOTSUP` (and
 //!   `user.*` on special files, which the kernel refuses) are skipped and
 //!   listed in [`ApplyReport::skipped_xattrs`].
-//! * GNU sparse entries are written with holes where whole 4 KiB blocks are
-//!   zero.
+//! * GNU sparse entries are written with holes where the map has them and
+//!   where whole 4 KiB blocks of their data are zero; the work is
+//!   proportional to the data stored in the layer, never to the apparent size.
 //! * Limits: `max_file_size` per entry and `max_total_size` for the whole
-//!   uncompressed stream are checked against the declared size before an
-//!   entry's data is written; the stream reader also enforces
+//!   uncompressed layer are checked against the declared size before an
+//!   entry's data is written; sparse files count at their apparent size (a
+//!   10 KB tar may declare 60 GiB). The stream reader also enforces
 //!   `max_total_size` on the bytes actually decompressed (gzip bombs, padding)
-//!   and caps what one entry's headers (PAX records, long names) may buffer at
-//!   4 MiB.
+//!   and caps what one entry's headers (PAX records, long names, sparse maps)
+//!   may buffer at 4 MiB.
+//! * Cancellation: the flag passed to [`apply_layer`] is checked before each
+//!   entry and each chunk of data (at most 1 MiB), so a cancelled apply stops
+//!   within milliseconds with [`ApplyError::Cancelled`].
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -77,6 +82,7 @@ mod sys;
 #[cfg(test)]
 mod tests;
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
 use std::fs::File;
@@ -85,6 +91,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::{debug, warn};
 
@@ -92,7 +99,7 @@ pub use error::ApplyError;
 pub use stream::Compression;
 
 use path::SplitPath;
-use stream::{Fault, LayerStream, StreamState};
+use stream::{Fault, LayerStream, Shared, StreamState, TarSide};
 
 /// Size of the buffer file data is copied through.
 const COPY_BUFFER: usize = 1 << 20;
@@ -132,7 +139,8 @@ pub struct ApplyOptions {
     /// Largest size one entry may declare (for sparse files, the apparent
     /// size).
     pub max_file_size: u64,
-    /// Largest uncompressed layer stream, headers and padding included.
+    /// Largest uncompressed layer, headers and padding included, sparse files
+    /// at their apparent size.
     pub max_total_size: u64,
     /// Most tar entries a layer may have.
     pub max_entries: u64,
@@ -185,26 +193,33 @@ pub struct SkippedXattr {
 /// The whole stream is read, including the end-of-archive blocks and any
 /// padding after them, so the diff ID covers all of it. On error `root` is
 /// left partially applied: callers discard it.
+///
+/// Once `cancel` is set, the apply stops promptly with
+/// [`ApplyError::Cancelled`].
 pub fn apply_layer<R: Read>(
     root: &Path,
     reader: R,
     compression: Compression,
     opts: &ApplyOptions,
+    cancel: &AtomicBool,
 ) -> Result<ApplyReport, ApplyError> {
     let root_fd = sys::open_root(root).map_err(|source| ApplyError::Root {
         root: root.to_path_buf(),
         source,
     })?;
     let state = StreamState::new(opts.max_total_size);
-    let stream =
-        LayerStream::new(reader, compression, Rc::clone(&state)).map_err(ApplyError::Decompress)?;
-    let mut archive = tar::Archive::new(stream);
-    let mut applier = Applier::new(root_fd.as_fd(), opts, Rc::clone(&state));
+    let stream = Rc::new(RefCell::new(
+        LayerStream::new(reader, compression, Rc::clone(&state)).map_err(ApplyError::Decompress)?,
+    ));
+    let mut archive = tar::Archive::new(TarSide::new(Rc::clone(&stream), Rc::clone(&state)));
+    let mut raw = Shared(Rc::clone(&stream));
+    let mut applier = Applier::new(root_fd.as_fd(), opts, Rc::clone(&state), cancel);
 
     let mut count: u64 = 0;
     {
         let mut entries = archive.entries().map_err(|e| stream_error(&state, e))?;
         loop {
+            applier.check_cancel()?;
             state.begin_metadata();
             let next = entries.next();
             state.begin_data();
@@ -219,13 +234,14 @@ pub fn apply_layer<R: Read>(
                     limit: opts.max_entries,
                 });
             }
-            applier.apply(&mut entry)?;
+            applier.apply(&mut entry, &mut raw)?;
         }
     }
+    drop(archive);
 
-    let mut stream = archive.into_inner();
+    let mut stream = stream.borrow_mut();
     stream
-        .drain(&mut applier.buf)
+        .drain(&mut applier.buf, cancel)
         .map_err(|e| stream_error(&state, e))?;
     let (diff_id, bytes) = stream.finish().map_err(|e| stream_error(&state, e))?;
     applier.finish_dirs()?;
@@ -243,6 +259,7 @@ fn stream_error(state: &StreamState, e: io::Error) -> ApplyError {
         Some(Fault::Decompress(source)) => ApplyError::Decompress(source),
         Some(Fault::StreamLimit { limit }) => ApplyError::StreamTooLarge { limit },
         Some(Fault::MetadataLimit { limit }) => ApplyError::MetadataTooLarge { limit },
+        Some(Fault::Cancelled) => ApplyError::Cancelled,
         None => ApplyError::Tar(e),
     }
 }
@@ -295,7 +312,7 @@ fn parse_pax_time(value: &[u8]) -> Option<(i64, i64)> {
 }
 
 /// Reads until `buf` is full or the reader is exhausted.
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match r.read(&mut buf[filled..]) {
@@ -392,6 +409,10 @@ struct Applier<'r> {
     root: BorrowedFd<'r>,
     opts: &'r ApplyOptions,
     state: Rc<StreamState>,
+    cancel: &'r AtomicBool,
+    /// What the sparse entries so far declare beyond the data they store:
+    /// the layer's apparent size is the stream's plus this.
+    sparse_extra: u64,
     buf: Vec<u8>,
     scratch: Scratch,
     xattrs: Vec<(CString, Vec<u8>)>,
@@ -405,11 +426,18 @@ struct Applier<'r> {
 }
 
 impl<'r> Applier<'r> {
-    fn new(root: BorrowedFd<'r>, opts: &'r ApplyOptions, state: Rc<StreamState>) -> Self {
+    fn new(
+        root: BorrowedFd<'r>,
+        opts: &'r ApplyOptions,
+        state: Rc<StreamState>,
+        cancel: &'r AtomicBool,
+    ) -> Self {
         Applier {
             root,
             opts,
             state,
+            cancel,
+            sparse_extra: 0,
             buf: vec![0; COPY_BUFFER],
             scratch: Scratch::default(),
             xattrs: Vec::new(),
@@ -420,9 +448,22 @@ impl<'r> Applier<'r> {
         }
     }
 
-    fn apply<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), ApplyError> {
+    fn check_cancel(&self) -> Result<(), ApplyError> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(ApplyError::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// Applies one entry; `raw` is the layer stream itself, from which the
+    /// stored data of a GNU sparse entry is read (see [`TarSide`]).
+    fn apply<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        raw: &mut dyn Read,
+    ) -> Result<(), ApplyError> {
         let mut s = std::mem::take(&mut self.scratch);
-        let result = self.apply_with(entry, &mut s);
+        let result = self.apply_with(entry, raw, &mut s);
         self.scratch = s;
         result
     }
@@ -430,6 +471,7 @@ impl<'r> Applier<'r> {
     fn apply_with<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
+        raw: &mut dyn Read,
         s: &mut Scratch,
     ) -> Result<(), ApplyError> {
         use tar::EntryType as T;
@@ -440,6 +482,8 @@ impl<'r> Applier<'r> {
             return Err(invalid(s, reason));
         }
         let kind = entry.header().entry_type();
+        // For a GNU sparse entry, its apparent size (the tar reader checked
+        // that its map ends there).
         let size = entry.size();
         if size > self.opts.max_file_size {
             return Err(ApplyError::EntryTooLarge {
@@ -448,12 +492,19 @@ impl<'r> Applier<'r> {
                 limit: self.opts.max_file_size,
             });
         }
-        if self.state.total().saturating_add(size) > self.opts.max_total_size {
+        let layer_size = self.state.total().saturating_add(self.sparse_extra);
+        if layer_size.saturating_add(size) > self.opts.max_total_size {
             return Err(ApplyError::LayerTooLarge {
                 path: s.display(),
                 size,
                 limit: self.opts.max_total_size,
             });
+        }
+        if kind == tar::EntryType::GNUSparse {
+            let stored = entry.header().entry_size().map_err(ApplyError::Tar)?;
+            self.sparse_extra = self
+                .sparse_extra
+                .saturating_add(size.saturating_sub(stored));
         }
 
         match kind {
@@ -535,7 +586,11 @@ impl<'r> Applier<'r> {
                     })
                     .map_err(|e| io_err(s, "creating file", e))?;
                 let file = File::from(file);
-                let written = self.write_data(entry, &file, kind == T::GNUSparse, s)?;
+                let written = if kind == T::GNUSparse {
+                    self.write_sparse_entry(entry, raw, &file, s)?
+                } else {
+                    self.write_data(entry, &file, s)?
+                };
                 if written != size {
                     return Err(ApplyError::Tar(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -610,6 +665,7 @@ impl<'r> Applier<'r> {
     /// Reads the rest of an entry's data.
     fn drain<R: Read>(&mut self, entry: &mut R) -> Result<(), ApplyError> {
         loop {
+            self.check_cancel()?;
             match entry.read(&mut self.buf) {
                 Ok(0) => return Ok(()),
                 Ok(_) => {}
@@ -768,29 +824,117 @@ impl<'r> Applier<'r> {
         &mut self,
         entry: &mut R,
         mut file: &File,
-        sparse: bool,
         s: &Scratch,
     ) -> Result<u64, ApplyError> {
         let mut offset: u64 = 0;
         loop {
+            self.check_cancel()?;
             let n = read_full(entry, &mut self.buf).map_err(|e| stream_error(&self.state, e))?;
             if n == 0 {
                 break;
             }
-            let chunk = &self.buf[..n];
-            let res = if sparse {
-                write_sparse(file, chunk, offset)
-            } else {
-                file.write_all(chunk)
-            };
-            res.map_err(|e| io_err(s, "writing file data", e))?;
+            file.write_all(&self.buf[..n])
+                .map_err(|e| io_err(s, "writing file data", e))?;
             offset += n as u64;
         }
-        if sparse {
-            file.set_len(offset)
-                .map_err(|e| io_err(s, "setting sparse file size", e))?;
-        }
         Ok(offset)
+    }
+
+    /// Writes a GNU sparse entry: its stored segments, read straight from the
+    /// layer stream, at their offsets, then the apparent size. The tar
+    /// reader's own view of the entry (zeros for every hole) is never read;
+    /// it skips the stored bytes instead. Returns the apparent size.
+    fn write_sparse_entry<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        raw: &mut dyn Read,
+        file: &File,
+        s: &Scratch,
+    ) -> Result<u64, ApplyError> {
+        let (map, data_pos) = self.sparse_map(entry, s)?;
+        // The tar reader must stand right at the stored data, as it does
+        // after parsing the entry's headers.
+        if self.state.tar_pos() != data_pos || self.state.skip_credit() != 0 {
+            return Err(ApplyError::Tar(io::Error::other(format!(
+                "entry {:?}: sparse data not where the headers end",
+                s.display()
+            ))));
+        }
+        let mut stored: u64 = 0;
+        for &(offset, len) in &map {
+            let mut done: u64 = 0;
+            while done < len {
+                self.check_cancel()?;
+                let want = usize::try_from(len - done)
+                    .unwrap_or(usize::MAX)
+                    .min(self.buf.len());
+                let n = read_full(raw, &mut self.buf[..want])
+                    .map_err(|e| stream_error(&self.state, e))?;
+                if n == 0 {
+                    return Err(ApplyError::Tar(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("entry {:?}: sparse data truncated", s.display()),
+                    )));
+                }
+                write_sparse(file, &self.buf[..n], offset + done)
+                    .map_err(|e| io_err(s, "writing file data", e))?;
+                done += n as u64;
+                stored += n as u64;
+            }
+        }
+        self.state.credit(stored);
+        let size = entry.size();
+        file.set_len(size)
+            .map_err(|e| io_err(s, "setting sparse file size", e))?;
+        Ok(size)
+    }
+
+    /// The data segments (offset, length) of a GNU sparse entry, and the
+    /// archive offset its stored data starts at: the map is in the header and
+    /// in the extension headers after it, which the tar reader has parsed and
+    /// checked (ascending, ending at the apparent size, adding up to the
+    /// stored size) but does not expose.
+    fn sparse_map<R: Read>(
+        &self,
+        entry: &tar::Entry<'_, R>,
+        s: &Scratch,
+    ) -> Result<(Vec<(u64, u64)>, u64), ApplyError> {
+        fn push(map: &mut Vec<(u64, u64)>, h: &tar::GnuSparseHeader) -> Result<(), ApplyError> {
+            if h.is_empty() {
+                return Ok(());
+            }
+            let offset = h.offset().map_err(ApplyError::Tar)?;
+            let len = h.length().map_err(ApplyError::Tar)?;
+            if len > 0 {
+                map.push((offset, len));
+            }
+            Ok(())
+        }
+        const BLOCK: u64 = 512;
+        let gnu = entry
+            .header()
+            .as_gnu()
+            .ok_or_else(|| invalid(s, "sparse entry without a GNU header"))?;
+        let mut map = Vec::new();
+        for h in &gnu.sparse {
+            push(&mut map, h)?;
+        }
+        let mut pos = entry.raw_header_position().saturating_add(BLOCK);
+        let mut extended = gnu.is_extended();
+        while extended {
+            let block = self
+                .state
+                .captured(pos, pos.saturating_add(BLOCK))
+                .ok_or_else(|| invalid(s, "sparse map extension header not found"))?;
+            let mut ext = tar::GnuExtSparseHeader::new();
+            ext.as_mut_bytes().copy_from_slice(&block);
+            for h in &ext.sparse {
+                push(&mut map, h)?;
+            }
+            extended = ext.is_extended();
+            pos = pos.saturating_add(BLOCK);
+        }
+        Ok((map, pos))
     }
 
     fn create_dir(

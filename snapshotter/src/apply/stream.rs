@@ -1,9 +1,10 @@
 //! Decompression plus a hashing, size-limiting reader over the uncompressed
 //! tar stream.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, BufReader, Read};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
@@ -71,6 +72,7 @@ pub(crate) enum Fault {
     Decompress(io::Error),
     StreamLimit { limit: u64 },
     MetadataLimit { limit: u64 },
+    Cancelled,
 }
 
 /// State shared between the reader (owned by the tar archive) and the
@@ -81,6 +83,18 @@ pub(crate) struct StreamState {
     /// When set, the absolute stream offset the metadata phase may not pass.
     metadata_limit: Cell<Option<u64>>,
     fault: Cell<Option<Fault>>,
+    /// Bytes the tar reader has been given (its own archive offset): real
+    /// ones and the skipped data of sparse entries.
+    tar_pos: Cell<u64>,
+    /// Stored data of a sparse entry the applier has read itself: the tar
+    /// reader's next reads (its skip to the next header) get this many bytes
+    /// without touching the stream.
+    skip_credit: Cell<u64>,
+    /// What the tar reader read in the current metadata phase, from archive
+    /// offset `captured_from`: the extension headers of a GNU sparse entry
+    /// (its map past the first four segments) are only found there.
+    captured: RefCell<Vec<u8>>,
+    captured_from: Cell<u64>,
 }
 
 impl StreamState {
@@ -90,6 +104,10 @@ impl StreamState {
             hard_limit,
             metadata_limit: Cell::new(None),
             fault: Cell::new(None),
+            tar_pos: Cell::new(0),
+            skip_credit: Cell::new(0),
+            captured: RefCell::new(Vec::new()),
+            captured_from: Cell::new(0),
         })
     }
 
@@ -102,6 +120,7 @@ impl StreamState {
     pub(crate) fn begin_metadata(&self) {
         self.metadata_limit
             .set(Some(self.total.get().saturating_add(METADATA_BUDGET)));
+        self.captured.borrow_mut().clear();
     }
 
     /// The applier is about to read an entry's data (or the trailer).
@@ -111,6 +130,87 @@ impl StreamState {
 
     pub(crate) fn take_fault(&self) -> Option<Fault> {
         self.fault.take()
+    }
+
+    /// The tar reader's archive offset.
+    pub(crate) fn tar_pos(&self) -> u64 {
+        self.tar_pos.get()
+    }
+
+    /// Bytes of a sparse entry's data the tar reader has yet to skip.
+    pub(crate) fn skip_credit(&self) -> u64 {
+        self.skip_credit.get()
+    }
+
+    /// The applier has read `n` bytes of entry data from the stream itself:
+    /// the tar reader skips them without reading them again.
+    pub(crate) fn credit(&self, n: u64) {
+        self.skip_credit
+            .set(self.skip_credit.get().saturating_add(n));
+    }
+
+    /// The bytes at archive offsets `start..end`, if the tar reader read them
+    /// in the current metadata phase.
+    pub(crate) fn captured(&self, start: u64, end: u64) -> Option<Vec<u8>> {
+        let from = self.captured_from.get();
+        let captured = self.captured.borrow();
+        let a = usize::try_from(start.checked_sub(from)?).ok()?;
+        let b = usize::try_from(end.checked_sub(from)?).ok()?;
+        captured.get(a..b).map(<[u8]>::to_vec)
+    }
+}
+
+/// The tar reader's side of the layer stream, shared with the applier: the
+/// `tar` crate expands a GNU sparse entry's holes into zeros that the reader
+/// of the entry must go through one by one (60 GiB of holes took seconds to
+/// minutes of CPU), so the applier reads the stored data straight from the
+/// stream and the tar reader skips it here.
+pub(crate) struct TarSide<R: Read> {
+    stream: Rc<RefCell<LayerStream<R>>>,
+    state: Rc<StreamState>,
+}
+
+impl<R: Read> TarSide<R> {
+    pub(crate) fn new(stream: Rc<RefCell<LayerStream<R>>>, state: Rc<StreamState>) -> Self {
+        TarSide { stream, state }
+    }
+}
+
+impl<R: Read> Read for TarSide<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let state = &self.state;
+        let credit = state.skip_credit.get();
+        if credit > 0 {
+            // Only the tar reader's skip reads here (the entry was read by the
+            // applier): what the buffer holds does not matter.
+            let n = usize::try_from(credit).unwrap_or(usize::MAX).min(buf.len());
+            state.skip_credit.set(credit - n as u64);
+            state.tar_pos.set(state.tar_pos.get() + n as u64);
+            return Ok(n);
+        }
+        let n = self.stream.borrow_mut().read(buf)?;
+        let pos = state.tar_pos.get();
+        if state.metadata_limit.get().is_some() {
+            let mut captured = state.captured.borrow_mut();
+            if captured.is_empty() {
+                state.captured_from.set(pos);
+            }
+            // The metadata limit stops the phase soon after this much.
+            if captured.len() < 2 * METADATA_BUDGET as usize {
+                captured.extend_from_slice(buf.get(..n).unwrap_or_default());
+            }
+        }
+        state.tar_pos.set(pos + n as u64);
+        Ok(n)
+    }
+}
+
+/// The applier's side of the shared layer stream.
+pub(crate) struct Shared<R: Read>(pub(crate) Rc<RefCell<LayerStream<R>>>);
+
+impl<R: Read> Read for Shared<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.borrow_mut().read(buf)
     }
 }
 
@@ -239,8 +339,13 @@ impl<R: Read> LayerStream<R> {
 
     /// Reads the rest of the stream (end-of-archive blocks, record padding,
     /// anything after) so that the digest covers all of it.
-    pub(crate) fn drain(&mut self, buf: &mut [u8]) -> io::Result<()> {
+    pub(crate) fn drain(&mut self, buf: &mut [u8], cancel: &AtomicBool) -> io::Result<()> {
         loop {
+            // Padding may be up to the stream limit of zeros.
+            if cancel.load(Ordering::Relaxed) {
+                self.state.fault.set(Some(Fault::Cancelled));
+                return Err(io::Error::other("cancelled"));
+            }
             match self.read(buf) {
                 Ok(0) => return Ok(()),
                 Ok(_) => {}
@@ -251,8 +356,9 @@ impl<R: Read> LayerStream<R> {
     }
 
     /// `sha256:<hex>` of everything read, and its length.
-    pub(crate) fn finish(self) -> io::Result<(String, u64)> {
-        let digest = self.hasher.finish()?;
+    pub(crate) fn finish(&mut self) -> io::Result<(String, u64)> {
+        let hasher = std::mem::replace(&mut self.hasher, StreamHasher::Inline(Sha256::new()));
+        let digest = hasher.finish()?;
         Ok((
             format!("sha256:{}", hex::encode(digest)),
             self.state.total.get(),
