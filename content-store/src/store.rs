@@ -854,6 +854,8 @@ impl Writer {
             .map_err(|e| Error::io("seek ingest data", &path, e))?;
         self.hasher = hasher;
         self.offset = hashed;
+        // Behind the cut there is nothing left to write back.
+        self.writeback_from = self.writeback_from.min(hashed);
         Ok(())
     }
 
@@ -995,7 +997,7 @@ impl Write for Writer {
         let n = self.file.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.offset += n as u64;
-        if self.offset - self.writeback_from >= WRITEBACK_STEP {
+        if self.offset.saturating_sub(self.writeback_from) >= WRITEBACK_STEP {
             self.start_writeback();
         }
         Ok(n)

@@ -319,6 +319,25 @@ fn truncate_to_zero_restarts_hash() {
 }
 
 #[test]
+fn a_resumed_ingest_truncated_to_zero_takes_new_bytes() {
+    // A registry that ignores the range of a resume: the ingest restarts at 0
+    // (this panicked, "attempt to subtract with overflow", in debug builds).
+    let (_tmp, s) = store();
+    let bytes = data(300_000, 11);
+    let e = exp(&bytes);
+    let mut w = s.writer("resume-trunc", Some(e.clone())).unwrap();
+    w.write_all(&bytes[..200_000]).unwrap();
+    drop(w);
+    let mut w = s.writer("resume-trunc", Some(e.clone())).unwrap();
+    assert_eq!(w.offset(), 200_000);
+    w.truncate(0).unwrap();
+    w.write_all(&bytes[..1000]).unwrap();
+    w.write_all(&bytes[1000..]).unwrap();
+    let info = w.commit(None, None).unwrap();
+    assert_eq!(info.digest, e.digest);
+}
+
+#[test]
 fn truncate_nonzero_rehashes_prefix() {
     let (_tmp, s) = store();
     let bytes = data(20_000, 11);
