@@ -677,7 +677,18 @@ fn cancelled_client_cancels_its_pull() -> Result<()> {
         Duration::from_secs(10),
         || Ok(d.log().contains("pull cancelled").then_some(())),
     )?;
-    // The bytes received stay as a resumable ingest, and the daemon is fine.
+    // The bytes received go with the cancelled pull (issue 14, finding 6),
+    // and the daemon is fine.
+    let root = d.root();
+    wait_for(
+        "the partial download to go",
+        Duration::from_secs(10),
+        || {
+            Ok(std::fs::read_dir(root.join("content/ingest"))
+                .map_or(true, |mut rd| rd.next().is_none())
+                .then_some(()))
+        },
+    )?;
     ensure!(image_names(&d)?.is_empty());
     d.ctl_ok(["version"])?;
     Ok(())

@@ -123,8 +123,8 @@ fn a_pull_cut_short_by_sigkill_pins_nothing_after_the_restart() -> Result<()> {
         "{listed}"
     );
     // The partial layers stay as resumable ingests (swept after
-    // gc.stale_ingest_secs): a lease never held them, and a retried pull
-    // resumes them instead of starting over.
+    // gc.partial_ingest_keep_secs): a lease never held them, and a retried
+    // pull resumes them instead of starting over.
 
     // A pull in the new process, running while GC runs, holds its lease.
     let stalling = FakeRegistry::start_with(img, Behavior::HangMidBlob)?;

@@ -57,8 +57,8 @@ impl Leases {
     /// ever be released by its owner, so all are dropped (if they stayed, what
     /// they hold would be pinned for good). The GC berthd runs at start then
     /// collects what only they held: the blobs and snapshots of a pull or an
-    /// import cut short. Partial ingests are not held by leases: they stay for
-    /// a retried pull to resume, until `gc.stale_ingest_secs`.
+    /// import cut short. Partial ingests are not held by leases: a pull's stay
+    /// for a retried pull to resume, until `gc.partial_ingest_keep_secs`.
     pub fn load(meta: Arc<dyn MetaStore>) -> Arc<Leases> {
         let instance = format!("{:016x}", rand::random::<u64>());
         Self::load_as(meta, instance)
