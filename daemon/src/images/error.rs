@@ -163,4 +163,37 @@ mod tests {
         };
         assert_eq!(e.code(), tonic::Code::Internal);
     }
+
+    #[test]
+    fn limits_are_resource_exhausted_and_an_overlong_blob_data_loss() {
+        let e = ImageError::OverLimit {
+            image: "busybox".into(),
+            reason: "blob sha256:x declares 2 bytes, more than pull.max_blob_bytes (1)".into(),
+        };
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        let e = ImageError::Registry {
+            image: "busybox".into(),
+            source: RegistryError::TokenTooLarge {
+                what: "busybox".into(),
+                realm: "\"http://auth/token\"".into(),
+                limit: 1 << 20,
+            },
+        };
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("token response from \"http://auth/token\"") && !msg.contains("manifest"),
+            "{msg}"
+        );
+        let e = ImageError::Registry {
+            image: "busybox".into(),
+            source: RegistryError::Overlong {
+                host: "r".into(),
+                what: "busybox: blob sha256:x".into(),
+                declared: 5,
+            },
+        };
+        assert_eq!(e.code(), tonic::Code::DataLoss);
+        assert!(e.to_string().contains("more than the 5 bytes"), "{e}");
+    }
 }
