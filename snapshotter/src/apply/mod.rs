@@ -522,7 +522,7 @@ impl<'r> Applier<'r> {
             }
             T::XGlobalHeader => {
                 debug!("ignoring PAX global header");
-                return self.drain(entry);
+                return self.drain(entry, raw, s);
             }
             other => {
                 return Err(ApplyError::UnsupportedType {
@@ -534,7 +534,7 @@ impl<'r> Applier<'r> {
 
         if s.rel.is_empty() {
             debug!(entry = %s.display(), "entry resolves to the root, ignored");
-            return self.drain(entry);
+            return self.drain(entry, raw, s);
         }
         s.names.set(&s.rel);
 
@@ -546,22 +546,22 @@ impl<'r> Applier<'r> {
             .any(|c| c.starts_with(WHITEOUT_PREFIX))
         {
             warn!(entry = %s.display(), "entry below a whiteout-named directory ignored");
-            return self.drain(entry);
+            return self.drain(entry, raw, s);
         }
         if base == WHITEOUT_OPAQUE {
-            self.drain(entry)?;
+            self.drain(entry, raw, s)?;
             return self.opaque(s);
         }
         if base.starts_with(WHITEOUT_META_PREFIX) {
             debug!(entry = %s.display(), "whiteout metadata entry ignored");
-            return self.drain(entry);
+            return self.drain(entry, raw, s);
         }
         if let Some(target) = base.strip_prefix(WHITEOUT_PREFIX) {
             if target.is_empty() || target == b"." || target == b".." {
                 return Err(invalid(s, "invalid whiteout name"));
             }
             let meta = self.read_meta(entry, s)?;
-            self.drain(entry)?;
+            self.drain(entry, raw, s)?;
             return self.whiteout(s, &meta);
         }
 
@@ -609,11 +609,11 @@ impl<'r> Applier<'r> {
                 sys::futimens(fd, &meta.times).map_err(|e| io_err(s, "setting times", e))?;
             }
             T::Directory => {
-                self.drain(entry)?;
+                self.drain(entry, raw, s)?;
                 self.create_dir(dirfd, name, &meta, s)?;
             }
             T::Symlink => {
-                self.drain(entry)?;
+                self.drain(entry, raw, s)?;
                 let target = entry
                     .link_name_bytes()
                     .ok_or_else(|| invalid(s, "symlink without a target"))?;
@@ -624,7 +624,7 @@ impl<'r> Applier<'r> {
                 self.special_attrs(dirfd, name, &meta, false, s)?;
             }
             T::Link => {
-                self.drain(entry)?;
+                self.drain(entry, raw, s)?;
                 let target = entry
                     .link_name_bytes()
                     .ok_or_else(|| invalid(s, "hardlink without a target"))?;
@@ -634,7 +634,7 @@ impl<'r> Applier<'r> {
                 self.hardlink(dirfd, s)?;
             }
             T::Char | T::Block | T::Fifo => {
-                self.drain(entry)?;
+                self.drain(entry, raw, s)?;
                 let (fmt, dev) = match kind {
                     T::Fifo => (libc::S_IFIFO, 0),
                     _ => {
@@ -662,8 +662,17 @@ impl<'r> Applier<'r> {
         Ok(())
     }
 
-    /// Reads the rest of an entry's data.
-    fn drain<R: Read>(&mut self, entry: &mut R) -> Result<(), ApplyError> {
+    /// Reads the rest of an entry's data. A GNU sparse entry's stored data is
+    /// read from the stream itself, its holes never (see [`TarSide`]).
+    fn drain<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        raw: &mut dyn Read,
+        s: &Scratch,
+    ) -> Result<(), ApplyError> {
+        if entry.header().entry_type() == tar::EntryType::GNUSparse {
+            return self.copy_sparse(entry, raw, s, |_, _| Ok(()));
+        }
         loop {
             self.check_cancel()?;
             match entry.read(&mut self.buf) {
@@ -851,6 +860,25 @@ impl<'r> Applier<'r> {
         file: &File,
         s: &Scratch,
     ) -> Result<u64, ApplyError> {
+        self.copy_sparse(entry, raw, s, |chunk, offset| {
+            write_sparse(file, chunk, offset).map_err(|e| io_err(s, "writing file data", e))
+        })?;
+        let size = entry.size();
+        file.set_len(size)
+            .map_err(|e| io_err(s, "setting sparse file size", e))?;
+        Ok(size)
+    }
+
+    /// Reads a GNU sparse entry's stored data from the layer stream, handing
+    /// each chunk to `sink` with its offset in the file, and lets the tar
+    /// reader skip those bytes.
+    fn copy_sparse<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        raw: &mut dyn Read,
+        s: &Scratch,
+        mut sink: impl FnMut(&[u8], u64) -> Result<(), ApplyError>,
+    ) -> Result<(), ApplyError> {
         let (map, data_pos) = self.sparse_map(entry, s)?;
         // The tar reader must stand right at the stored data, as it does
         // after parsing the entry's headers.
@@ -876,17 +904,13 @@ impl<'r> Applier<'r> {
                         format!("entry {:?}: sparse data truncated", s.display()),
                     )));
                 }
-                write_sparse(file, &self.buf[..n], offset + done)
-                    .map_err(|e| io_err(s, "writing file data", e))?;
+                sink(&self.buf[..n], offset + done)?;
                 done += n as u64;
                 stored += n as u64;
             }
         }
         self.state.credit(stored);
-        let size = entry.size();
-        file.set_len(size)
-            .map_err(|e| io_err(s, "setting sparse file size", e))?;
-        Ok(size)
+        Ok(())
     }
 
     /// The data segments (offset, length) of a GNU sparse entry, and the
