@@ -71,6 +71,17 @@ pub struct StreamingConfig {
     pub idle_timeout_secs: u64,
     /// How long a client may take to open the streams it asked for.
     pub stream_creation_timeout_secs: u64,
+    /// Connections at once, waiting for their request or in a session; a
+    /// newcomer past it closes the oldest one still waiting, or is refused.
+    pub max_connections: usize,
+    /// Connections from one address still waiting for their request (a
+    /// flood from one peer closes its own oldest first).
+    pub max_pending_per_peer: usize,
+    /// From accept to a complete request with a valid token, TLS
+    /// handshake included (seconds): idle and slowloris clients are closed.
+    pub request_timeout_secs: u64,
+    /// A request's line and headers together (bytes; 431 past it).
+    pub max_request_header_bytes: usize,
 }
 
 impl Default for StreamingConfig {
@@ -82,6 +93,10 @@ impl Default for StreamingConfig {
             token_ttl_secs: 60,
             idle_timeout_secs: 4 * 3600,
             stream_creation_timeout_secs: 30,
+            max_connections: 1024,
+            max_pending_per_peer: 128,
+            request_timeout_secs: 10,
+            max_request_header_bytes: 16 << 10,
         }
     }
 }
@@ -109,6 +124,18 @@ pub struct CriConfig {
     pub max_exec_output_bytes: usize,
     /// Containers per ListContainers/StreamContainers message.
     pub stream_chunk: usize,
+    /// The largest CRI request decoded (bytes; kubelet's own send limit).
+    pub max_request_bytes: usize,
+    /// All labels of one pod or container together (keys and values, bytes).
+    pub max_labels_bytes: usize,
+    /// All annotations of one pod or container together (bytes;
+    /// Kubernetes' own limit).
+    pub max_annotations_bytes: usize,
+    /// A pod or container whose labels and annotations would make
+    /// ListPodSandbox or ListContainers larger than this is refused
+    /// (bytes): kubelet and crictl refuse replies over 16 MiB, and the stats
+    /// replies carry the same labels with a little more.
+    pub max_list_bytes: usize,
 }
 
 /// The pause image kubelet 1.29 uses (`--pod-infra-container-image`).
@@ -123,6 +150,10 @@ impl Default for CriConfig {
             cgroup_parent: "/berth".into(),
             max_exec_output_bytes: 16 << 20,
             stream_chunk: 256,
+            max_request_bytes: crate::cri::limits::MAX_MESSAGE_BYTES,
+            max_labels_bytes: crate::cri::limits::MAX_LABELS_TOTAL,
+            max_annotations_bytes: crate::cri::limits::MAX_ANNOTATIONS_TOTAL,
+            max_list_bytes: crate::cri::limits::MAX_LIST_BYTES,
         }
     }
 }

@@ -14,7 +14,8 @@ use crate::oci::Descriptor;
 
 /// RunPodSandbox's config checks; `Ok` is the pod's unique name.
 pub fn validate_pod_sandbox(cfg: &cri::PodSandboxConfig) -> Result<String, tonic::Status> {
-    crate::cri::sandbox::validate(cfg).map(crate::cri::sandbox::sandbox_name)
+    crate::cri::sandbox::validate(cfg, &crate::config::CriConfig::default())
+        .map(crate::cri::sandbox::sandbox_name)
 }
 
 /// The port mappings handed to CNI for a pod config.

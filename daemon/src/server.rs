@@ -97,6 +97,7 @@ fn make_dir(path: &Path, mode: u32) -> Result<()> {
 pub fn bind_socket(path: &Path) -> Result<UnixListener> {
     if let Some(parent) = path.parent() {
         make_dir(parent, 0o711)?;
+        tighten_socket_dir(parent)?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -114,6 +115,35 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("setting mode of {}", path.display()))?;
     Ok(listener)
+}
+
+/// Directories shared with other programs, whose mode is not berth's to set.
+const SHARED_DIRS: &[&str] = &["/", "/run", "/var/run", "/tmp", "/var/tmp", "/dev/shm"];
+
+/// The socket's directory gets 0711 (issue 14, finding 7) even when it was
+/// there already, with a looser mode, from an earlier install or a user: only
+/// its owner lists or creates names in it. A directory shared with others (one
+/// of [`SHARED_DIRS`], or any sticky one such as a tmp dir) is left alone: the
+/// socket's own 0660 is what guards it there.
+fn tighten_socket_dir(dir: &Path) -> Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let canonical =
+        std::fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
+    let mode = std::fs::metadata(&canonical)
+        .with_context(|| format!("reading {}", canonical.display()))?
+        .permissions()
+        .mode();
+    let shared = mode & 0o1000 != 0 || SHARED_DIRS.iter().any(|d| canonical == Path::new(d));
+    if shared || mode & 0o7777 == 0o711 {
+        return Ok(());
+    }
+    info!(dir = %canonical.display(), mode = format!("{:o}", mode & 0o7777), "setting the socket directory's mode to 0711");
+    std::fs::set_permissions(&canonical, std::fs::Permissions::from_mode(0o711))
+        .with_context(|| format!("setting mode 0711 on {}", canonical.display()))
 }
 
 struct SystemApi {
@@ -223,11 +253,11 @@ impl Daemon {
             // The CRI: what kubelet sends at most (a pod accepted must list).
             .add_service(
                 CriImageServiceServer::new(CriImageApi::new(self.images.clone()))
-                    .max_decoding_message_size(crate::cri::limits::MAX_MESSAGE_BYTES),
+                    .max_decoding_message_size(self.config.cri.max_request_bytes),
             )
             .add_service(
                 CriRuntimeServiceServer::new(CriRuntimeApi::new(self.cri.clone()))
-                    .max_decoding_message_size(crate::cri::limits::MAX_MESSAGE_BYTES),
+                    .max_decoding_message_size(self.config.cri.max_request_bytes),
             )
             .add_service(ContentServer::new(ContentApi {
                 svc: self.images.clone(),
@@ -324,5 +354,31 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM received"),
         _ = int.recv() => info!("SIGINT received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[tokio::test]
+    async fn an_existing_socket_dir_gets_0711_and_a_sticky_one_is_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let own = tmp.path().join("berth");
+        std::fs::create_dir(&own).unwrap();
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let _l = bind_socket(&own.join("berth.sock")).unwrap();
+        assert_eq!(mode(&own), 0o711);
+        assert_eq!(mode(&own.join("berth.sock")), 0o660);
+
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let _l = bind_socket(&shared.join("berth.sock")).unwrap();
+        assert_eq!(mode(&shared), 0o1777);
     }
 }

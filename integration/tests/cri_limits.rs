@@ -124,3 +124,99 @@ async fn oversized_container_labels_are_refused() -> Result<()> {
     env.stop_remove_pod(&mut rt, &pod_id).await?;
     Ok(())
 }
+
+/// Issue 14, finding 2: pods each within their own limits can still add up
+/// to a ListPodSandbox larger than kubelet accepts; the pod that would do it
+/// is refused (ResourceExhausted), and the listing stays under the bound.
+/// Here the bound is 1 MiB (`[cri] max_list_bytes`) and each pod carries
+/// 200 KiB of annotations: the fifth or sixth is refused. Containers too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_and_containers_that_would_overflow_a_listing_are_refused() -> Result<()> {
+    use integration::cri::{CriOpts, TestNet};
+    use prost::Message;
+    const MAX_LIST: usize = 1 << 20;
+    let _net = host_network_lock().await;
+    let env = Env::start_with(
+        TestNet::new()?,
+        CriOpts {
+            extra: format!("max_list_bytes = {MAX_LIST}\n"),
+            ..Default::default()
+        },
+    )?;
+    let mut rt = env.rt().await?;
+    let mut accepted = Vec::new();
+    let refused = loop {
+        ensure!(
+            accepted.len() < 10,
+            "10 pods of 200 KiB accepted under a 1 MiB bound"
+        );
+        let mut cfg = env.pod(&format!("fat-{}", accepted.len()))?;
+        cfg.annotations.insert("fat".into(), "x".repeat(200 << 10));
+        match rt.run_pod_sandbox(run_req(cfg.clone())).await {
+            Ok(r) => accepted.push((r.into_inner().pod_sandbox_id, cfg)),
+            Err(s) => break s,
+        }
+    };
+    ensure!(
+        refused.code() == Code::ResourceExhausted && refused.message().contains("max_list_bytes"),
+        "{:?}: {}",
+        refused.code(),
+        refused.message()
+    );
+    ensure!(
+        (4..=5).contains(&accepted.len()),
+        "{} pods accepted",
+        accepted.len()
+    );
+    let listing = rt
+        .list_pod_sandbox(api::ListPodSandboxRequest::default())
+        .await?
+        .into_inner();
+    ensure!(
+        listing.encoded_len() <= MAX_LIST,
+        "ListPodSandbox answered {} bytes",
+        listing.encoded_len()
+    );
+
+    // Containers: the first pod's containers fill ListContainers the same way.
+    let (pod_id, pod) = accepted[0].clone();
+    let mut made = 0;
+    let refused = loop {
+        ensure!(
+            made < 10,
+            "10 containers of 200 KiB accepted under a 1 MiB bound"
+        );
+        let mut cfg = env.container(&format!("c{made}"), &["sleep", "1"]);
+        cfg.annotations.insert("fat".into(), "x".repeat(200 << 10));
+        let r = rt
+            .create_container(api::CreateContainerRequest {
+                pod_sandbox_id: pod_id.clone(),
+                config: Some(cfg),
+                sandbox_config: Some(pod.clone()),
+            })
+            .await;
+        match r {
+            Ok(_) => made += 1,
+            Err(s) => break s,
+        }
+    };
+    ensure!(
+        refused.code() == Code::ResourceExhausted && refused.message().contains("ListContainers"),
+        "{:?}: {}",
+        refused.code(),
+        refused.message()
+    );
+    let listing = rt
+        .list_containers(api::ListContainersRequest::default())
+        .await?
+        .into_inner();
+    ensure!(
+        listing.encoded_len() <= MAX_LIST,
+        "ListContainers answered {} bytes",
+        listing.encoded_len()
+    );
+    for (id, _) in accepted {
+        env.stop_remove_pod(&mut rt, &id).await?;
+    }
+    Ok(())
+}

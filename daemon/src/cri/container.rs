@@ -164,8 +164,24 @@ impl CriRuntime {
             super::limits::MAX_CONTAINER_NAME,
         )?;
         let what = format!("container {}", m.name);
-        super::limits::labels(&what, &cfg.labels)?;
-        super::limits::annotations(&what, &cfg.annotations)?;
+        let limits = &self.config.cri;
+        super::limits::labels(&what, &cfg.labels, limits.max_labels_bytes)?;
+        super::limits::annotations(&what, &cfg.annotations, limits.max_annotations_bytes)?;
+        let listing = prost::Message::encoded_len(&cri::ListContainersResponse {
+            containers: self.list_containers(None),
+        });
+        let adding = super::limits::list_item_bytes(
+            prost::Message::encoded_len(&m),
+            &cfg.labels,
+            &cfg.annotations,
+        ) + cfg.image.as_ref().map_or(0, |i| i.image.len());
+        super::limits::list_budget(
+            &what,
+            "ListContainers",
+            listing,
+            adding,
+            limits.max_list_bytes,
+        )?;
         let image = cfg
             .image
             .as_ref()

@@ -33,6 +33,13 @@ pub const MAX_LABEL_VALUE: usize = 1024;
 pub const MAX_LABELS_TOTAL: usize = 64 << 10;
 /// All annotations of one object together (keys and values).
 pub const MAX_ANNOTATIONS_TOTAL: usize = 256 << 10;
+/// What one list reply (ListPodSandbox, ListContainers) may reach before a
+/// new pod or container is refused: kubelet's 16 MiB less room for the
+/// stats replies, which carry the same labels with the stats beside them.
+pub const MAX_LIST_BYTES: usize = 12 << 20;
+/// Room for what a listed object carries besides its metadata, labels and
+/// annotations (id, state, timestamps, image, handler).
+const LIST_ITEM_OVERHEAD: usize = 512;
 /// How much of a caller's string an error message repeats.
 pub const ECHO_BYTES: usize = 128;
 
@@ -64,8 +71,8 @@ pub fn field(what: &str, field: &str, value: &str, max: usize) -> Result<(), Sta
     Ok(())
 }
 
-/// Labels: each key and value bounded, all of them together too.
-pub fn labels(what: &str, labels: &HashMap<String, String>) -> Result<(), Status> {
+/// Labels: each key and value bounded, all of them together at most `max`.
+pub fn labels(what: &str, labels: &HashMap<String, String>, max: usize) -> Result<(), Status> {
     let mut total = 0;
     for (k, v) in labels {
         field(what, "label key", k, MAX_LABEL_KEY)?;
@@ -79,22 +86,61 @@ pub fn labels(what: &str, labels: &HashMap<String, String>) -> Result<(), Status
         }
         total += k.len() + v.len();
     }
-    if total > MAX_LABELS_TOTAL {
+    if total > max {
         return Err(Status::invalid_argument(format!(
-            "{what}: its {} labels take {total} bytes, more than {MAX_LABELS_TOTAL}",
+            "{what}: its {} labels take {total} bytes, more than {max} ([cri] max_labels_bytes)",
             labels.len()
         )));
     }
     Ok(())
 }
 
-/// Annotations: all of them together bounded (Kubernetes' limit).
-pub fn annotations(what: &str, annotations: &HashMap<String, String>) -> Result<(), Status> {
+/// Annotations: all of them together at most `max` (Kubernetes' limit by
+/// default).
+pub fn annotations(
+    what: &str,
+    annotations: &HashMap<String, String>,
+    max: usize,
+) -> Result<(), Status> {
     let total: usize = annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
-    if total > MAX_ANNOTATIONS_TOTAL {
+    if total > max {
         return Err(Status::invalid_argument(format!(
-            "{what}: its {} annotations take {total} bytes, more than {MAX_ANNOTATIONS_TOTAL}",
+            "{what}: its {} annotations take {total} bytes, more than {max} ([cri] max_annotations_bytes)",
             annotations.len()
+        )));
+    }
+    Ok(())
+}
+
+/// What one more object adds to a list reply: its metadata, labels and
+/// annotations as encoded (each map entry is a nested message: a few bytes
+/// of framing over its key and value), and the rest of the item.
+pub fn list_item_bytes(
+    metadata: usize,
+    labels: &HashMap<String, String>,
+    annotations: &HashMap<String, String>,
+) -> usize {
+    let entries = |m: &HashMap<String, String>| -> usize {
+        m.iter().map(|(k, v)| k.len() + v.len() + 12).sum()
+    };
+    metadata + entries(labels) + entries(annotations) + LIST_ITEM_OVERHEAD
+}
+
+/// Refuses an object that would make a list reply (`listing` bytes today,
+/// `adding` more with it) larger than `max`: kubelet could never list again.
+pub fn list_budget(
+    what: &str,
+    list: &str,
+    listing: usize,
+    adding: usize,
+    max: usize,
+) -> Result<(), Status> {
+    if listing + adding > max {
+        return Err(Status::resource_exhausted(format!(
+            "{what}: its labels and annotations ({adding} bytes) would make {list} {} bytes, \
+             more than {max} ([cri] max_list_bytes; kubelet refuses replies over 16 MiB): \
+             remove objects or make their labels and annotations smaller",
+            listing + adding
         )));
     }
     Ok(())
@@ -116,21 +162,32 @@ mod tests {
     #[test]
     fn labels_and_annotations() {
         let mut l = HashMap::from([("app".to_string(), "web".to_string())]);
-        assert!(labels("pod p", &l).is_ok());
+        assert!(labels("pod p", &l, MAX_LABELS_TOTAL).is_ok());
         l.insert("k".repeat(MAX_LABEL_KEY + 1), String::new());
-        let e = labels("pod p", &l).unwrap_err();
+        let e = labels("pod p", &l, MAX_LABELS_TOTAL).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().len() < 400, "{}", e.message());
         let many: HashMap<String, String> = (0..20_000)
             .map(|i| (format!("k{i}"), "v".repeat(10)))
             .collect();
-        assert!(labels("pod p", &many)
+        assert!(labels("pod p", &many, MAX_LABELS_TOTAL)
             .unwrap_err()
             .message()
             .contains("20000 labels"));
         let big = HashMap::from([("a".to_string(), "x".repeat(MAX_ANNOTATIONS_TOTAL))]);
-        assert!(annotations("pod p", &big).is_err());
+        assert!(annotations("pod p", &big, MAX_ANNOTATIONS_TOTAL).is_err());
         let ok = HashMap::from([("a".to_string(), "x".repeat(MAX_ANNOTATIONS_TOTAL - 1))]);
-        assert!(annotations("pod p", &ok).is_ok());
+        assert!(annotations("pod p", &ok, MAX_ANNOTATIONS_TOTAL).is_ok());
+    }
+
+    #[test]
+    fn the_list_budget_refuses_what_would_overflow_a_listing() {
+        let a = HashMap::from([("a".to_string(), "x".repeat(1000))]);
+        let adding = list_item_bytes(100, &HashMap::new(), &a);
+        assert!(adding > 1100);
+        assert!(list_budget("pod p", "ListPodSandbox", 0, adding, 4096).is_ok());
+        let e = list_budget("pod p", "ListPodSandbox", 3500, adding, 4096).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(e.message().contains("max_list_bytes"), "{}", e.message());
     }
 }

@@ -21,6 +21,7 @@ use super::{
     find_by_prefix, in_created_order, labels_match, limits, lock, podfiles, podns, stats,
     CriRuntime, Sandbox,
 };
+use crate::config::CriConfig;
 use crate::images::store::now_nanos;
 use crate::network::{PodNetworkOptions, PodRef, PortMapping};
 
@@ -44,7 +45,10 @@ pub(crate) fn sandbox_name(m: &cri::PodSandboxMetadata) -> String {
     format!("{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
 }
 
-pub(crate) fn validate(cfg: &cri::PodSandboxConfig) -> Result<&cri::PodSandboxMetadata, Status> {
+pub(crate) fn validate<'a>(
+    cfg: &'a cri::PodSandboxConfig,
+    limits: &CriConfig,
+) -> Result<&'a cri::PodSandboxMetadata, Status> {
     let m = cfg.metadata.as_ref().ok_or_else(|| {
         Status::invalid_argument("RunPodSandbox: the sandbox config has no metadata")
     })?;
@@ -62,8 +66,8 @@ pub(crate) fn validate(cfg: &cri::PodSandboxConfig) -> Result<&cri::PodSandboxMe
         }
     }
     let what = format!("pod {}", m.name);
-    limits::labels(&what, &cfg.labels)?;
-    limits::annotations(&what, &cfg.annotations)?;
+    limits::labels(&what, &cfg.labels, limits.max_labels_bytes)?;
+    limits::annotations(&what, &cfg.annotations, limits.max_annotations_bytes)?;
     // A relative log directory would be taken from berthd's working directory.
     let log_dir = Path::new(&cfg.log_directory);
     if !cfg.log_directory.is_empty()
@@ -135,6 +139,29 @@ impl CriRuntime {
         find_by_prefix(map.iter(), id, "pod sandbox").map(Arc::clone)
     }
 
+    /// Refuses a pod that would make ListPodSandbox too large for kubelet.
+    fn pod_list_budget(&self, cfg: &cri::PodSandboxConfig) -> Result<(), Status> {
+        let listing = prost::Message::encoded_len(&cri::ListPodSandboxResponse {
+            items: self.list_pod_sandboxes(None),
+        });
+        let metadata = cfg.metadata.as_ref().map_or(0, prost::Message::encoded_len);
+        let adding = limits::list_item_bytes(metadata, &cfg.labels, &cfg.annotations);
+        let what = format!(
+            "pod {}",
+            cfg.metadata
+                .as_ref()
+                .map(|m| m.name.as_str())
+                .unwrap_or_default()
+        );
+        limits::list_budget(
+            &what,
+            "ListPodSandbox",
+            listing,
+            adding,
+            self.config.cri.max_list_bytes,
+        )
+    }
+
     pub async fn run_pod_sandbox(
         self: &Arc<Self>,
         req: cri::RunPodSandboxRequest,
@@ -142,7 +169,8 @@ impl CriRuntime {
         let cfg = req
             .config
             .ok_or_else(|| Status::invalid_argument("RunPodSandbox: no sandbox config"))?;
-        let m = validate(&cfg)?;
+        let m = validate(&cfg, &self.config.cri)?;
+        self.pod_list_budget(&cfg)?;
         let name = sandbox_name(m);
         let handler = req.runtime_handler;
         if !handler.is_empty() && handler != "runc" && handler != "berth" {
@@ -1005,11 +1033,11 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        assert!(validate(&cfg("web")).is_ok());
-        let e = validate(&cfg("")).unwrap_err();
+        assert!(validate(&cfg("web"), &CriConfig::default()).is_ok());
+        let e = validate(&cfg(""), &CriConfig::default()).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("metadata.name"), "{}", e.message());
-        let e = validate(&cri::PodSandboxConfig::default()).unwrap_err();
+        let e = validate(&cri::PodSandboxConfig::default(), &CriConfig::default()).unwrap_err();
         assert!(e.message().contains("no metadata"));
         assert_eq!(
             sandbox_name(cfg("web").metadata.as_ref().unwrap()),
@@ -1028,7 +1056,7 @@ mod tests {
                 container_port,
                 ..Default::default()
             }];
-            let e = validate(&c).unwrap_err();
+            let e = validate(&c, &CriConfig::default()).unwrap_err();
             assert_eq!(e.code(), tonic::Code::InvalidArgument);
             assert!(e.message().contains("out of range"), "{}", e.message());
         }
@@ -1038,7 +1066,7 @@ mod tests {
             container_port: 1,
             ..Default::default()
         }];
-        assert!(validate(&c).is_ok());
+        assert!(validate(&c, &CriConfig::default()).is_ok());
         assert_eq!(port_mappings(&c)[0].host_port, 65535);
     }
 

@@ -5,6 +5,8 @@
 //! turn a connection into the protocol-independent streams below; the
 //! server (`server`) runs the command, attach or port connections on them.
 
+pub mod conns;
+mod peer;
 pub mod server;
 pub mod spdy;
 pub mod ws;

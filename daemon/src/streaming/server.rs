@@ -20,9 +20,12 @@ use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
+use super::conns::{ConnLimits, ConnSlot, Conns};
+use super::peer::PeerKey;
 use super::{spdy, ws, Limits, PortConnector, StreamOpts};
 use crate::config::StreamingConfig;
 use crate::network::NetNs;
@@ -179,6 +182,130 @@ where
     }
 }
 
+/// hyper's HTTP/1 settings for the streaming server: one request per
+/// connection (a URL is single use, and a connection kept alive after a 404
+/// would dodge the request deadline), bounded headers.
+fn http1_builder(cfg: &StreamingConfig) -> hyper::server::conn::http1::Builder {
+    let header_bytes = cfg.max_request_header_bytes.max(1024);
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.keep_alive(false)
+        .max_header_size(header_bytes)
+        .max_buf_size(header_bytes.max(8192))
+        .max_headers(64)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(cfg.request_timeout_secs.max(1)));
+    b
+}
+
+/// Reports connections closed or refused at the bounds: at most one
+/// warning per interval, so that a flood does not flood the log too.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    reported: (u64, u64),
+}
+
+impl RefusalLog {
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    fn note(&mut self, conns: &Conns) {
+        let n = conns.counts();
+        if (n.evicted, n.refused) == self.reported
+            || self.last.is_some_and(|t| t.elapsed() < Self::INTERVAL)
+        {
+            return;
+        }
+        let limits = conns.limits();
+        warn!(
+            closed_waiting = n.evicted - self.reported.0,
+            refused = n.refused - self.reported.1,
+            connections = n.live,
+            waiting = n.pending,
+            max_connections = limits.max_connections,
+            max_pending_per_peer = limits.max_pending_per_peer,
+            "streaming server at its connection bounds: closed the oldest connections still waiting for a request, refused new ones when only sessions were left"
+        );
+        self.reported = (n.evicted, n.refused);
+        self.last = Some(Instant::now());
+    }
+}
+
+/// One accepted connection, from accept to its request (and, through the
+/// slot its session holds, to the end of that session).
+struct Connection {
+    server: Arc<StreamServer>,
+    slot: Arc<ConnSlot>,
+    http: Arc<hyper::server::conn::http1::Builder>,
+}
+
+impl Connection {
+    /// Serves the connection until it ends, it is closed for a newer one
+    /// while waiting, or its request deadline passes without a valid request.
+    async fn serve(
+        self,
+        tcp: TcpStream,
+        peer: PeerKey,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        mut evicted: oneshot::Receiver<()>,
+        request_timeout: Duration,
+    ) {
+        let _ = tcp.set_nodelay(true);
+        let deadline = tokio::time::Instant::now() + request_timeout;
+        let slot = self.slot.clone();
+        let work = async move {
+            match tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => self.http(TokioIo::new(s)).await,
+                        Ok(Err(e)) => {
+                            debug!(%peer, error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => Ok(()),
+                    }
+                }
+                None => self.http(TokioIo::new(tcp)).await,
+            }
+        };
+        tokio::pin!(work);
+        let (mut waiting, mut timed) = (true, true);
+        let why = loop {
+            tokio::select! {
+                r = &mut work => {
+                    if let Err(e) = r {
+                        debug!(%peer, error = %e, "streaming connection ended with an error");
+                    }
+                    return;
+                }
+                ev = &mut evicted, if waiting => match ev {
+                    Ok(()) => break "closed to make room for a newer connection",
+                    // The sender goes when the connection turns active.
+                    Err(_) => waiting = false,
+                },
+                _ = tokio::time::sleep_until(deadline), if timed => {
+                    if slot.is_pending() {
+                        break "no valid request before the request deadline";
+                    }
+                    timed = false;
+                }
+            }
+        };
+        debug!(%peer, reason = why, "closing streaming connection");
+    }
+
+    async fn http<IO>(self, io: TokioIo<IO>) -> hyper::Result<()>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection { server, slot, http } = self;
+        let svc = hyper::service::service_fn(move |req| {
+            let (server, slot) = (server.clone(), slot.clone());
+            async move { Ok::<_, Infallible>(server.handle(req, slot)) }
+        });
+        http.serve_connection(io, svc).with_upgrades().await
+    }
+}
+
 impl StreamServer {
     /// Binds the listener and serves in the background.
     pub async fn start(
@@ -206,7 +333,14 @@ impl StreamServer {
         });
         info!(address = %server.base, "streaming server listening");
         let weak = Arc::downgrade(&server);
+        let conns = Conns::new(ConnLimits {
+            max_connections: cfg.max_connections,
+            max_pending_per_peer: cfg.max_pending_per_peer,
+        });
+        let http = Arc::new(http1_builder(cfg));
+        let request_timeout = Duration::from_secs(cfg.request_timeout_secs.max(1));
         tokio::spawn(async move {
+            let mut refusals = RefusalLog::default();
             loop {
                 let (tcp, peer) = match listener.accept().await {
                     Ok(c) => c,
@@ -217,41 +351,25 @@ impl StreamServer {
                     }
                 };
                 let Some(this) = weak.upgrade() else { return };
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    let _ = tcp.set_nodelay(true);
-                    let result = match tls {
-                        Some(acceptor) => match acceptor.accept(tcp).await {
-                            Ok(s) => this.serve_connection(TokioIo::new(s)).await,
-                            Err(e) => {
-                                debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                        },
-                        None => this.serve_connection(TokioIo::new(tcp)).await,
-                    };
-                    if let Err(e) = result {
-                        debug!(%peer, error = %e, "streaming connection ended with an error");
-                    }
-                });
+                // The socket's own address: the listener's may be 0.0.0.0.
+                let local = tcp.local_addr().unwrap_or(addr);
+                let key = PeerKey::of(peer, local);
+                let admitted = conns.admit(key);
+                refusals.note(&conns);
+                // A refused socket is dropped, which closes it: the client
+                // sees that at once rather than hang in the backlog.
+                let Ok((slot, evicted)) = admitted else {
+                    continue;
+                };
+                let conn = Connection {
+                    server: this,
+                    slot: Arc::new(slot),
+                    http: http.clone(),
+                };
+                tokio::spawn(conn.serve(tcp, key, tls.clone(), evicted, request_timeout));
             }
         });
         Ok(server)
-    }
-
-    async fn serve_connection<IO>(self: Arc<Self>, io: TokioIo<IO>) -> hyper::Result<()>
-    where
-        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let this = self.clone();
-        let svc = hyper::service::service_fn(move |req| {
-            let this = this.clone();
-            async move { Ok::<_, Infallible>(this.handle(req)) }
-        });
-        hyper::server::conn::http1::Builder::new()
-            .serve_connection(io, svc)
-            .with_upgrades()
-            .await
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -275,7 +393,7 @@ impl StreamServer {
         (at.elapsed() < self.ttl).then_some(p)
     }
 
-    fn handle(self: &Arc<Self>, mut req: Request<Incoming>) -> Reply {
+    fn handle(self: &Arc<Self>, mut req: Request<Incoming>, slot: Arc<ConnSlot>) -> Reply {
         let path = req.uri().path().to_string();
         let mut parts = path.trim_start_matches('/').split('/');
         let (Some(kind), Some(token), None) = (parts.next(), parts.next(), parts.next()) else {
@@ -286,6 +404,12 @@ impl StreamServer {
         };
         if pending.kind() != kind {
             return reply(StatusCode::NOT_FOUND, "unknown or expired streaming token");
+        }
+        if !slot.activate() {
+            return reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the connection was closed to make room for others",
+            );
         }
         let upgrade = req
             .headers()
@@ -354,7 +478,7 @@ impl StreamServer {
                 if let Ok(v) = http::HeaderValue::from_str(&proto) {
                     h.insert("x-stream-protocol-version", v);
                 }
-                return self.upgrade(&mut req, pending, proto, false, resp);
+                return self.upgrade(&mut req, pending, proto, false, resp, slot);
             }
             _ => {
                 return reply(
@@ -364,7 +488,7 @@ impl StreamServer {
             }
         };
         let proto = websocket.unwrap_or_default();
-        self.upgrade(&mut req, pending, proto, true, resp)
+        self.upgrade(&mut req, pending, proto, true, resp, slot)
     }
 
     /// Answers 101 and, once hyper hands over the connection, runs the
@@ -376,6 +500,7 @@ impl StreamServer {
         proto: String,
         websocket: bool,
         resp: Reply,
+        slot: Arc<ConnSlot>,
     ) -> Reply {
         let values: Vec<String> = req
             .uri()
@@ -405,6 +530,8 @@ impl StreamServer {
             };
             debug!(kind = pending.kind(), protocol = %proto, websocket, "streaming session");
             this.run(io, pending, &proto, websocket, ports).await;
+            // The session's end frees the connection's slot.
+            drop(slot);
         });
         resp
     }
