@@ -76,9 +76,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 type Reply = Response<Full<Bytes>>;
 
+/// A reply; every one but the 101 closes the connection (a URL is single
+/// use: nothing else is to come on it).
 fn reply(code: StatusCode, msg: impl Into<String>) -> Reply {
     let mut r = Response::new(Full::new(Bytes::from(msg.into())));
     *r.status_mut() = code;
+    if code != StatusCode::SWITCHING_PROTOCOLS {
+        r.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
     r
 }
 
@@ -182,14 +188,15 @@ where
     }
 }
 
-/// hyper's HTTP/1 settings for the streaming server: one request per
-/// connection (a URL is single use, and a connection kept alive after a 404
-/// would dodge the request deadline), bounded headers.
+/// hyper's HTTP/1 settings for the streaming server: bounded headers. Keep-
+/// alive stays on because hyper would otherwise add `close` to the 101's
+/// `Connection: Upgrade`, which client-go refuses; error replies close the
+/// connection themselves, and one kept open stays under the request deadline
+/// until it presents a valid token.
 fn http1_builder(cfg: &StreamingConfig) -> hyper::server::conn::http1::Builder {
     let header_bytes = cfg.max_request_header_bytes.max(1024);
     let mut b = hyper::server::conn::http1::Builder::new();
-    b.keep_alive(false)
-        .max_header_size(header_bytes)
+    b.max_header_size(header_bytes)
         .max_buf_size(header_bytes.max(8192))
         .max_headers(64)
         .timer(hyper_util::rt::TokioTimer::new())
