@@ -229,3 +229,80 @@ async fn cri_create_on_a_full_disk_is_resource_exhausted_and_recoverable() -> Re
     let _ = Command::new("umount").arg("-l").arg(&root).status();
     result
 }
+
+/// A pause-mode pod stopped and removed while the disk is full: each call
+/// answers OK or ResourceExhausted, never Internal (a failed pause removal
+/// answered Internal, hiding the cause; seen in the chaos suite's pause run),
+/// and once there is room a retry removes it and nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_pause_pod_on_a_full_disk_names_the_cause() -> Result<()> {
+    use integration::cri::{self, CriOpts, Env, TestNet};
+    let _net = cri::host_network_lock().await;
+    let mut env = Env::start_with(
+        TestNet::new()?,
+        CriOpts {
+            sandbox_mode: "pause".into(),
+            pause_image: true,
+            ..Default::default()
+        },
+    )?;
+    env.d_mut().stop()?;
+    let root = env.d().root();
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "berth-disk-full"])
+        .arg(&root)
+        .output()?;
+    ensure!(out.status.success(), "mount tmpfs: {out:?}");
+    let result = async {
+        env.d_mut().restart()?;
+        env.import(fixtures::busybox()?, "docker.io/berth-e2e/busybox")?;
+        env.import(fixtures::pause()?, "docker.io/berth-e2e/pause")?;
+        let mut rt = env.rt().await?;
+        let pod = env.pod("full-disk-pause")?;
+        let pod_id = env.run_pod(&mut rt, &pod).await?;
+        env.create_start(
+            &mut rt,
+            &pod_id,
+            &pod,
+            &env.container("c", &["sleep", "3600"]),
+        )
+        .await?;
+        let filler = root.join("filler");
+        fill(&filler)?;
+        let stop = rt
+            .stop_pod_sandbox(api::StopPodSandboxRequest {
+                pod_sandbox_id: pod_id.clone(),
+            })
+            .await;
+        let remove = rt
+            .remove_pod_sandbox(api::RemovePodSandboxRequest {
+                pod_sandbox_id: pod_id.clone(),
+            })
+            .await;
+        for (what, r) in [
+            ("StopPodSandbox", stop.err()),
+            ("RemovePodSandbox", remove.err()),
+        ] {
+            eprintln!(
+                "{what} on a full disk: {:?}",
+                r.as_ref().map(|s| (s.code(), s.message()))
+            );
+            if let Some(s) = r {
+                ensure!(
+                    s.code() == tonic::Code::ResourceExhausted,
+                    "{what} on a full disk: {:?}: {}",
+                    s.code(),
+                    s.message()
+                );
+            }
+        }
+        std::fs::remove_file(&filler)?;
+        env.stop_remove_pod(&mut rt, &pod_id).await?;
+        ensure!(cri::list_pods(&mut rt, None).await?.is_empty());
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = env.d_mut().stop();
+    let _ = Command::new("umount").arg("-l").arg(&root).status();
+    result
+}

@@ -235,7 +235,8 @@ impl CriRuntime {
             Ok(()) => {
                 let rec = sandbox.update(|r| r.state = SandboxState::Ready);
                 if let Err(e) = self.persist_sandbox(&rec).await {
-                    self.teardown_sandbox(&sandbox).await;
+                    // Its failures are logged; the start sweep retries them.
+                    let _ = self.teardown_sandbox(&sandbox).await;
                     let _ = self.delete_sandbox_record(&id).await;
                     return Err(e);
                 }
@@ -257,7 +258,7 @@ impl CriRuntime {
             }
             Err(e) => {
                 warn!(pod = %id, name = %name, error = %e.message(), "RunPodSandbox failed; cleaning up");
-                self.teardown_sandbox(&sandbox).await;
+                let _ = self.teardown_sandbox(&sandbox).await;
                 if let Err(d) = self.delete_sandbox_record(&id).await {
                     warn!(pod = %id, error = %d.message(), "cannot delete the record of a failed pod");
                 }
@@ -546,9 +547,9 @@ impl CriRuntime {
     }
 
     /// Kills and removes the pod's pause container, if it has one.
-    async fn remove_pause(&self, sandbox: &Sandbox) -> bool {
+    async fn remove_pause(&self, sandbox: &Sandbox) -> Result<(), crate::tasks::TaskError> {
         let Some(id) = sandbox.record().pause else {
-            return true;
+            return Ok(());
         };
         match self.tasks.remove(&id, true).await {
             Ok(()) | Err(crate::tasks::TaskError::NotFound(_)) => {
@@ -557,20 +558,22 @@ impl CriRuntime {
                     r.pause_pid = 0;
                 });
                 self.persist_sandbox_logged(&rec).await;
-                true
+                Ok(())
             }
             Err(e) => {
                 warn!(pod = %sandbox.id, error = %e, "cannot remove the pause container");
-                false
+                Err(e)
             }
         }
     }
 
     /// Undoes a pod's set-up, whatever of it exists: network (CNI DEL,
     /// netns), namespace pins, shm, files. Errors are logged; the record is
-    /// updated to say what is left.
-    async fn teardown_sandbox(&self, sandbox: &Sandbox) -> bool {
-        let mut clean = self.remove_pause(sandbox).await;
+    /// updated to say what is left. The error is the pause container's when
+    /// that failed (e.g. a full disk is ResourceExhausted), else Internal.
+    async fn teardown_sandbox(&self, sandbox: &Sandbox) -> Result<(), Status> {
+        let pause = self.remove_pause(sandbox).await;
+        let mut clean = pause.is_ok();
         self.tasks.shutdown_idle_shim(&sandbox.id).await;
         clean &= self.teardown_network(sandbox).await;
         let rec = sandbox.record();
@@ -604,7 +607,25 @@ impl CriRuntime {
         .await
         .unwrap_or(false);
         sandbox.update(|r| r.shm = None);
-        clean && files_ok
+        let retry = "(see berthd's log); RemovePodSandbox can be retried";
+        match pause {
+            Err(e) => {
+                let s = Status::from(e);
+                Err(Status::new(
+                    s.code(),
+                    format!(
+                        "pod {}: removing its pause container failed: {} {retry}",
+                        rec.id,
+                        s.message()
+                    ),
+                ))
+            }
+            Ok(()) if clean && files_ok => Ok(()),
+            Ok(()) => Err(Status::internal(format!(
+                "pod {}: removing its files and namespaces failed {retry}",
+                rec.id
+            ))),
+        }
     }
 
     async fn teardown_network(&self, sandbox: &Sandbox) -> bool {
@@ -714,12 +735,7 @@ impl CriRuntime {
         for c in self.containers_of(&rec.id) {
             self.remove_container_task(&c).await?;
         }
-        if !self.teardown_sandbox(&sandbox).await {
-            return Err(Status::internal(format!(
-                "pod {}: removing its files and namespaces failed (see berthd's log); RemovePodSandbox can be retried",
-                rec.id
-            )));
-        }
+        self.teardown_sandbox(&sandbox).await?;
         self.delete_sandbox_record(&rec.id).await?;
         lock(&self.sandboxes).remove(&rec.id);
         info!(pod = %rec.id, "pod sandbox removed");
@@ -888,7 +904,7 @@ impl CriRuntime {
             for c in self.containers_of(&s.id) {
                 let _ = self.remove_container_task(&c).await;
             }
-            if self.teardown_sandbox(&s).await {
+            if self.teardown_sandbox(&s).await.is_ok() {
                 let _ = self.delete_sandbox_record(&s.id).await;
             } else {
                 // Kept (hidden) so the next start tries again.
