@@ -165,6 +165,33 @@ fn scenario(d: &mut Daemon, root: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Restarts `env`'s berthd on a 64 MiB tmpfs root (for a test to fill) with
+/// the busybox image imported again; returns the root. [`unmount_root`]
+/// undoes it.
+fn restart_on_small_root(env: &mut integration::cri::Env) -> Result<std::path::PathBuf> {
+    env.d_mut().stop()?;
+    let root = env.d().root();
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "berth-disk-full"])
+        .arg(&root)
+        .output()?;
+    ensure!(out.status.success(), "mount tmpfs: {out:?}");
+    let started = env
+        .d_mut()
+        .restart()
+        .and_then(|()| env.import(fixtures::busybox()?, "docker.io/berth-e2e/busybox"));
+    if let Err(e) = started {
+        unmount_root(env, &root);
+        return Err(e);
+    }
+    Ok(root)
+}
+
+fn unmount_root(env: &mut integration::cri::Env, root: &std::path::Path) {
+    let _ = env.d_mut().stop();
+    let _ = Command::new("umount").arg("-l").arg(root).status();
+}
+
 /// CRI calls on a full disk: CreateContainer fails ResourceExhausted, and once
 /// there is room the pod can be stopped and removed and a new container made
 /// (the failed create's cleanup, which also hit the full disk, used to leave
@@ -174,16 +201,8 @@ async fn cri_create_on_a_full_disk_is_resource_exhausted_and_recoverable() -> Re
     use integration::cri::{self, Env};
     let _net = cri::host_network_lock().await;
     let mut env = Env::start()?;
-    env.d_mut().stop()?;
-    let root = env.d().root();
-    let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "berth-disk-full"])
-        .arg(&root)
-        .output()?;
-    ensure!(out.status.success(), "mount tmpfs: {out:?}");
+    let root = restart_on_small_root(&mut env)?;
     let result = async {
-        env.d_mut().restart()?;
-        env.import(fixtures::busybox()?, "docker.io/berth-e2e/busybox")?;
         let mut rt = env.rt().await?;
         let pod = env.pod("full-disk")?;
         let pod_id = env.run_pod(&mut rt, &pod).await?;
@@ -225,8 +244,7 @@ async fn cri_create_on_a_full_disk_is_resource_exhausted_and_recoverable() -> Re
         anyhow::Ok(())
     }
     .await;
-    let _ = env.d_mut().stop();
-    let _ = Command::new("umount").arg("-l").arg(&root).status();
+    unmount_root(&mut env, &root);
     result
 }
 
@@ -246,16 +264,8 @@ async fn removing_a_pause_pod_on_a_full_disk_names_the_cause() -> Result<()> {
             ..Default::default()
         },
     )?;
-    env.d_mut().stop()?;
-    let root = env.d().root();
-    let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "berth-disk-full"])
-        .arg(&root)
-        .output()?;
-    ensure!(out.status.success(), "mount tmpfs: {out:?}");
+    let root = restart_on_small_root(&mut env)?;
     let result = async {
-        env.d_mut().restart()?;
-        env.import(fixtures::busybox()?, "docker.io/berth-e2e/busybox")?;
         env.import(fixtures::pause()?, "docker.io/berth-e2e/pause")?;
         let mut rt = env.rt().await?;
         let pod = env.pod("full-disk-pause")?;
@@ -302,7 +312,6 @@ async fn removing_a_pause_pod_on_a_full_disk_names_the_cause() -> Result<()> {
         anyhow::Ok(())
     }
     .await;
-    let _ = env.d_mut().stop();
-    let _ = Command::new("umount").arg("-l").arg(&root).status();
+    unmount_root(&mut env, &root);
     result
 }
