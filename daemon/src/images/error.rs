@@ -66,9 +66,11 @@ impl ImageError {
                 RegistryError::Connect { .. } => Code::Unavailable,
                 RegistryError::Tls { .. } => Code::FailedPrecondition,
                 RegistryError::Config(_) => Code::FailedPrecondition,
-                RegistryError::TokenTooLarge { .. } => Code::ResourceExhausted,
-                RegistryError::TooLarge { .. }
-                | RegistryError::Overlong { .. }
+                // A document past its configured bound, like every limit.
+                RegistryError::TokenTooLarge { .. } | RegistryError::TooLarge { .. } => {
+                    Code::ResourceExhausted
+                }
+                RegistryError::Overlong { .. }
                 | RegistryError::DigestMismatch { .. }
                 | RegistryError::Protocol { .. } => Code::DataLoss,
                 RegistryError::Status { status, .. } if status.is_server_error() => {
@@ -195,5 +197,13 @@ mod tests {
         };
         assert_eq!(e.code(), tonic::Code::DataLoss);
         assert!(e.to_string().contains("more than the 5 bytes"), "{e}");
+        let e = ImageError::Registry {
+            image: "busybox".into(),
+            source: RegistryError::TooLarge {
+                what: "busybox: manifest".into(),
+                limit: 4 << 20,
+            },
+        };
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
     }
 }
