@@ -508,17 +508,8 @@ impl ContentStore {
     /// directories without a readable `ref` file (a crash while one was being
     /// created) are skipped; [`ContentStore::cleanup_ingests`] removes them.
     pub fn list_ingests(&self) -> Result<Vec<IngestStatus>> {
-        let root = &self.inner.ingest;
         let mut out = Vec::new();
-        for entry in fs::read_dir(root).map_err(|e| Error::io("list ingests", root, e))? {
-            let entry = entry.map_err(|e| Error::io("list ingests", root, e))?;
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let dir = entry.path();
-            let Some(reference) = read_small(&dir.join(REF_FILE)) else {
-                continue;
-            };
+        for (dir, reference) in self.named_ingests()? {
             let offset = fs::symlink_metadata(dir.join(DATA_FILE)).map_or(0, |m| m.len());
             let total = read_small(&dir.join(TOTAL_FILE)).and_then(|s| s.trim().parse().ok());
             let expected =
@@ -540,6 +531,24 @@ impl ContentStore {
             });
         }
         out.sort_by(|a, b| a.reference.cmp(&b.reference));
+        Ok(out)
+    }
+
+    /// The ingest directories with a readable `ref` file, with that
+    /// reference (one without is a crash's leftover no writer can resume).
+    fn named_ingests(&self) -> Result<Vec<(PathBuf, String)>> {
+        let root = &self.inner.ingest;
+        let mut out = Vec::new();
+        for entry in fs::read_dir(root).map_err(|e| Error::io("list ingests", root, e))? {
+            let entry = entry.map_err(|e| Error::io("list ingests", root, e))?;
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let dir = entry.path();
+            if let Some(reference) = read_small(&dir.join(REF_FILE)) {
+                out.push((dir, reference));
+            }
+        }
         Ok(out)
     }
 
@@ -635,17 +644,8 @@ impl ContentStore {
     /// come. Returns the references removed.
     pub fn remove_idle_ingests(&self, prefix: &str, idle: Duration) -> Result<Vec<String>> {
         let now = SystemTime::now();
-        let root = &self.inner.ingest;
         let mut removed = Vec::new();
-        for entry in fs::read_dir(root).map_err(|e| Error::io("list ingests", root, e))? {
-            let entry = entry.map_err(|e| Error::io("list ingests", root, e))?;
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let path = entry.path();
-            let Some(reference) = read_small(&path.join(REF_FILE)) else {
-                continue;
-            };
+        for (path, reference) in self.named_ingests()? {
             if !reference.starts_with(prefix) {
                 continue;
             }
