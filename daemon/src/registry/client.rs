@@ -489,17 +489,6 @@ impl Repository {
                     // Its own bound and its own error: a token endpoint that
                     // streams forever is not a large manifest, and one that
                     // trickles must not hold the pull past the timeout.
-                    let too_large = || RegistryError::TokenTooLarge {
-                        what: what.into(),
-                        realm: crate::cri::limits::echo(realm),
-                        limit: MAX_TOKEN_RESPONSE,
-                    };
-                    if resp
-                        .content_length()
-                        .is_some_and(|l| l > MAX_TOKEN_RESPONSE)
-                    {
-                        return Err(too_large());
-                    }
                     let token_what = format!("{what} (token from {realm})");
                     let read = read_limited(
                         resp,
@@ -507,18 +496,19 @@ impl Repository {
                         &token_what,
                         host,
                         self.client.no_progress,
+                        || RegistryError::TokenTooLarge {
+                            what: what.into(),
+                            realm: crate::cri::limits::echo(realm),
+                            limit: MAX_TOKEN_RESPONSE,
+                        },
                     );
-                    let body = match tokio::time::timeout(self.client.no_progress, read).await {
-                        Err(_) => {
-                            return Err(RegistryError::Timeout {
-                                host: host.into(),
-                                what: token_what,
-                                secs: self.client.no_progress.as_secs(),
-                            })
-                        }
-                        Ok(Err(RegistryError::TooLarge { .. })) => return Err(too_large()),
-                        Ok(res) => res?,
-                    };
+                    let body = tokio::time::timeout(self.client.no_progress, read)
+                        .await
+                        .map_err(|_| RegistryError::Timeout {
+                            host: host.into(),
+                            what: token_what.clone(),
+                            secs: self.client.no_progress.as_secs(),
+                        })??;
                     let tr: TokenResponse =
                         serde_json::from_slice(&body).map_err(|e| RegistryError::Protocol {
                             what: what.into(),
@@ -609,13 +599,18 @@ impl Repository {
             .and_then(|v| v.to_str().ok())
             .map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
         let limit = self.client.max_manifest;
-        if resp.content_length().is_some_and(|l| l > limit) {
-            return Err(RegistryError::TooLarge {
+        let body = read_limited(
+            resp,
+            limit,
+            what,
+            &ep.host.host,
+            self.client.no_progress,
+            || RegistryError::TooLarge {
                 what: format!("{what}: manifest"),
                 limit,
-            });
-        }
-        let body = read_limited(resp, limit, what, &ep.host.host, self.client.no_progress).await?;
+            },
+        )
+        .await?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
         if by_digest(object) && digest != object {
             return Err(RegistryError::DigestMismatch {
@@ -817,14 +812,19 @@ fn by_digest(object: &str) -> bool {
     object.contains(':')
 }
 
-/// Reads a response body up to `limit` bytes, failing rather than buffering more.
+/// Reads a response body up to `limit` bytes, failing with `too_large` rather
+/// than buffering more (at once when its Content-Length says so).
 async fn read_limited(
     resp: reqwest::Response,
     limit: u64,
     what: &str,
     host: &str,
     no_progress: Duration,
+    too_large: impl Fn() -> RegistryError,
 ) -> Result<Bytes, RegistryError> {
+    if resp.content_length().is_some_and(|l| l > limit) {
+        return Err(too_large());
+    }
     let mut out = Vec::new();
     let mut stream = resp.bytes_stream();
     loop {
@@ -839,10 +839,7 @@ async fn read_limited(
             None => break,
             Some(Ok(chunk)) => {
                 if out.len() as u64 + chunk.len() as u64 > limit {
-                    return Err(RegistryError::TooLarge {
-                        what: format!("{what}: manifest"),
-                        limit,
-                    });
+                    return Err(too_large());
                 }
                 out.extend_from_slice(&chunk);
             }
