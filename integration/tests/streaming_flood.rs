@@ -164,12 +164,6 @@ impl Flood {
         }
         Ok(())
     }
-
-    /// Stops the attackers (killed: a loop of 10,000 busy tasks can take
-    /// long to wind down).
-    fn stop(self) {
-        drop(self);
-    }
 }
 
 impl Drop for Flood {
@@ -327,7 +321,8 @@ impl Target {
             flood.stat("slow_max_age") <= 10 + 3,
             "a slowloris connection outlived the 10 s request deadline: {report}"
         );
-        flood.stop();
+        // Killed (Drop): a loop of 10,000 busy tasks is slow to wind down.
+        drop(flood);
         // The fds come back once the attacker lets go.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

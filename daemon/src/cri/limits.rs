@@ -71,9 +71,26 @@ pub fn field(what: &str, field: &str, value: &str, max: usize) -> Result<(), Sta
     Ok(())
 }
 
+/// All of a map's keys and values together at most `max`.
+fn map_total(
+    what: &str,
+    kind: &str,
+    map: &HashMap<String, String>,
+    max: usize,
+    key: &str,
+) -> Result<(), Status> {
+    let total: usize = map.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > max {
+        return Err(Status::invalid_argument(format!(
+            "{what}: its {} {kind} take {total} bytes, more than {max} ([cri] {key})",
+            map.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Labels: each key and value bounded, all of them together at most `max`.
 pub fn labels(what: &str, labels: &HashMap<String, String>, max: usize) -> Result<(), Status> {
-    let mut total = 0;
     for (k, v) in labels {
         field(what, "label key", k, MAX_LABEL_KEY)?;
         if v.len() > MAX_LABEL_VALUE {
@@ -84,15 +101,8 @@ pub fn labels(what: &str, labels: &HashMap<String, String>, max: usize) -> Resul
                 MAX_LABEL_VALUE,
             ));
         }
-        total += k.len() + v.len();
     }
-    if total > max {
-        return Err(Status::invalid_argument(format!(
-            "{what}: its {} labels take {total} bytes, more than {max} ([cri] max_labels_bytes)",
-            labels.len()
-        )));
-    }
-    Ok(())
+    map_total(what, "labels", labels, max, "max_labels_bytes")
 }
 
 /// Annotations: all of them together at most `max` (Kubernetes' limit by
@@ -102,14 +112,13 @@ pub fn annotations(
     annotations: &HashMap<String, String>,
     max: usize,
 ) -> Result<(), Status> {
-    let total: usize = annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
-    if total > max {
-        return Err(Status::invalid_argument(format!(
-            "{what}: its {} annotations take {total} bytes, more than {max} ([cri] max_annotations_bytes)",
-            annotations.len()
-        )));
-    }
-    Ok(())
+    map_total(
+        what,
+        "annotations",
+        annotations,
+        max,
+        "max_annotations_bytes",
+    )
 }
 
 /// What one more object adds to a list reply: its metadata, labels and
