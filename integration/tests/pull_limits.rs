@@ -444,6 +444,23 @@ fn a_blob_over_max_blob_bytes_is_refused_before_a_byte_is_fetched() -> Result<()
     Ok(())
 }
 
+/// A config (or manifest) whose descriptor declares more than its bound is
+/// refused before it is fetched, with ResourceExhausted like every limit.
+#[test]
+fn a_config_declared_over_max_config_bytes_is_resource_exhausted() -> Result<()> {
+    let d = Daemon::start_with_config("[pull]\nmax_config_bytes = 16\n")?;
+    let reg = Hostile::start(1 << 20, Layer::Endless, Token::None)?;
+    let st = pull_fails(&d, &reg, Duration::from_secs(60))?;
+    ensure!(st.code() == tonic::Code::ResourceExhausted, "{st:?}");
+    ensure!(
+        st.message().contains("pull.max_config_bytes"),
+        "the error names the limit: {}",
+        st.message()
+    );
+    ensure!(reg.layer_gets() == 0, "the layer was requested");
+    Ok(())
+}
+
 #[test]
 fn a_blob_larger_than_the_free_space_is_refused_before_a_byte_is_fetched() -> Result<()> {
     let mut d = Daemon::start()?;

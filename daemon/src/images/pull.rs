@@ -484,16 +484,27 @@ impl ImageService {
         name: &str,
         desc: &Descriptor,
     ) -> Result<Bytes, ImageError> {
-        let limit = if oci::is_config(&desc.media_type) {
-            self.config.pull.max_config_bytes
+        let (limit, key) = if oci::is_config(&desc.media_type) {
+            (self.config.pull.max_config_bytes, "pull.max_config_bytes")
         } else {
-            self.config.pull.max_manifest_bytes
+            (
+                self.config.pull.max_manifest_bytes,
+                "pull.max_manifest_bytes",
+            )
         };
-        if desc.size < 0 || desc.size as u64 > limit {
+        if desc.size < 0 {
             return Err(ImageError::BadImage {
                 image: name.into(),
+                reason: format!("{} declares a negative size {}", desc.digest, desc.size),
+            });
+        }
+        // A bound like every other: ResourceExhausted, as the registry's own
+        // answer past it (RegistryError::TooLarge) is.
+        if desc.size as u64 > limit {
+            return Err(ImageError::OverLimit {
+                image: name.into(),
                 reason: format!(
-                    "{} of {} bytes is larger than the limit of {limit}",
+                    "{} of {} bytes is larger than the limit of {limit} ({key})",
                     desc.digest, desc.size
                 ),
             });
