@@ -34,7 +34,8 @@ pub enum OnErr<T> {
     Fail,
 }
 
-/// Retries of one call, kubelet-style. `f` makes the call on a client.
+/// Retries of one call, kubelet-style. `f` makes the call on a client. The
+/// error names the method, the object and the last answer.
 #[allow(clippy::too_many_arguments)]
 pub async fn call<T, F, Fut>(
     ctx: &Ctx,
@@ -45,7 +46,7 @@ pub async fn call<T, F, Fut>(
     budget: Duration,
     f: F,
     on_err: impl Fn(&Status) -> OnErr<T>,
-) -> Result<T, Status>
+) -> Result<T>
 where
     F: Fn(Rt) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -63,16 +64,17 @@ where
                 *rt = r;
             }
         }
+        let failed = |s: Status| anyhow!("{method} {object}: {:?}: {}", s.code(), s.message());
         match on_err(&s) {
             OnErr::Done(v) => return Ok(v),
-            OnErr::Fail => return Err(s),
+            OnErr::Fail => return Err(failed(s)),
             OnErr::Retry => {}
         }
         if !transient(&s) {
             errors += 1;
         }
         if errors >= STEP_ERRORS || Instant::now() >= give_up {
-            return Err(s);
+            return Err(failed(s));
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -130,8 +132,7 @@ async fn stop_remove_pod(ctx: &Ctx, rt: &mut Rt, id: &str, budget: Duration) -> 
         },
         not_found_is_done,
     )
-    .await
-    .map_err(|s| anyhow!("StopPodSandbox {id}: {:?}: {}", s.code(), s.message()))?;
+    .await?;
     call(
         ctx,
         rt,
@@ -148,8 +149,7 @@ async fn stop_remove_pod(ctx: &Ctx, rt: &mut Rt, id: &str, budget: Duration) -> 
         },
         not_found_is_done,
     )
-    .await
-    .map_err(|s| anyhow!("RemovePodSandbox {id}: {:?}: {}", s.code(), s.message()))?;
+    .await?;
     lock(&ctx.model).remove_pod(id);
     Ok(())
 }
@@ -354,7 +354,7 @@ impl Worker {
             acked(&mut m, v);
         }
         m.end(pod);
-        r.map_err(|s| anyhow!("{method} {object}: {:?}: {}", s.code(), s.message()))
+        r
     }
 
     fn shim_killed(&self, pod: &str) -> bool {
@@ -362,7 +362,7 @@ impl Worker {
     }
 
     /// The pods listed with label `app=<name>`.
-    async fn pods_named(&mut self, name: &str) -> Result<Vec<api::PodSandbox>, Status> {
+    async fn pods_named(&mut self, name: &str) -> Result<Vec<api::PodSandbox>> {
         let filter = api::PodSandboxFilter {
             label_selector: [("app".to_string(), name.to_string())].into(),
             ..Default::default()
@@ -414,12 +414,11 @@ impl Worker {
                 None => OnErr::Retry,
             },
         )
-        .await
-        .map_err(|s| anyhow!("RunPodSandbox {name}: {:?}: {}", s.code(), s.message()))?
+        .await?
         .pod_sandbox_id;
         if adopted.load(Ordering::Relaxed) {
             self.ctx.stats().adopted += 1;
-            let listed = self.pods_named(name).await.map_err(|s| anyhow!("{s}"))?;
+            let listed = self.pods_named(name).await?;
             let ids: Vec<&str> = listed.iter().map(|p| p.id.as_str()).collect();
             if ids != [id.as_str()] {
                 self.ctx.violation(
@@ -542,8 +541,7 @@ impl Worker {
             },
             retry,
         )
-        .await
-        .map_err(|s| anyhow!("ContainerStatus {id}: {:?}: {}", s.code(), s.message()))?
+        .await?
         .status
         .with_context(|| format!("ContainerStatus {id}: no status"))
     }
@@ -624,7 +622,7 @@ impl Worker {
                 ),
             ),
             Err(_) if self.shim_killed(&pod) => {}
-            Err(s) => bail!("ExecSync in {main}: {:?}: {}", s.code(), s.message()),
+            Err(e) => return Err(e),
         }
 
         // The job exits 3 by itself.
