@@ -125,6 +125,26 @@ async fn oversized_container_labels_are_refused() -> Result<()> {
     Ok(())
 }
 
+/// `refused` is the list budget's answer for `list`, and that listing (`listed`
+/// bytes) stayed under the bound.
+fn refused_by_the_budget(
+    refused: &tonic::Status,
+    list: &str,
+    listed: usize,
+    max: usize,
+) -> Result<()> {
+    ensure!(
+        refused.code() == Code::ResourceExhausted
+            && refused.message().contains("max_list_bytes")
+            && refused.message().contains(list),
+        "{:?}: {}",
+        refused.code(),
+        refused.message()
+    );
+    ensure!(listed <= max, "{list} answered {listed} bytes");
+    Ok(())
+}
+
 /// Issue 14, finding 2: pods each within their own limits can still add up
 /// to a ListPodSandbox larger than kubelet accepts; the pod that would do it
 /// is refused (ResourceExhausted), and the listing stays under the bound.
@@ -158,12 +178,6 @@ async fn pods_and_containers_that_would_overflow_a_listing_are_refused() -> Resu
         }
     };
     ensure!(
-        refused.code() == Code::ResourceExhausted && refused.message().contains("max_list_bytes"),
-        "{:?}: {}",
-        refused.code(),
-        refused.message()
-    );
-    ensure!(
         (4..=5).contains(&accepted.len()),
         "{} pods accepted",
         accepted.len()
@@ -172,11 +186,7 @@ async fn pods_and_containers_that_would_overflow_a_listing_are_refused() -> Resu
         .list_pod_sandbox(api::ListPodSandboxRequest::default())
         .await?
         .into_inner();
-    ensure!(
-        listing.encoded_len() <= MAX_LIST,
-        "ListPodSandbox answered {} bytes",
-        listing.encoded_len()
-    );
+    refused_by_the_budget(&refused, "ListPodSandbox", listing.encoded_len(), MAX_LIST)?;
 
     // Containers: the first pod's containers fill ListContainers the same way.
     let (pod_id, pod) = accepted[0].clone();
@@ -200,21 +210,11 @@ async fn pods_and_containers_that_would_overflow_a_listing_are_refused() -> Resu
             Err(s) => break s,
         }
     };
-    ensure!(
-        refused.code() == Code::ResourceExhausted && refused.message().contains("ListContainers"),
-        "{:?}: {}",
-        refused.code(),
-        refused.message()
-    );
     let listing = rt
         .list_containers(api::ListContainersRequest::default())
         .await?
         .into_inner();
-    ensure!(
-        listing.encoded_len() <= MAX_LIST,
-        "ListContainers answered {} bytes",
-        listing.encoded_len()
-    );
+    refused_by_the_budget(&refused, "ListContainers", listing.encoded_len(), MAX_LIST)?;
     for (id, _) in accepted {
         env.stop_remove_pod(&mut rt, &id).await?;
     }
