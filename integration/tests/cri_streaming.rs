@@ -30,7 +30,8 @@ fn ws_client_env(args: &[&str], env: &[(&str, &str)]) -> Result<Value> {
         .context("running the python websocket client")?;
     ensure!(
         out.status.success(),
-        "websocket client failed: {}\n{}",
+        "websocket client {:?} failed: {}\n{}",
+        args,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -144,6 +145,7 @@ async fn websocket_exec_and_port_forward() -> Result<()> {
         "v5.channel.k8s.io",
         "--resize",
         "123x45",
+        "--wait-output",
         "--stdin",
         "stty size; exit 5\n",
     ])?;
@@ -160,6 +162,7 @@ async fn websocket_exec_and_port_forward() -> Result<()> {
         "exec",
         &url,
         "v5.channel.k8s.io",
+        "--wait-output",
         "--stdin",
         "echo typed-$((6*7))\n\u{4}",
     ])?;

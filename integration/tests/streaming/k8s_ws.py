@@ -2,10 +2,16 @@
 """An independent Kubernetes streaming client over WebSocket, built on
 Debian's python3-websocket (websocket-client), for berth's end-to-end tests.
 
-  k8s_ws.py exec URL PROTO [--stdin TEXT] [--close-stdin] [--resize WxH] [--stdin-after-resize TEXT]
+  k8s_ws.py exec URL PROTO [--stdin TEXT] [--close-stdin] [--resize WxH]
+                 [--stdin-after-resize TEXT] [--wait-output]
       Speaks the channel protocol (v4/v5.channel.k8s.io): channel 0 stdin,
       1 stdout, 2 stderr, 3 error (metav1.Status JSON), 4 resize; v5 closes
-      stdin with [255, 0]. Prints one JSON object: stdout, stderr, status.
+      stdin with [255, 0]. --wait-output types stdin only once the command
+      has written something (a shell's prompt), as a person would. Prints one
+      JSON object: stdout, stderr, status.
+
+A read that waits K8S_WS_TIMEOUT seconds (30) ends the client with status 1,
+printing what it had received, so a failing test shows how far it got.
   k8s_ws.py interactive URL PROTO
       A raw-mode terminal session for trying a TTY exec by hand.
   k8s_ws.py portforward URL PROTO PORT REQUEST_FILE OUT_FILE
@@ -34,7 +40,8 @@ def connect(url, proto):
     # K8S_WS_CA: the CA to trust for wss:// (berth's streaming server with TLS).
     ca = os.environ.get("K8S_WS_CA")
     sslopt = {"ca_certs": ca} if ca else None
-    ws = websocket.create_connection(ws_url(url), subprotocols=[proto], timeout=60, sslopt=sslopt)
+    timeout = float(os.environ.get("K8S_WS_TIMEOUT", "30"))
+    ws = websocket.create_connection(ws_url(url), subprotocols=[proto], timeout=timeout, sslopt=sslopt)
     got = ws.getsubprotocol()
     if got != proto:
         raise SystemExit(f"server chose subprotocol {got!r}, asked {proto!r}")
@@ -43,7 +50,8 @@ def connect(url, proto):
 
 def do_exec(args):
     url, proto = args[0], args[1]
-    opts = {"stdin": None, "close": False, "resize": None, "after": None, "leave": None}
+    opts = {"stdin": None, "close": False, "resize": None, "after": None, "leave": None,
+            "wait": False}
     i = 2
     while i < len(args):
         a = args[i]
@@ -60,15 +68,43 @@ def do_exec(args):
         elif a == "--disconnect-after":
             opts["leave"] = float(args[i + 1])
             i += 2
+        elif a == "--wait-output":
+            opts["wait"] = True
+            i += 1
         elif a == "--stdin-after-resize":
             opts["after"] = args[i + 1]
             i += 2
         else:
             raise SystemExit(f"unknown option {a}")
     ws = connect(url, proto)
+    got = {1: b"", 2: b"", 3: b""}
+
+    def receive():
+        """One frame into `got`; False once the server has closed."""
+        try:
+            op, data = ws.recv_data(control_frame=False)
+        except websocket.WebSocketConnectionClosedException:
+            return False
+        except websocket.WebSocketTimeoutException:
+            print(json.dumps({
+                "timeout": True,
+                "stdout": got[1].decode(errors="replace"),
+                "stderr": got[2].decode(errors="replace"),
+                "status": got[3].decode(errors="replace"),
+            }))
+            sys.exit(1)
+        if op == websocket.ABNF.OPCODE_CLOSE:
+            return False
+        if data and data[0] in got:
+            got[data[0]] += data[1:]
+        return True
+
     if opts["resize"]:
         w, h = opts["resize"]
         ws.send_binary(b"\x04" + json.dumps({"Width": w, "Height": h}).encode())
+    if opts["wait"]:
+        while not got[1] and receive():
+            pass
     if opts["stdin"] is not None:
         ws.send_binary(b"\x00" + opts["stdin"].encode())
     if opts["after"] is not None:
@@ -81,27 +117,12 @@ def do_exec(args):
         ws.sock.close()
         print(json.dumps({"left": True}))
         return
-    out, err, status = b"", b"", None
-    while True:
-        try:
-            op, data = ws.recv_data(control_frame=False)
-        except websocket.WebSocketConnectionClosedException:
-            break
-        if op == websocket.ABNF.OPCODE_CLOSE:
-            break
-        if not data:
-            continue
-        ch, payload = data[0], data[1:]
-        if ch == 1:
-            out += payload
-        elif ch == 2:
-            err += payload
-        elif ch == 3:
-            status = (status or b"") + payload
+    while receive():
+        pass
     print(json.dumps({
-        "stdout": out.decode(errors="replace"),
-        "stderr": err.decode(errors="replace"),
-        "status": json.loads(status) if status else None,
+        "stdout": got[1].decode(errors="replace"),
+        "stderr": got[2].decode(errors="replace"),
+        "status": json.loads(got[3]) if got[3] else None,
     }))
 
 
@@ -168,6 +189,10 @@ def do_portforward(args):
                 op, data = ws.recv_data(control_frame=False)
             except websocket.WebSocketConnectionClosedException:
                 break
+            except websocket.WebSocketTimeoutException:
+                print(json.dumps({"timeout": True, "bytes": n,
+                                  "error": errtext.decode(errors="replace")}))
+                sys.exit(1)
             if op == websocket.ABNF.OPCODE_CLOSE:
                 break
             if not data:
