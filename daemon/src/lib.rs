@@ -9,7 +9,6 @@ pub mod fuzzing;
 pub mod hosts;
 pub mod images;
 pub mod metadata;
-mod mountinfo;
 pub mod network;
 pub mod oci;
 pub mod reference;

@@ -17,12 +17,12 @@ use tracing::{debug, info, warn};
 use super::meta::{ContainerMeta, SandboxRecord, SandboxState};
 use super::{find_by_prefix, in_created_order, labels_match, lock, spec, stats, CriRuntime};
 use crate::images::store::now_nanos;
-use crate::shim::write_atomic;
 use crate::streaming::server::Pending;
 use crate::streaming::StreamOpts;
 use crate::tasks::{
     prepare_rootfs, NewTask, Prepare, Task, TaskError, TaskKind, TaskRecord, TaskStatus,
 };
+use berth_sysutil::write_atomic;
 
 /// How often the writable layers' disk usage is measured.
 const LAYER_USAGE_PERIOD: Duration = Duration::from_secs(10);
@@ -945,7 +945,10 @@ impl CriRuntime {
             Status::failed_precondition(format!("container {}: its shim is gone", rec.id))
         })?;
         let mut annotations = HashMap::new();
-        annotations.insert("io.berth.shim.reopen-log".to_string(), "true".to_string());
+        annotations.insert(
+            berth_shim_protocol::annotations::REOPEN_LOG.to_string(),
+            "true".to_string(),
+        );
         pod.client()
             .update(&rec.id, None, annotations)
             .await

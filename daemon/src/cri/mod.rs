@@ -74,9 +74,7 @@ impl Sandbox {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use berth_sysutil::lock;
 
 pub struct CriRuntime {
     config: Arc<Config>,

@@ -529,7 +529,7 @@ impl CriRuntime {
             doc["linux"]["cgroupsPath"] = json!(t.cgroups_path);
             let body = serde_json::to_vec_pretty(&doc)
                 .map_err(|e| crate::tasks::TaskError::Internal(e.to_string()))?;
-            crate::shim::write_atomic(&t.bundle.join("config.json"), &body).map_err(
+            berth_sysutil::write_atomic(&t.bundle.join("config.json"), &body).map_err(
                 crate::tasks::TaskError::io(
                     "writing the pause container's config.json".to_string(),
                 ),

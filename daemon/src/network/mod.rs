@@ -281,7 +281,7 @@ pub fn install_default_conflist(dir: &Path) -> std::io::Result<Option<PathBuf>> 
     }
     std::fs::create_dir_all(dir)?;
     let path = dir.join("10-berth.conflist");
-    crate::shim::write_atomic(&path, default_conflist().as_bytes())?;
+    berth_sysutil::write_atomic(&path, default_conflist().as_bytes())?;
     Ok(Some(path))
 }
 

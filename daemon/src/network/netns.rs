@@ -188,8 +188,8 @@ pub(crate) fn ensure_shared_dir(dir: &Path) -> Result<(), PinError> {
 /// below it stays, because the pods outlive the daemon.
 pub(crate) fn release_shared_dir(dir: &Path) -> Result<bool, PinError> {
     let mount_points = || {
-        crate::mountinfo::mount_points()
-            .map_err(io(Path::new(crate::mountinfo::MOUNTINFO), "reading"))
+        berth_sysutil::mount::mount_points()
+            .map_err(io(Path::new(berth_sysutil::mount::MOUNTINFO), "reading"))
     };
     let points = mount_points()?;
     if !points.iter().any(|p| p == dir) || points.iter().any(|p| p != dir && p.starts_with(dir)) {

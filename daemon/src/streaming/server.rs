@@ -70,9 +70,7 @@ pub struct StreamServer {
     tasks: Arc<TaskService>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use berth_sysutil::lock;
 
 type Reply = Response<Full<Bytes>>;
 

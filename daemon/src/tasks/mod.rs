@@ -40,8 +40,7 @@ use crate::config::Config;
 use crate::images::store::now_nanos;
 use crate::images::ImageService;
 use crate::metadata::{MetaStore, QUARANTINE, TASKS};
-use crate::mountinfo::is_mount_point;
-use crate::shim::{write_atomic, Launcher, PodRecord, PodShim, ShimManager, NAMESPACE};
+use crate::shim::{Launcher, PodRecord, PodShim, ShimManager, NAMESPACE};
 use error::blocking;
 pub use error::TaskError;
 use logs::LogFollower;
@@ -49,8 +48,6 @@ pub use record::{TaskKind, TaskRecord, TaskStatus};
 
 /// Label on a task's rootfs snapshot naming the task.
 pub const TASK_LABEL: &str = "berth.io/task";
-/// The annotation containerd's runc shim groups containers by.
-const SANDBOX_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 /// How long Remove --force waits for a killed task to exit.
 const KILL_WAIT: Duration = Duration::from_secs(20);
 
@@ -85,9 +82,8 @@ pub struct Task {
     persisting: tokio::sync::Mutex<()>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use berth_shim_protocol::annotations;
+use berth_sysutil::{is_mount_point, lock, write_atomic};
 
 impl Task {
     fn new(rec: TaskRecord) -> Task {
@@ -1417,7 +1413,7 @@ fn prepare_bundle(
         hostname,
     };
     let mut annotations = BTreeMap::new();
-    annotations.insert(SANDBOX_ANNOTATION.to_string(), rec.sandbox_id.clone());
+    annotations.insert(annotations::SANDBOX_ID.to_string(), rec.sandbox_id.clone());
     annotations.insert("berth.io/task-name".to_string(), rec.name.clone());
     let spec = spec::build_spec(&process, &rec.cgroups_path, &annotations);
     let body = serde_json::to_vec_pretty(&spec).map_err(|e| TaskError::Internal(e.to_string()))?;
