@@ -6,13 +6,9 @@ pub mod cri;
 pub mod failpoint;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod hosts;
 pub mod images;
 pub mod metadata;
 pub mod network;
-pub mod oci;
-pub mod reference;
-pub mod registry;
 pub mod server;
 pub mod shim;
 pub mod streaming;

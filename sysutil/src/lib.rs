@@ -5,7 +5,9 @@
 pub mod fs;
 pub mod mount;
 pub mod sync;
+pub mod text;
 
 pub use fs::write_atomic;
 pub use mount::is_mount_point;
 pub use sync::lock;
+pub use text::echo;

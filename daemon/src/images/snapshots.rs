@@ -18,7 +18,7 @@ use super::gc::{children, SNAPSHOT_LEASE_PREFIX};
 use super::store::{ImageRecord, ImageStore};
 use super::unpack::chain_ids;
 use super::ImageService;
-use crate::oci::{self, Descriptor};
+use berth_distribution::oci::{self, Descriptor};
 use berth_sysutil::is_mount_point;
 
 /// Label naming the directory a view snapshot is mounted on.
