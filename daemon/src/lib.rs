@@ -8,7 +8,6 @@ pub mod failpoint;
 pub mod fuzzing;
 pub mod images;
 pub mod metadata;
-pub mod network;
 pub mod server;
 pub mod shim;
 pub mod streaming;

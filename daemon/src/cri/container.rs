@@ -1066,7 +1066,7 @@ fn stream_opts(
 
 /// rx/tx counters of the pod's interfaces, read inside its namespace.
 async fn network_usage(netns: &Path) -> Option<cri::NetworkUsage> {
-    let ns = crate::network::NetNs::from_path(netns);
+    let ns = berth_network::NetNs::from_path(netns);
     let text = ns
         .run(|| std::fs::read_to_string("/proc/thread-self/net/dev"))
         .await
@@ -1099,7 +1099,7 @@ async fn network_usage(netns: &Path) -> Option<cri::NetworkUsage> {
     }
     let default_interface = interfaces
         .iter()
-        .find(|i| i.name == crate::network::POD_IFNAME)
+        .find(|i| i.name == berth_network::POD_IFNAME)
         .cloned();
     Some(cri::NetworkUsage {
         timestamp: now,

@@ -28,8 +28,8 @@ use super::conns::{ConnLimits, ConnSlot, Conns};
 use super::peer::PeerKey;
 use super::{spdy, ws, Limits, PortConnector, StreamOpts};
 use crate::config::StreamingConfig;
-use crate::network::NetNs;
 use crate::tasks::TaskService;
+use berth_network::NetNs;
 
 /// What a token stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
