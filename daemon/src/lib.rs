@@ -10,5 +10,4 @@ pub mod images;
 pub mod metadata;
 pub mod server;
 pub mod shim;
-pub mod streaming;
 pub mod tasks;

@@ -17,11 +17,11 @@ use tracing::{debug, info, warn};
 use super::meta::{ContainerMeta, SandboxRecord, SandboxState};
 use super::{find_by_prefix, in_created_order, labels_match, lock, spec, stats, CriRuntime};
 use crate::images::store::now_nanos;
-use crate::streaming::server::Pending;
-use crate::streaming::StreamOpts;
 use crate::tasks::{
     prepare_rootfs, NewTask, Prepare, Task, TaskError, TaskKind, TaskRecord, TaskStatus,
 };
+use berth_streaming::Pending;
+use berth_streaming::StreamOpts;
 use berth_sysutil::write_atomic;
 
 /// How often the writable layers' disk usage is measured.

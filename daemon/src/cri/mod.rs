@@ -90,7 +90,7 @@ pub struct CriRuntime {
     events: broadcast::Sender<cri::ContainerEventResponse>,
     cgroups: stats::CgroupLayout,
     /// The streaming server exec/attach/port-forward URLs point at.
-    streaming: std::sync::OnceLock<Arc<crate::streaming::server::StreamServer>>,
+    streaming: std::sync::OnceLock<Arc<berth_streaming::StreamServer>>,
     /// Writable-layer usage by snapshot key: (bytes, inodes, when measured).
     layer_usage: Mutex<HashMap<String, (u64, u64, i64)>>,
     /// Host facts the OCI spec builder needs, read once.
@@ -221,11 +221,11 @@ impl CriRuntime {
     }
 
     /// Hands the runtime the streaming server (started after recovery).
-    pub fn set_streaming(&self, server: Arc<crate::streaming::server::StreamServer>) {
+    pub fn set_streaming(&self, server: Arc<berth_streaming::StreamServer>) {
         let _ = self.streaming.set(server);
     }
 
-    fn streaming(&self) -> Result<&Arc<crate::streaming::server::StreamServer>, Status> {
+    fn streaming(&self) -> Result<&Arc<berth_streaming::StreamServer>, Status> {
         self.streaming
             .get()
             .ok_or_else(|| Status::unavailable("the streaming server is not running"))
