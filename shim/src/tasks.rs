@@ -57,6 +57,7 @@ pub struct Deleted {
 }
 
 /// A process as State reports it.
+#[derive(Debug)]
 pub struct ProcessState {
     /// The container id for init, else the exec id.
     pub id: String,
@@ -700,3 +701,6 @@ impl Tasks {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
