@@ -1,12 +1,18 @@
 //! The task state machine: which verb each state of a task or exec allows, and what
 //! it answers (containerd-shim-runc-v2's rules and codes).
 //!
-//! | state    | start | exec | kill                 | delete | pause/resume/update |
-//! |----------|-------|------|----------------------|--------|---------------------|
-//! | created  | yes   | yes  | yes (the runtime)    | yes    | runtime decides     |
-//! | running  | FailedPrecondition | yes | yes     | FailedPrecondition | yes     |
-//! | stopped  | FailedPrecondition | FailedPrecondition | NotFound (already finished) | yes | FailedPrecondition (update) |
-//! | deleted  | NotFound (a retried Delete or Wait gets the first answer) |||||
+//! - created: Start, Exec, Kill (through the runtime), Delete (`delete --force` ends
+//!   init; its exit is the answer).
+//! - running: Start is FailedPrecondition; Delete is FailedPrecondition (kill first);
+//!   Exec, Kill, Update go on.
+//! - stopped: Start, Exec, Update are FailedPrecondition; Kill is NotFound ("process
+//!   already finished", as containerd answers) except `kill --all`; Delete answers
+//!   the exit.
+//! - deleted: NotFound, except that a retried Delete or a late Wait gets the first
+//!   answer.
+//! - Pause and Resume are the runtime's to refuse (its refusal is FailedPrecondition).
+//! - An exec follows the same rules; its Kill before Start is FailedPrecondition.
+//! - An unknown task or exec id is NotFound; a duplicate one AlreadyExists.
 //!
 //! Locking: the shim-wide state lock is only held to look up, reserve or remove
 //! entries, never across a runtime call; each container has a lifecycle lock that
