@@ -14,8 +14,10 @@ use serde_json::json;
 use tonic::Status;
 use tracing::{debug, info, warn};
 
-use super::meta::{ContainerMeta, SandboxRecord, SandboxState};
-use super::{find_by_prefix, in_created_order, labels_match, lock, spec, stats, CriRuntime};
+use super::meta::{ContainerMeta, SandboxState};
+use super::{
+    find_by_prefix, in_created_order, labels_match, lock, spec, stats, CriRuntime, Sandbox,
+};
 use crate::images::store::now_nanos;
 use crate::shim::write_atomic;
 use crate::streaming::server::Pending;
@@ -215,14 +217,14 @@ impl CriRuntime {
                     .pop()
                     .map(|id| format!("container name {n:?} is reserved for {id}"))
             },
-            async move { this.do_create_container(srec, cfg, image, name).await },
+            async move { this.do_create_container(sandbox, cfg, image, name).await },
         )
         .await
     }
 
     async fn do_create_container(
         self: Arc<Self>,
-        srec: SandboxRecord,
+        sandbox: Arc<Sandbox>,
         cfg: cri::ContainerConfig,
         image_name: String,
         name: String,
@@ -239,6 +241,12 @@ impl CriRuntime {
             other => Status::from(other),
         })?;
         let (image_cfg, top) = self.image_rootfs(&image).await?;
+        // From here to the task's record the pod must stay: a remove that
+        // ran meanwhile would have missed the new container and deleted the
+        // netns and files it joins. The record is read again under the lock.
+        let (_pod_op, srec) = self
+            .ready_pod(&sandbox, &format!("container {short}"))
+            .await?;
         let pod_cfg = srec.config().clone();
         let id = crate::tasks::new_long_id();
         let (log, keep_log) = match log_path(&pod_cfg.log_directory, &cfg.log_path, &short)? {
@@ -382,6 +390,20 @@ impl CriRuntime {
             debug!(container = %current.id, "StartContainer: already started");
             return Ok(());
         }
+        // A stop of the pod must not run during the start: it would skip the
+        // container (not running yet) and leave it running in a stopped pod.
+        let sandbox = lock(&self.sandboxes)
+            .get(&current.sandbox_id)
+            .cloned()
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "container {}: pod sandbox {} not found",
+                    current.id, current.sandbox_id
+                ))
+            })?;
+        let (_pod_op, _) = self
+            .ready_pod(&sandbox, &format!("container {}", current.id))
+            .await?;
         let rec = self.tasks.start(&task.id).await?;
         self.emit_container(&rec, cri::ContainerEventType::ContainerStartedEvent);
         // Its writable layer gets a first measurement now, not at the next sync.

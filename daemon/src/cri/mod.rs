@@ -50,8 +50,11 @@ const UNCLAIMED_TTL: Duration = Duration::from_secs(600);
 pub struct Sandbox {
     pub id: String,
     rec: Mutex<SandboxRecord>,
-    /// Serialises stop and remove of this pod (they call CNI and shims).
-    op: tokio::sync::Mutex<()>,
+    /// Stop and remove of this pod hold it exclusively (they call CNI and
+    /// shims); CreateContainer and StartContainer hold it shared for the part
+    /// that needs the pod to stay (its netns, dir and state), so a stop or
+    /// remove never runs under them.
+    op: tokio::sync::RwLock<()>,
 }
 
 impl Sandbox {
@@ -59,7 +62,7 @@ impl Sandbox {
         Sandbox {
             id: rec.id.clone(),
             rec: Mutex::new(rec),
-            op: tokio::sync::Mutex::new(()),
+            op: tokio::sync::RwLock::new(()),
         }
     }
 

@@ -139,6 +139,32 @@ impl CriRuntime {
         find_by_prefix(map.iter(), id, "pod sandbox").map(Arc::clone)
     }
 
+    /// Holds the pod's operation lock shared and checks under it that the pod
+    /// is still there and ready, for a container call (`what`) that needs it
+    /// to stay: a stop or remove waits for the guard, and one that finished
+    /// first is seen here.
+    pub(crate) async fn ready_pod<'a>(
+        &self,
+        sandbox: &'a Sandbox,
+        what: &str,
+    ) -> Result<(tokio::sync::RwLockReadGuard<'a, ()>, SandboxRecord), Status> {
+        let guard = sandbox.op.read().await;
+        if !lock(&self.sandboxes).contains_key(&sandbox.id) {
+            return Err(Status::not_found(format!(
+                "{what}: pod sandbox {} was removed",
+                sandbox.id
+            )));
+        }
+        let rec = sandbox.record();
+        if rec.state != SandboxState::Ready || rec.stopping {
+            return Err(Status::failed_precondition(format!(
+                "{what}: pod sandbox {} is not ready",
+                rec.id
+            )));
+        }
+        Ok((guard, rec))
+    }
+
     /// Refuses a pod that would make ListPodSandbox too large for kubelet.
     fn pod_list_budget(&self, cfg: &cri::PodSandboxConfig) -> Result<(), Status> {
         let listing = prost::Message::encoded_len(&cri::ListPodSandboxResponse {
@@ -661,7 +687,7 @@ impl CriRuntime {
             Err(e) if e.code() == tonic::Code::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
-        let _op = sandbox.op.lock().await;
+        let _op = sandbox.op.write().await;
         self.stop_sandbox_locked(&sandbox).await
     }
 
@@ -724,7 +750,7 @@ impl CriRuntime {
             Err(e) if e.code() == tonic::Code::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
-        let _op = sandbox.op.lock().await;
+        let _op = sandbox.op.write().await;
         if !lock(&self.sandboxes).contains_key(&sandbox.id) {
             return Ok(());
         }
@@ -913,7 +939,7 @@ impl CriRuntime {
         }
         for s in stopping {
             info!(pod = %s.id, "finishing a stop that was under way");
-            let _op = s.op.lock().await;
+            let _op = s.op.write().await;
             if let Err(e) = self.stop_sandbox_locked(&s).await {
                 warn!(pod = %s.id, error = %e.message(), "finishing the stop failed");
             }
