@@ -13,7 +13,7 @@ use prost::Message;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use super::error::{CriError, Result};
+use super::error::{Cause, CriError, Result};
 use super::meta::{ContainerMeta, SandboxState};
 use super::{
     find_by_prefix, in_created_order, labels_match, lock, spec, stats, CriRuntime, Sandbox,
@@ -922,7 +922,7 @@ impl CriRuntime {
             let any = containerd_shim_protos::protobuf::well_known_types::any::Any {
                 type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
                 value: serde_json::to_vec(&doc)
-                    .map_err(|e| CriError::internal(&what, e.to_string()))?,
+                    .map_err(|e| CriError::internal(&what, Cause::other(e)))?,
                 ..Default::default()
             };
             pod.client()

@@ -41,6 +41,17 @@ pub enum Cause {
     /// A CRI error its caller put in context ("removing its pause container").
     #[error(transparent)]
     Cri(Box<CriError>),
+    /// Any other typed error (CNI, namespace pinning, a worker thread), kept
+    /// as the source; its kind is the caller's.
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Cause {
+    /// A typed error with no kind of its own in [`crate::error`].
+    pub fn other(e: impl std::error::Error + Send + Sync + 'static) -> Cause {
+        Cause::Other(Box::new(e))
+    }
 }
 
 impl From<String> for Cause {
@@ -60,7 +71,7 @@ impl Cause {
     /// caller says otherwise.
     pub fn kind(&self) -> Kind {
         match self {
-            Cause::Message(_) => Kind::Internal,
+            Cause::Message(_) | Cause::Other(_) => Kind::Internal,
             Cause::Task(e) => e.kind(),
             Cause::Image(e) => e.kind(),
             Cause::Meta(e) => Kind::from(e),
@@ -452,6 +463,17 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "StartContainer: container web: pod sandbox p is not ready"
+        );
+        // A typed error with no kind of its own keeps its type and takes the
+        // caller's kind.
+        let e = CriError::failed_precondition(
+            "pod p: setting up its network",
+            Cause::other(io(libc::EHOSTUNREACH)),
+        );
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert!(
+            matches!(e.cause(), Cause::Other(b) if b.downcast_ref::<std::io::Error>().is_some()),
+            "{e:?}"
         );
         // Words alone are Internal only when the caller says so.
         assert_eq!(CriError::of("x", "boom").code(), Code::Internal);

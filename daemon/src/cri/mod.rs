@@ -243,7 +243,7 @@ impl CriRuntime {
         let meta = self.meta.clone();
         let key = rec.id.clone();
         let value = serde_json::to_vec(rec)
-            .map_err(|e| CriError::internal(format!("pod {}", rec.id), e.to_string()))?;
+            .map_err(|e| CriError::internal(format!("pod {}", rec.id), error::Cause::other(e)))?;
         blocking(move || {
             meta.put(SANDBOXES, &key, value)?;
             meta.flush()?;

@@ -15,7 +15,7 @@ use berth_api::runtime::v1 as cri;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use super::error::{CriError, Result};
+use super::error::{Cause, CriError, Result};
 use super::meta::{SandboxRecord, SandboxState};
 use super::{
     find_by_prefix, in_created_order, labels_match, limits, lock, podfiles, podns, stats,
@@ -348,7 +348,7 @@ impl CriRuntime {
                 )
             })
             .await
-            .map_err(|e| CriError::internal(&what, e.to_string()))?;
+            .map_err(|e| CriError::internal(&what, Cause::other(e)))?;
             if let Err(e) = files {
                 let what = format!("{what}: writing its resolv.conf/hosts/hostname");
                 // Bad DNS input is the caller's; any other failure is the disk's.
@@ -370,7 +370,7 @@ impl CriRuntime {
         )
         .await
         .map_err(|e| {
-            CriError::internal(format!("{what}: pinning its namespaces"), e.to_string())
+            CriError::internal(format!("{what}: pinning its namespaces"), Cause::other(e))
         })?;
         sandbox.update(|r| {
             r.ipc_ns = pins.ipc.clone();
@@ -380,7 +380,7 @@ impl CriRuntime {
             let dir = rec.dir.clone();
             let shm = tokio::task::spawn_blocking(move || podfiles::mount_shm(&dir))
                 .await
-                .map_err(|e| CriError::internal(&what, e.to_string()))?
+                .map_err(|e| CriError::internal(&what, Cause::other(e)))?
                 .map_err(CriError::with(format!("{what}: mounting its /dev/shm")))?;
             sandbox.update(|r| r.shm = Some(shm));
         }
@@ -407,7 +407,7 @@ impl CriRuntime {
                 let net = self.networks.setup(&pod, &opts).await.map_err(|e| {
                     CriError::failed_precondition(
                         format!("{what}: setting up its network"),
-                        e.to_string(),
+                        Cause::other(e),
                     )
                 })?;
                 let ips: Vec<String> = net.ips.iter().map(|ip| ip.to_string()).collect();
