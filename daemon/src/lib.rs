@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod cri;
+pub mod error;
 pub mod failpoint;
 #[doc(hidden)]
 pub mod fuzzing;
