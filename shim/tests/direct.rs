@@ -5,6 +5,7 @@
 //! and the killing of abandoned execs (Wait deadline, Start connection closed).
 //!
 //! Needs root, runc and /bin/busybox (Debian's busybox-static); skipped otherwise.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
 use std::fs;
 use std::io::Write;
