@@ -5,6 +5,7 @@
 pub mod fs;
 pub mod mount;
 pub mod sync;
+pub mod testing;
 pub mod text;
 
 pub use fs::write_atomic;

@@ -604,7 +604,10 @@ mod tests {
     #[test]
     fn filesystem_usage_does_not_cross_mounts() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping filesystem_usage_does_not_cross_mounts: needs root");
+            berth_sysutil::testing::precondition_missing(
+                "filesystem_usage_does_not_cross_mounts",
+                "needs root",
+            );
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
@@ -633,12 +636,13 @@ mod tests {
     #[test]
     fn real_v1_cgroup() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping real_v1_cgroup: needs root");
+            berth_sysutil::testing::precondition_missing("real_v1_cgroup", "needs root");
             return;
         }
         let layout = CgroupLayout::detect();
         let CgroupLayout::V1 { root } = &layout else {
-            eprintln!("skipping real_v1_cgroup: host is cgroup v2");
+            // Not a missing precondition: the v2 path has its own tests.
+            eprintln!("real_v1_cgroup: not applicable, the host is cgroup v2");
             return;
         };
         let name = format!("berth-stats-test-{:016x}", rand::random::<u64>());
