@@ -14,7 +14,6 @@ use std::collections::HashSet;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A v1 `memory.limit_in_bytes` at or above this is "no limit": the kernel
 /// reports an unlimited cgroup as `PAGE_COUNTER_MAX * PAGE_SIZE`, just under
@@ -90,18 +89,11 @@ pub struct CgroupStats {
 /// the systemd form `slice:prefix:name`.
 pub fn read(layout: &CgroupLayout, cgroups_path: &str) -> Result<CgroupStats, StatsError> {
     let rel = resolve_cgroups_path(cgroups_path)?;
-    let timestamp_ns = now_ns();
+    let timestamp_ns = berth_sysutil::now_nanos();
     match layout {
         CgroupLayout::V1 { root } => read_v1(root, &rel, cgroups_path, timestamp_ns),
         CgroupLayout::V2 { root } => read_v2(&root.join(&rel), cgroups_path, timestamp_ns),
     }
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Turns `linux.cgroupsPath` into a path relative to a hierarchy's root.
