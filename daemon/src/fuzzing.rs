@@ -7,6 +7,23 @@
 
 use std::path::PathBuf;
 
+/// The daemon modules the fuzz targets drive directly (the daemon's modules
+/// are crate-private; these paths are the fuzzers' only way in).
+pub mod modules {
+    pub mod cri {
+        pub use crate::cri::{podfiles, spec};
+    }
+    pub mod images {
+        pub use crate::images::{pull, unpack};
+    }
+    pub mod shim {
+        pub use crate::shim::StdioScheme;
+    }
+    pub mod tasks {
+        pub use crate::tasks::{logs, spec};
+    }
+}
+
 use berth_api::runtime::v1 as cri;
 
 use berth_distribution::oci::Descriptor;

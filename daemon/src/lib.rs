@@ -5,13 +5,13 @@
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod config;
-pub mod cri;
-pub mod error;
-pub mod failpoint;
+pub(crate) mod cri;
+pub(crate) mod error;
+pub(crate) mod failpoint;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod images;
+pub(crate) mod images;
 pub mod metadata;
 pub mod server;
-pub mod shim;
-pub mod tasks;
+pub(crate) mod shim;
+pub(crate) mod tasks;

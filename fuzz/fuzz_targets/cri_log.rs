@@ -21,8 +21,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use berth_fuzz::crilog::{format_record, LineSplitter, Stream, Tag, MAX_LINE};
 use berth_fuzz::seeds;
-use berthd::shim::StdioScheme;
-use berthd::tasks::logs::{Chunk, LogFollower};
+use berthd::fuzzing::modules::shim::StdioScheme;
+use berthd::fuzzing::modules::tasks::logs::{Chunk, LogFollower};
 use libfuzzer_sys::fuzz_target;
 
 fn dir() -> &'static Path {

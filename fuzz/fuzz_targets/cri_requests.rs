@@ -19,8 +19,8 @@ use std::sync::OnceLock;
 
 use berth_api::runtime::v1 as cri;
 use berth_fuzz::seeds;
-use berthd::cri::spec::{self, CgroupDriver, PodContext, SpecOptions, KNOWN_CAPS};
-use berthd::tasks::spec::ContainerConfig as ImageConfig;
+use berthd::fuzzing::modules::cri::spec::{self, CgroupDriver, PodContext, SpecOptions, KNOWN_CAPS};
+use berthd::fuzzing::modules::tasks::spec::ContainerConfig as ImageConfig;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 
@@ -169,7 +169,7 @@ fn run_pod_sandbox(req: cri::RunPodSandboxRequest) {
         &cfg.hostname
     };
     let host = &dirs().host;
-    if let Ok(files) = berthd::cri::podfiles::write_pod_files(
+    if let Ok(files) = berthd::fuzzing::modules::cri::podfiles::write_pod_files(
         &pod_dir,
         hostname,
         cfg.dns_config.as_ref(),

@@ -29,7 +29,7 @@ const BASES: &[&str] = &[
 ];
 
 fn check_platform_choice(idx: &Index, want: &Platform) {
-    let chosen = berthd::images::pull::select_platform(idx, want);
+    let chosen = berthd::fuzzing::modules::images::pull::select_platform(idx, want);
     if let Some(c) = &chosen {
         let p = c.platform.as_ref().expect("a chosen entry has a platform");
         assert!(oci::platform_matches(want, p), "chose {p:?} for {want:?}");
@@ -108,20 +108,20 @@ fuzz_target!(
         }
         if let Ok(cfg) = serde_json::from_slice::<oci::ImageConfig>(body) {
             let diff_ids = cfg.rootfs.map(|r| r.diff_ids).unwrap_or_default();
-            let chain = berthd::images::unpack::chain_ids(&diff_ids);
+            let chain = berthd::fuzzing::modules::images::unpack::chain_ids(&diff_ids);
             assert_eq!(chain.len(), diff_ids.len());
             assert_eq!(chain.first(), diff_ids.first());
         }
-        if let Ok(c) = berthd::tasks::spec::parse_image_config(body, "fuzz") {
-            let env = berthd::tasks::spec::environment(&c, &[], "host", sel & 1 == 1);
+        if let Ok(c) = berthd::fuzzing::modules::tasks::spec::parse_image_config(body, "fuzz") {
+            let env = berthd::fuzzing::modules::tasks::spec::environment(&c, &[], "host", sel & 1 == 1);
             let mut keys: Vec<&str> = env.iter().map(|e| e.split('=').next().unwrap_or(e)).collect();
             keys.sort_unstable();
             let n = keys.len();
             keys.dedup();
             assert_eq!(keys.len(), n, "duplicate environment keys in {env:?}");
-            let _ = berthd::tasks::spec::command_line(&c, &[]);
+            let _ = berthd::fuzzing::modules::tasks::spec::command_line(&c, &[]);
             if let Some(s) = &c.stop_signal {
-                if let Some(n) = berthd::cri::spec::parse_signal(s) {
+                if let Some(n) = berthd::fuzzing::modules::cri::spec::parse_signal(s) {
                     assert!((1..=64).contains(&n), "signal {s:?} -> {n}");
                 }
             }

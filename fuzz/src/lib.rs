@@ -9,11 +9,6 @@
 
 pub mod seeds;
 
-/// The shim's `util` module, for `crilog`'s timestamp formatting.
-#[allow(dead_code)]
-#[path = "../../shim/src/util.rs"]
-mod util;
-
 /// The shim's CRI log writer, exactly as the shim compiles it.
 #[allow(dead_code)]
 #[path = "../../shim/src/crilog.rs"]

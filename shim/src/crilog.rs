@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use crate::util::format_rfc3339_nanos;
+use berth_sysutil::time::format_rfc3339_nanos;
 
 /// Longest line written as one record.
 pub const MAX_LINE: usize = 16 * 1024;

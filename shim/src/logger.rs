@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use log::{LevelFilter, Log, Metadata, Record};
 
-use crate::util::format_rfc3339_nanos;
+use berth_sysutil::time::format_rfc3339_nanos;
 
 struct Logger {
     out: Mutex<Option<File>>,

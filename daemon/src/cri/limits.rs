@@ -12,9 +12,6 @@
 use std::collections::HashMap;
 
 use super::error::{CriError, Result};
-pub use crate::config::{
-    MAX_ANNOTATIONS_TOTAL, MAX_LABELS_TOTAL, MAX_LIST_BYTES, MAX_MESSAGE_BYTES,
-};
 
 /// metadata.name of a pod (a DNS subdomain in Kubernetes).
 pub const MAX_POD_NAME: usize = 253;
@@ -138,6 +135,7 @@ pub fn list_budget(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{MAX_ANNOTATIONS_TOTAL, MAX_LABELS_TOTAL};
 
     #[test]
     fn labels_and_annotations() {

@@ -10,9 +10,7 @@
 //! `<root>/<controller>`; a hybrid host's `unified` cgroup2 mount carries no
 //! controller we read, so hybrid counts as v1) and the unified v2 hierarchy.
 
-use std::collections::HashSet;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 /// A v1 `memory.limit_in_bytes` at or above this is "no limit": the kernel
@@ -320,62 +318,6 @@ fn read_v2(dir: &Path, cgroups_path: &str, timestamp_ns: i64) -> Result<CgroupSt
     Ok(st)
 }
 
-/// Disk usage of the tree at `dir` as (bytes, inodes), like `du -x`: bytes
-/// are allocated blocks, symlinks are not followed, other filesystems mounted
-/// inside are skipped, and a hardlinked inode counts once.
-///
-/// Entries that vanish during the walk are skipped (a running container keeps
-/// writing); a missing `dir` is an error.
-pub fn filesystem_usage(dir: &Path) -> io::Result<(u64, u64)> {
-    let root_md = std::fs::symlink_metadata(dir)?;
-    let dev = root_md.dev();
-    let mut seen: HashSet<u64> = HashSet::new();
-    let mut bytes = 0u64;
-    let mut inodes = 0u64;
-    let mut count = |md: &std::fs::Metadata| {
-        if seen.insert(md.ino()) {
-            // st_blocks is in 512-byte units whatever the fs block size.
-            bytes = bytes.saturating_add(md.blocks().saturating_mul(512));
-            inodes += 1;
-        }
-    };
-    count(&root_md);
-    if !root_md.is_dir() {
-        return Ok((bytes, inodes));
-    }
-    // Iterative, so a deep tree cannot overflow the stack.
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let entries = match std::fs::read_dir(&d) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            let path = entry.path();
-            let md = match std::fs::symlink_metadata(&path) {
-                Ok(md) => md,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            if md.dev() != dev {
-                // A mount point (e.g. a volume or /dev/shm): not ours.
-                continue;
-            }
-            count(&md);
-            if md.is_dir() {
-                stack.push(path);
-            }
-        }
-    }
-    Ok((bytes, inodes))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -564,64 +506,6 @@ mod tests {
         assert_eq!(st.pids, None);
         write(&dir.join("pids.current"), "lots\n");
         assert!(matches!(read(&layout, "/c"), Err(StatsError::Parse { .. })));
-    }
-
-    #[test]
-    fn filesystem_usage_counts_hardlinks_once_and_skips_symlink_targets() {
-        let tmp = tempfile::tempdir().unwrap();
-        let d = tmp.path().join("root");
-        fs::create_dir_all(d.join("sub/deeper")).unwrap();
-        fs::write(d.join("a"), vec![1u8; 64 * 1024]).unwrap();
-        fs::hard_link(d.join("a"), d.join("sub/a-link")).unwrap();
-        fs::write(d.join("sub/deeper/b"), b"x").unwrap();
-        // A symlink to a big tree outside must count as the link only.
-        let outside = tmp.path().join("outside");
-        fs::create_dir_all(&outside).unwrap();
-        fs::write(outside.join("big"), vec![1u8; 1024 * 1024]).unwrap();
-        std::os::unix::fs::symlink(&outside, d.join("sub/out")).unwrap();
-
-        let (bytes, inodes) = filesystem_usage(&d).unwrap();
-        // root, sub, deeper, a (=a-link), b, out
-        assert_eq!(inodes, 6);
-        assert!(bytes >= 64 * 1024, "{bytes}");
-        assert!(bytes < 1024 * 1024, "{bytes}");
-
-        // A file on its own.
-        let (fb, fi) = filesystem_usage(&d.join("a")).unwrap();
-        assert_eq!(fi, 1);
-        assert!(fb >= 64 * 1024);
-        assert!(filesystem_usage(&tmp.path().join("missing")).is_err());
-    }
-
-    #[test]
-    fn filesystem_usage_does_not_cross_mounts() {
-        if !nix::unistd::geteuid().is_root() {
-            berth_sysutil::testing::precondition_missing(
-                "filesystem_usage_does_not_cross_mounts",
-                "needs root",
-            );
-            return;
-        }
-        let tmp = tempfile::tempdir().unwrap();
-        let d = tmp.path();
-        let mnt = d.join("mnt");
-        fs::create_dir_all(&mnt).unwrap();
-        nix::mount::mount(
-            Some("tmpfs"),
-            &mnt,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some("size=4m"),
-        )
-        .unwrap();
-        fs::write(mnt.join("inside"), vec![1u8; 1024 * 1024]).unwrap();
-        let res = filesystem_usage(d);
-        nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH).unwrap();
-        let (bytes, inodes) = res.unwrap();
-        // Only the temp dir itself: the mount point and its contents are
-        // another filesystem.
-        assert_eq!(inodes, 1);
-        assert!(bytes < 1024 * 1024);
     }
 
     /// Against the host's real cgroup v1 hierarchies.

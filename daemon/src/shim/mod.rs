@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncBufReadExt;
 use tracing::{debug, info, warn};
 
-pub use binary::{Launcher, ShimBinary, StartReply, StdioScheme, NAMESPACE};
+pub use binary::{Launcher, ShimBinary, StdioScheme, NAMESPACE};
 pub use client::{RpcCode, ShimError, TaskApi, TaskClient};
 
 use crate::config::Config;
@@ -136,10 +136,6 @@ impl ShimManager {
             starting: Mutex::new(HashMap::new()),
             timeout,
         }
-    }
-
-    pub fn timeout(&self) -> Duration {
-        self.timeout
     }
 
     fn pod_dir(&self, sandbox_id: &str) -> PathBuf {
