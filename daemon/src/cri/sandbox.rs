@@ -452,27 +452,7 @@ impl CriRuntime {
         let image = self.sandbox_image(&rec.name, &image_name).await?;
         let (image_cfg, top) = self.image_rootfs(&image).await?;
         let id = crate::tasks::new_long_id();
-        let mut ns = namespace_options(cfg);
-        ns.pid = cri::NamespaceMode::Container as i32;
-        let pause_cfg = cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: "POD".into(),
-                attempt: 0,
-            }),
-            image: Some(cri::ImageSpec {
-                image: image_name.clone(),
-                ..Default::default()
-            }),
-            linux: Some(cri::LinuxContainerConfig {
-                security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: Some(ns),
-                    no_new_privs: true,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let pause_cfg = pause_config(cfg, &image_name);
         let driver = if self.config.cri.cgroup_driver == "systemd" {
             super::spec::CgroupDriver::Systemd
         } else {
@@ -1029,6 +1009,32 @@ fn node_hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// The CRI config the pod's pause container is built from: the pod's
+/// namespaces with a PID namespace of its own, no new privileges.
+pub(crate) fn pause_config(cfg: &cri::PodSandboxConfig, image_name: &str) -> cri::ContainerConfig {
+    let mut ns = namespace_options(cfg);
+    ns.pid = cri::NamespaceMode::Container as i32;
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "POD".into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image_name.to_string(),
+            ..Default::default()
+        }),
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(ns),
+                no_new_privs: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

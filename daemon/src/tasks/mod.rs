@@ -50,7 +50,7 @@ pub use record::{TaskKind, TaskRecord, TaskStatus};
 /// Label on a task's rootfs snapshot naming the task.
 pub const TASK_LABEL: &str = "berth.io/task";
 /// The annotation containerd's runc shim groups containers by.
-const SANDBOX_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+pub(crate) const SANDBOX_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 /// How long Remove --force waits for a killed task to exit.
 const KILL_WAIT: Duration = Duration::from_secs(20);
 
@@ -1401,25 +1401,7 @@ fn prepare_bundle(
     logs_dir: &Path,
 ) -> Result<(), TaskError> {
     let rootfs = prepare_rootfs(rec, snap, top)?;
-    let hostname = rec.id[..12.min(rec.id.len())].to_string();
-    let (uid, gid) = spec::resolve_user(cfg.user.as_deref().unwrap_or(""), &rootfs)?;
-    let process = spec::ProcessSpec {
-        args: rec.args.clone(),
-        env: spec::environment(cfg, extra_env, &hostname, rec.tty),
-        cwd: cfg
-            .working_dir
-            .clone()
-            .filter(|w| w.starts_with('/'))
-            .unwrap_or_else(|| "/".into()),
-        uid,
-        gid,
-        terminal: rec.tty,
-        hostname,
-    };
-    let mut annotations = BTreeMap::new();
-    annotations.insert(SANDBOX_ANNOTATION.to_string(), rec.sandbox_id.clone());
-    annotations.insert("berth.io/task-name".to_string(), rec.name.clone());
-    let spec = spec::build_spec(&process, &rec.cgroups_path, &annotations);
+    let spec = spec::task_spec(rec, cfg, extra_env, &rootfs)?;
     let body = serde_json::to_vec_pretty(&spec).map_err(|e| TaskError::Internal(e.to_string()))?;
     write_atomic(&rec.bundle.join("config.json"), &body).map_err(TaskError::io(format!(
         "writing the config.json of {}",

@@ -181,6 +181,38 @@ pub fn resolve_user(user: &str, rootfs: &Path) -> Result<(u32, u32), TaskError> 
     Ok((uid, gid))
 }
 
+/// The spec of native task `rec` (`berthctl run`) from its image config,
+/// the extra environment and the rootfs (read for /etc/passwd, /etc/group).
+pub fn task_spec(
+    rec: &super::TaskRecord,
+    cfg: &ContainerConfig,
+    extra_env: &[String],
+    rootfs: &Path,
+) -> Result<Value, TaskError> {
+    let hostname = rec.id[..12.min(rec.id.len())].to_string();
+    let (uid, gid) = resolve_user(cfg.user.as_deref().unwrap_or(""), rootfs)?;
+    let process = ProcessSpec {
+        args: rec.args.clone(),
+        env: environment(cfg, extra_env, &hostname, rec.tty),
+        cwd: cfg
+            .working_dir
+            .clone()
+            .filter(|w| w.starts_with('/'))
+            .unwrap_or_else(|| "/".into()),
+        uid,
+        gid,
+        terminal: rec.tty,
+        hostname,
+    };
+    let mut annotations = BTreeMap::new();
+    annotations.insert(
+        super::SANDBOX_ANNOTATION.to_string(),
+        rec.sandbox_id.clone(),
+    );
+    annotations.insert("berth.io/task-name".to_string(), rec.name.clone());
+    Ok(build_spec(&process, &rec.cgroups_path, &annotations))
+}
+
 /// containerd's default Linux spec around `p`, with an absolute cgroups path
 /// (HOST.md: a relative one lands under the caller's cgroup) and no
 /// oomScoreAdj (the process inherits the shim's, which is never below

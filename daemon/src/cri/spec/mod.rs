@@ -1768,6 +1768,9 @@ fn check_sysctl(who: &Who, key: &str, pod: &PodContext) -> Result<(), SpecError>
 }
 
 #[cfg(test)]
+mod golden;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
