@@ -14,6 +14,7 @@ pub mod network;
 pub mod oci;
 pub mod reference;
 pub mod registry;
+pub mod runtime_spec;
 pub mod server;
 pub mod shim;
 pub mod streaming;

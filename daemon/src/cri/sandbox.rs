@@ -490,7 +490,7 @@ impl CriRuntime {
                 "creating {}",
                 t.log_path.display()
             )))?;
-            let rootfs = crate::tasks::prepare_rootfs(t, snap.as_ref(), top.as_deref())?;
+            let bundle = crate::tasks::prepare_rootfs(t, snap.as_ref(), top.as_deref())?;
             let pod = super::spec::PodContext {
                 sandbox_id: &srec.id,
                 config: &pod_cfg,
@@ -503,17 +503,21 @@ impl CriRuntime {
                 hosts_file: None,
                 shm: srec.shm.as_deref(),
             };
-            let mut doc =
-                super::spec::container_spec(&t.id, &pause_cfg, &pod, &image_cfg, &rootfs, &opts)
-                    .map_err(|e| crate::tasks::TaskError::InvalidArgument(e.to_string()))?;
-            doc["linux"]["cgroupsPath"] = json!(t.cgroups_path);
-            let body = serde_json::to_vec_pretty(&doc)
-                .map_err(|e| crate::tasks::TaskError::Internal(e.to_string()))?;
-            crate::shim::write_atomic(&t.bundle.join("config.json"), &body).map_err(
-                crate::tasks::TaskError::io(
-                    "writing the pause container's config.json".to_string(),
-                ),
+            let mut doc = super::spec::container_spec(
+                &t.id,
+                &pause_cfg,
+                &pod,
+                &image_cfg,
+                &bundle.rootfs(),
+                &opts,
             )
+            .map_err(|e| crate::tasks::TaskError::InvalidArgument(e.to_string()))?;
+            if let Some(l) = doc.linux_mut().as_mut() {
+                l.set_cgroups_path(Some(std::path::PathBuf::from(&t.cgroups_path)));
+            }
+            bundle.write_spec(&doc).map_err(crate::tasks::bundle_error(
+                "writing the pause container's config.json".to_string(),
+            ))
         });
         // Recorded before it exists, so a failure below is cleaned up.
         let rec = sandbox.update(|r| r.pause = Some(id.clone()));

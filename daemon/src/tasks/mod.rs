@@ -41,7 +41,8 @@ use crate::images::store::now_nanos;
 use crate::images::ImageService;
 use crate::metadata::{MetaStore, QUARANTINE, TASKS};
 use crate::mountinfo::is_mount_point;
-use crate::shim::{write_atomic, Launcher, PodRecord, PodShim, ShimManager, NAMESPACE};
+use crate::runtime_spec::{Bundle, BundleError};
+use crate::shim::{Launcher, PodRecord, PodShim, ShimManager, NAMESPACE};
 use error::blocking;
 pub use error::TaskError;
 use logs::LogFollower;
@@ -1400,10 +1401,9 @@ fn prepare_bundle(
     extra_env: &[String],
     logs_dir: &Path,
 ) -> Result<(), TaskError> {
-    let rootfs = prepare_rootfs(rec, snap, top)?;
-    let spec = spec::task_spec(rec, cfg, extra_env, &rootfs)?;
-    let body = serde_json::to_vec_pretty(&spec).map_err(|e| TaskError::Internal(e.to_string()))?;
-    write_atomic(&rec.bundle.join("config.json"), &body).map_err(TaskError::io(format!(
+    let bundle = prepare_rootfs(rec, snap, top)?;
+    let spec = spec::task_spec(rec, cfg, extra_env, &bundle.rootfs())?;
+    bundle.write_spec(&spec).map_err(bundle_error(format!(
         "writing the config.json of {}",
         rec.name
     )))?;
@@ -1458,20 +1458,16 @@ fn oom_killed(cgroups_path: &str) -> bool {
     })
 }
 
-/// A task's rootfs: an active snapshot on `top` (labelled with the task id,
-/// so an orphan is found at start) mounted at `<bundle>/rootfs`. Blocking.
+/// A task's bundle (see [`Bundle`]) with its rootfs: an active snapshot on
+/// `top` (labelled with the task id, so an orphan is found at start)
+/// mounted at `<bundle>/rootfs`. The caller writes the spec. Blocking.
 pub fn prepare_rootfs(
     rec: &TaskRecord,
     snap: &dyn snapshotter::Snapshotter,
     top: Option<&str>,
-) -> Result<PathBuf, TaskError> {
-    use std::os::unix::fs::DirBuilderExt;
-    let rootfs = rec.rootfs();
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o711)
-        .create(&rootfs)
-        .map_err(TaskError::io(format!("creating {}", rootfs.display())))?;
+) -> Result<Bundle, TaskError> {
+    let bundle = Bundle::create(&rec.bundle)
+        .map_err(bundle_error(format!("creating the bundle of {}", rec.name)))?;
     let mut labels = snapshotter::Labels::new();
     labels.insert(TASK_LABEL.to_string(), rec.id.clone());
     let mounts =
@@ -1480,11 +1476,22 @@ pub fn prepare_rootfs(
                 context: format!("preparing the rootfs of {}", rec.name),
                 source,
             })?;
-    snapshotter::mount_all(&mounts, &rootfs).map_err(|source| TaskError::Snapshot {
+    snapshotter::mount_all(&mounts, &bundle.rootfs()).map_err(|source| TaskError::Snapshot {
         context: format!("mounting the rootfs of {}", rec.name),
         source,
     })?;
-    Ok(rootfs)
+    Ok(bundle)
+}
+
+/// A bundle that cannot be laid out: an I/O error (a full disk stays
+/// ResourceExhausted) with `context`, else Internal.
+pub fn bundle_error(context: String) -> impl FnOnce(BundleError) -> TaskError {
+    move |e| match e {
+        BundleError::Create { source, .. } | BundleError::Write { source, .. } => {
+            TaskError::io(context)(source)
+        }
+        BundleError::Encode(e) => TaskError::Internal(format!("{context}: {e}")),
+    }
 }
 
 /// Unmounts and removes a task's rootfs snapshot, bundle and log. Blocking;

@@ -6,7 +6,12 @@
 //!
 //! Normalised before comparing: temporary directories become `<tmp>`, and
 //! the capability lists are sorted (they are sets; their order in
-//! config.json means nothing to the runtime).
+//! config.json means nothing to the runtime, and oci-spec holds them as
+//! `HashSet`s).
+//!
+//! Intended changes since the JSON builders: `native_task` gained
+//! `process.user.additionalGids` (the Tasks API resolves users with the
+//! CRI resolver now, supplementary groups included, as containerd does).
 
 use std::path::{Path, PathBuf};
 
