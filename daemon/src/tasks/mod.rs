@@ -201,12 +201,27 @@ fn default_name(image: &str, id: &str) -> String {
     }
 }
 
-/// What `runc state` says about a container.
-#[derive(Debug, Clone, serde::Deserialize)]
-struct RuncState {
-    status: String,
-    #[serde(default)]
-    pid: u32,
+/// What berthd sees of a task's container in the OCI runtime, without
+/// running the runtime (only the shim drives it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RuntimeView {
+    /// The runtime still keeps the container's state (runc and crun keep
+    /// it in `<runtime root>/<namespace>/<id>`).
+    exists: bool,
+    /// Its init process still runs: the recorded pid is alive and in the
+    /// task's cgroup (not a pid reused since).
+    alive: bool,
+}
+
+/// Looks at the runtime's state directory and /proc. Blocking.
+fn runtime_view(rec: &TaskRecord) -> RuntimeView {
+    let exists = rec.runtime_root.join(NAMESPACE).join(&rec.id).exists();
+    let alive = exists
+        && rec.pid != 0
+        && crate::shim::pid_alive(rec.pid)
+        && std::fs::read_to_string(format!("/proc/{}/cgroup", rec.pid))
+            .is_ok_and(|c| c.contains(&rec.id));
+    RuntimeView { exists, alive }
 }
 
 impl TaskService {
@@ -633,8 +648,8 @@ impl TaskService {
         }
         // A create that failed after the runtime's create (e.g. in the
         // shim's stdio set-up) leaves a container and its cgroup behind.
-        if self.runc_state(&rec).await.is_some() && !self.runc_delete(&rec).await {
-            warn!(task = %rec.name, "the runtime could not delete the container of a failed run");
+        if self.runtime_view(&rec).await.exists {
+            self.shim_cleanup(&rec, None).await;
         }
         task.removing.store(true, Ordering::SeqCst);
         if let Err(e) = self.drop_task(&rec).await {
@@ -863,70 +878,68 @@ impl TaskService {
         self.shims.forget(&pod);
     }
 
-    async fn runc_state(&self, rec: &TaskRecord) -> Option<RuncState> {
-        let root = rec.runtime_root.join(NAMESPACE);
-        let mut cmd = tokio::process::Command::new(&self.config.shim.runtime);
-        cmd.arg("--root")
-            .arg(&root)
-            .arg("state")
-            .arg(&rec.id)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        let out = tokio::time::timeout(Duration::from_secs(10), cmd.output())
+    /// What the runtime holds of `rec`'s container (off the runtime).
+    async fn runtime_view(&self, rec: &TaskRecord) -> RuntimeView {
+        let r = rec.clone();
+        blocking(move || Ok(runtime_view(&r)))
             .await
-            .ok()?
-            .ok()?;
-        if !out.status.success() {
-            return None;
+            .unwrap_or(RuntimeView {
+                exists: true,
+                alive: false,
+            })
+    }
+
+    /// The shim binary's clean-up (`<shim> ... -bundle B delete`, as
+    /// containerd runs it when a shim is gone): it force-deletes the
+    /// container in the runtime and unmounts its rootfs. berthd itself never
+    /// runs the OCI runtime. `launcher` None = the configured shim.
+    async fn shim_cleanup(
+        &self,
+        rec: &TaskRecord,
+        launcher: Option<&Launcher>,
+    ) -> Option<api::DeleteResponse> {
+        let own;
+        let launcher = match launcher {
+            Some(l) => l,
+            None => match self.shims.launcher() {
+                Ok(l) => {
+                    own = l;
+                    &own
+                }
+                Err(e) => {
+                    warn!(task = %rec.name, error = %e, "no shim binary to clean the container up with");
+                    return None;
+                }
+            },
+        };
+        match launcher.delete(&rec.id, &rec.bundle).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                warn!(task = %rec.name, id = %rec.id, error = %e, "the shim's delete failed: the runtime may still hold the container");
+                None
+            }
         }
-        serde_json::from_slice(&out.stdout).ok()
     }
 
-    async fn runc_delete(&self, rec: &TaskRecord) -> bool {
-        let root = rec.runtime_root.join(NAMESPACE);
-        let mut cmd = tokio::process::Command::new(&self.config.shim.runtime);
-        cmd.arg("--root")
-            .arg(&root)
-            .arg("delete")
-            .arg("--force")
-            .arg(&rec.id)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        matches!(
-            tokio::time::timeout(Duration::from_secs(10), cmd.output()).await,
-            Ok(Ok(o)) if o.status.success()
-        )
-    }
-
-    /// Settles a task whose shim is gone (or lost it): the runtime is asked
-    /// whether it still runs; the shim's `delete` command (else the runtime
-    /// itself) kills and deletes it. A task that was still running is
+    /// Settles a task whose shim is gone (or lost it): whether it still
+    /// runs is read from the runtime's state dir and /proc; the shim
+    /// binary's `delete` command kills and deletes it. A task that was still running is
     /// recorded as killed; one that had already gone has lost its status.
     async fn settle_without_shim(&self, task: &Arc<Task>, launcher: Option<&Launcher>, why: &str) {
         let rec = task.record();
         if !rec.status.is_live() && rec.status != TaskStatus::Creating {
             return;
         }
-        let state = self.runc_state(&rec).await;
-        let alive = state.as_ref().is_some_and(|s| {
-            s.status != "stopped" && (s.pid == 0 || crate::shim::pid_alive(s.pid))
-        });
-        debug!(task = %rec.name, ?state, "runtime state of a task without a shim");
+        let view = self.runtime_view(&rec).await;
+        let alive = view.alive;
+        debug!(task = %rec.name, ?view, "runtime state of a task without a shim");
         // Without a container in the runtime there is nothing to kill; the
         // rootfs is unmounted when the task is removed.
-        let deleted = match launcher.filter(|_| state.is_some()) {
-            Some(l) => match l.delete(&rec.id, &rec.bundle).await {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    warn!(task = %rec.name, error = %e, "shim delete failed; asking the runtime");
-                    None
-                }
-            },
-            None => None,
+        let deleted = if view.exists {
+            self.shim_cleanup(&rec, launcher).await
+        } else {
+            None
         };
-        if deleted.is_none() && state.is_some() && !self.runc_delete(&rec).await {
-            warn!(task = %rec.name, "the runtime could not delete the container");
-        }
         let now = now_nanos();
         let rec = task.update(|r| {
             if alive {
@@ -1050,9 +1063,8 @@ impl TaskService {
         // A shim that died after the exit was recorded and before it deleted
         // the task leaves the runtime's container (state, cgroup): the
         // runtime deletes it.
-        if rec.runtime_root.join(NAMESPACE).join(&rec.id).exists() && !self.runc_delete(&rec).await
-        {
-            warn!(task = %rec.name, "the runtime could not delete the container");
+        if self.runtime_view(&rec).await.exists {
+            self.shim_cleanup(&rec, None).await;
         }
         let result = self.drop_task(&rec).await;
         if result.is_err() {
@@ -1540,6 +1552,47 @@ fn remove_files(rec: &TaskRecord, snap: &dyn snapshotter::Snapshotter) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_view_reads_the_state_dir_and_proc() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rec: TaskRecord = serde_json::from_value(serde_json::json!({
+            "id": "c0ffee", "name": "t", "sandbox_id": "c0ffee", "image": "i",
+            "args": [], "status": "running", "created_at": 0,
+            "bundle": "/b", "log_path": "/l", "stdio": "file", "snapshot": "s",
+            "runtime_root": dir.path(),
+        }))
+        .unwrap();
+        rec.pid = std::process::id();
+        let none = RuntimeView {
+            exists: false,
+            alive: false,
+        };
+        assert_eq!(runtime_view(&rec), none, "no state dir: nothing to delete");
+        std::fs::create_dir_all(dir.path().join(NAMESPACE).join("c0ffee")).unwrap();
+        // A live pid outside the task's cgroup is a reused pid, not the task.
+        assert_eq!(
+            runtime_view(&rec),
+            RuntimeView {
+                exists: true,
+                alive: false
+            }
+        );
+        // The test's own cgroup stands in for the task's (when it has one
+        // below the root).
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let leaf = own
+            .lines()
+            .filter_map(|l| l.rsplit(':').next()?.rsplit('/').next())
+            .find(|s| !s.is_empty());
+        if let Some(leaf) = leaf {
+            rec.id = leaf.to_string();
+            std::fs::create_dir_all(dir.path().join(NAMESPACE).join(&rec.id)).unwrap();
+            assert!(runtime_view(&rec).alive, "in its cgroup: alive");
+            rec.pid = 0;
+            assert!(!runtime_view(&rec).alive, "never started");
+        }
+    }
 
     #[test]
     fn names() {
