@@ -13,6 +13,7 @@
 
 pub mod builder;
 pub mod bundle;
+pub mod defaults;
 pub mod user;
 
 pub use builder::SpecBuilder;

@@ -12,28 +12,12 @@ use serde::Deserialize;
 
 use super::error::TaskError;
 use crate::runtime_spec::builder::{device_rule, mount, namespace};
+pub use crate::runtime_spec::defaults::DEFAULT_CAPS;
+use crate::runtime_spec::defaults::{base_mounts, DEFAULT_READONLY_PATHS};
 use crate::runtime_spec::user::{self, UserRequest};
 use crate::runtime_spec::{Spec, SpecBuilder};
 
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// containerd's default capability set.
-pub const DEFAULT_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
 
 /// The parts of an image config's `config` object a task uses.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -122,63 +106,17 @@ const TASK_MASKED_PATHS: &[&str] = &[
     "/proc/scsi",
 ];
 
-/// containerd's default read-only paths.
-pub const DEFAULT_READONLY_PATHS: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
-
-/// containerd's default mounts of a native task (with a /run tmpfs).
+/// containerd's default mounts of a native task: the base ones and a /run
+/// tmpfs.
 fn task_mounts() -> Vec<Mount> {
-    vec![
-        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount(
-            "/dev",
-            "tmpfs",
-            "tmpfs",
-            &["nosuid", "strictatime", "mode=755", "size=65536k"],
-        ),
-        mount(
-            "/dev/pts",
-            "devpts",
-            "devpts",
-            &[
-                "nosuid",
-                "noexec",
-                "newinstance",
-                "ptmxmode=0666",
-                "mode=0620",
-                "gid=5",
-            ],
-        ),
-        mount(
-            "/dev/shm",
-            "tmpfs",
-            "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        ),
-        mount(
-            "/dev/mqueue",
-            "mqueue",
-            "mqueue",
-            &["nosuid", "noexec", "nodev"],
-        ),
-        mount(
-            "/sys",
-            "sysfs",
-            "sysfs",
-            &["nosuid", "noexec", "nodev", "ro"],
-        ),
-        mount(
-            "/run",
-            "tmpfs",
-            "tmpfs",
-            &["nosuid", "strictatime", "mode=755", "size=65536k"],
-        ),
-    ]
+    let mut m = base_mounts("ro");
+    m.push(mount(
+        "/run",
+        "tmpfs",
+        "tmpfs",
+        &["nosuid", "strictatime", "mode=755", "size=65536k"],
+    ));
+    m
 }
 
 /// The spec of native task `rec` (`berthctl run`): the process from the

@@ -10,6 +10,7 @@ use tracing::{debug, warn};
 
 use super::{PodContext, SpecError, Who};
 use crate::runtime_spec::builder::mount;
+use crate::runtime_spec::defaults::base_mounts;
 
 /// A lexically cleaned absolute container path ("/a//b/../c/" -> "/a/c").
 pub(super) fn clean_path(p: &str) -> String {
@@ -118,52 +119,13 @@ pub(super) fn mounts(
     host_ipc: bool,
 ) -> Result<(Vec<Mount>, Option<&'static str>), SpecError> {
     let sys_mode = if privileged { "rw" } else { "ro" };
-    let mut defaults = vec![
-        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount(
-            "/dev",
-            "tmpfs",
-            "tmpfs",
-            &["nosuid", "strictatime", "mode=755", "size=65536k"],
-        ),
-        mount(
-            "/dev/pts",
-            "devpts",
-            "devpts",
-            &[
-                "nosuid",
-                "noexec",
-                "newinstance",
-                "ptmxmode=0666",
-                "mode=0620",
-                "gid=5",
-            ],
-        ),
-        mount(
-            "/dev/shm",
-            "tmpfs",
-            "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        ),
-        mount(
-            "/dev/mqueue",
-            "mqueue",
-            "mqueue",
-            &["nosuid", "noexec", "nodev"],
-        ),
-        mount(
-            "/sys",
-            "sysfs",
-            "sysfs",
-            &["nosuid", "noexec", "nodev", sys_mode],
-        ),
-        mount(
-            "/sys/fs/cgroup",
-            "cgroup",
-            "cgroup",
-            &["nosuid", "noexec", "nodev", "relatime", sys_mode],
-        ),
-    ];
+    let mut defaults = base_mounts(sys_mode);
+    defaults.push(mount(
+        "/sys/fs/cgroup",
+        "cgroup",
+        "cgroup",
+        &["nosuid", "noexec", "nodev", "relatime", sys_mode],
+    ));
 
     let mut binds: Vec<BindMount> = Vec::new();
     for (i, m) in cfg.mounts.iter().enumerate() {

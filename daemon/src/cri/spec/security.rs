@@ -8,31 +8,8 @@ use oci_spec::runtime::LinuxSeccomp;
 
 use super::{SpecError, SpecOptions, Who};
 use crate::cri::seccomp;
-use crate::tasks::spec::DEFAULT_CAPS;
-
-/// containerd's default masked paths.
-pub const DEFAULT_MASKED_PATHS: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-    "/proc/scsi",
-];
-
-/// containerd's default read-only paths.
-pub const DEFAULT_READONLY_PATHS: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
+use crate::runtime_spec::defaults::DEFAULT_CAPS;
+pub use crate::runtime_spec::defaults::{DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS};
 
 /// Every capability the kernel knows, by bit number.
 pub const KNOWN_CAPS: &[&str] = &[

@@ -204,6 +204,68 @@ fn invalid<T: std::fmt::Debug>(r: Result<T, SpecError>) -> String {
     }
 }
 
+/// The same default spec, read through oci-spec's typed accessors.
+#[test]
+fn default_spec_typed() {
+    use oci_spec::runtime::{Capability, LinuxNamespaceType};
+    let pc = pod_config();
+    let root = rootfs();
+    let spec = super::container_spec(
+        "c1",
+        &container("app"),
+        &pod(&pc),
+        &busybox(),
+        root.path(),
+        &opts(),
+    )
+    .unwrap();
+    let p = spec.process().as_ref().unwrap();
+    assert_eq!(p.args().as_deref(), Some(&s(&["sh"])[..]));
+    assert_eq!(p.cwd(), Path::new("/"));
+    assert_eq!(p.terminal(), Some(false));
+    assert_eq!(p.no_new_privileges(), Some(false));
+    assert_eq!((p.user().uid(), p.user().gid()), (0, 0));
+    assert_eq!(p.user().additional_gids().as_deref(), Some(&[0, 10][..]));
+    assert!(p.oom_score_adj().is_none() && p.rlimits().is_none());
+    let caps = p.capabilities().as_ref().unwrap();
+    let bounding = caps.bounding().as_ref().unwrap();
+    assert_eq!(bounding.len(), DEFAULT_CAPS.len());
+    assert!(bounding.contains(&Capability::NetBindService));
+    assert!(!bounding.contains(&Capability::SysAdmin));
+    assert_eq!(caps.effective(), caps.bounding());
+    assert!(caps.ambient().is_none());
+    assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(false));
+    assert_eq!(spec.hostname().as_deref(), Some("pod-host"));
+    let l = spec.linux().as_ref().unwrap();
+    assert_eq!(
+        l.cgroups_path().as_deref(),
+        Some(Path::new("/kubepods/besteffort/poduid-1/c1"))
+    );
+    let ns: Vec<_> = l
+        .namespaces()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|n| (n.typ(), n.path().clone()))
+        .collect();
+    assert_eq!(
+        ns,
+        [
+            (LinuxNamespaceType::Network, Some(PathBuf::from(NET))),
+            (LinuxNamespaceType::Ipc, Some(PathBuf::from(IPC))),
+            (LinuxNamespaceType::Uts, Some(PathBuf::from(UTS))),
+            (LinuxNamespaceType::Pid, Some(PathBuf::from(PID))),
+            (LinuxNamespaceType::Mount, None),
+        ]
+    );
+    assert!(l.seccomp().is_none() && l.devices().is_none());
+    let rules = l.resources().as_ref().unwrap().devices().as_ref().unwrap();
+    assert!(!rules[0].allow());
+    let a = spec.annotations().as_ref().unwrap();
+    assert_eq!(a[ANNOTATION_SANDBOX_ID], "sb1");
+    assert_eq!(a[ANNOTATION_CONTAINER_TYPE], "container");
+}
+
 #[test]
 fn default_spec_of_a_busybox_image() {
     let spec = build(&container("app"), &busybox()).unwrap();
