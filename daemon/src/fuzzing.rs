@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use berth_api::runtime::v1 as cri;
 
-use crate::network::PortMapping;
-use crate::oci::Descriptor;
+use berth_distribution::oci::Descriptor;
+use berth_network::PortMapping;
 
 /// RunPodSandbox's config checks; `Ok` is the pod's unique name.
 pub fn validate_pod_sandbox(cfg: &cri::PodSandboxConfig) -> Result<String, tonic::Status> {

@@ -6,14 +6,8 @@ pub mod cri;
 pub mod failpoint;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod hosts;
 pub mod images;
 pub mod metadata;
-mod mountinfo;
-pub mod network;
-pub mod oci;
-pub mod reference;
-pub mod registry;
 pub mod runtime_spec;
 pub mod server;
 pub mod shim;

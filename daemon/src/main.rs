@@ -133,12 +133,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Config {
             what: ConfigCommand::Cni { write },
         }) => {
-            let text = berthd::network::default_conflist();
+            let text = berth_network::default_conflist();
             if !write {
                 print!("{text}");
                 return Ok(());
             }
-            match berthd::network::install_default_conflist(&cfg.cni.conf_dir)? {
+            match berth_network::install_default_conflist(&cfg.cni.conf_dir)? {
                 Some(path) => println!("wrote {}", path.display()),
                 None => println!(
                     "{} already has a network config; left as is",

@@ -291,11 +291,11 @@ impl Daemon {
     /// they stay: the pods outlive berthd).
     fn release_shared_dirs(&self) {
         for dir in [self.config.netns_dir(), self.config.sandboxes_dir()] {
-            match crate::network::netns::release_shared_dir(&dir) {
+            match berth_network::netns::release_shared_dir(&dir) {
                 Ok(true) => info!(dir = %dir.display(), "unmounted"),
                 Ok(false) => {}
                 Err(e) => {
-                    warn!(dir = %dir.display(), error = %crate::network::netns::NetnsError::from(e), "cannot unmount")
+                    warn!(dir = %dir.display(), error = %e, "cannot unmount")
                 }
             }
         }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use berth_fuzz::seeds;
-use berthd::hosts;
+use berth_distribution::hosts;
 use libfuzzer_sys::fuzz_target;
 
 fn config_path() -> &'static Path {

@@ -9,7 +9,7 @@
 #![no_main]
 
 use berth_fuzz::seeds;
-use berthd::oci::{self, Index, Manifest, Platform};
+use berth_distribution::oci::{self, Index, Manifest, Platform};
 use libfuzzer_sys::fuzz_target;
 
 const PLATFORMS: &[&str] = &[
@@ -82,7 +82,7 @@ fuzz_target!(
                 check_descriptor(d);
                 // Import: every index entry is named from its annotations.
                 if let Ok(Some(name)) = berthd::fuzzing::import_entry_name(d, base) {
-                    let r = berthd::reference::Reference::parse_normalized(&name)
+                    let r = berth_distribution::reference::Reference::parse_normalized(&name)
                         .expect("an import name parses again");
                     assert_eq!(r.to_string(), name);
                 }

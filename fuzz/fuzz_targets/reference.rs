@@ -4,7 +4,7 @@
 #![no_main]
 
 use berth_fuzz::seeds;
-use berthd::reference::{Reference, REPOSITORY_NAME_MAX_LEN, TAG_MAX_LEN};
+use berth_distribution::reference::{Reference, REPOSITORY_NAME_MAX_LEN, TAG_MAX_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berthd::network::{NetworkError, PodNetworkOptions, PodNetworks, PodRef, PortMapping};
+use berth_network::{NetworkError, PodNetworkOptions, PodNetworks, PodRef, PortMapping};
 use serde_json::json;
 
 const BRIDGE: &str = "berthtest0";

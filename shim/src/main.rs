@@ -58,7 +58,7 @@ use crate::util::{
 };
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-const RUNTIME_NAME: &str = "io.containerd.berth.v2";
+use berth_shim_protocol::RUNTIME_NAME;
 /// The listening socket handed from `start` to the long-lived shim.
 const LISTENER_FD: i32 = 3;
 /// sun_path is 108 bytes including the terminating NUL.

@@ -44,7 +44,7 @@ use crate::util::{
 
 /// Annotation on an UpdateTaskRequest: reopen the task's CRI log files (kubelet's
 /// ReopenContainerLog). `resources` may be empty then.
-pub const REOPEN_LOG_ANNOTATION: &str = "io.berth.shim.reopen-log";
+pub use berth_shim_protocol::annotations::REOPEN_LOG as REOPEN_LOG_ANNOTATION;
 
 /// How long an exit waits for the process's output to be copied before it is reported.
 const IO_DRAIN: Duration = Duration::from_secs(2);

@@ -144,9 +144,7 @@ impl Stop {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use berth_sysutil::lock;
 
 /// Counts the output copy jobs still running.
 #[derive(Default)]

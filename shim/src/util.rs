@@ -1,33 +1,20 @@
 //! Small helpers: atomic files, time conversions, ttrpc errors, bundle config.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use protobuf::well_known_types::timestamp::Timestamp;
 use protobuf::MessageField;
 
-/// Environment variable: directory for shim sockets (default [`DEFAULT_SOCKET_DIR`]).
-pub const ENV_SOCKET_DIR: &str = "BERTH_SHIM_SOCKET_DIR";
-/// Environment variable: OCI runtime binary (default `runc`).
-pub const ENV_RUNTIME: &str = "BERTH_SHIM_RUNTIME";
-/// Environment variable: base of the runtime's `--root` (default [`DEFAULT_RUNC_ROOT`]);
-/// the namespace is appended.
-pub const ENV_RUNC_ROOT: &str = "BERTH_SHIM_RUNC_ROOT";
-/// Environment variable: file for the shim's own log (default: the bundle's `log`
-/// FIFO when containerd created one, else `<bundle>/shim.log`).
-pub const ENV_LOG: &str = "BERTH_SHIM_LOG";
-/// Set by containerd: its ttrpc socket, where events are forwarded.
-pub const ENV_TTRPC_ADDRESS: &str = "TTRPC_ADDRESS";
-
-pub const DEFAULT_SOCKET_DIR: &str = "/run/berth/s";
-pub const DEFAULT_RUNC_ROOT: &str = "/run/berth/runc";
-pub const DEFAULT_RUNTIME: &str = "runc";
-
-/// Annotation naming the pod sandbox: containers with the same value share one shim.
-pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+pub use berth_shim_protocol::annotations::SANDBOX_ID as SANDBOX_ID_ANNOTATION;
+pub use berth_shim_protocol::env::{
+    LOG as ENV_LOG, RUNC_ROOT as ENV_RUNC_ROOT, RUNTIME as ENV_RUNTIME,
+    SOCKET_DIR as ENV_SOCKET_DIR, TTRPC_ADDRESS as ENV_TTRPC_ADDRESS,
+};
+pub use berth_shim_protocol::{DEFAULT_RUNC_ROOT, DEFAULT_RUNTIME, DEFAULT_SOCKET_DIR};
+pub use berth_sysutil::write_atomic;
 
 /// A count of outstanding work (requests being answered, events being sent) that a
 /// thread can wait to see drop to zero.
@@ -94,34 +81,6 @@ pub fn env_or(name: &str, default: &str) -> String {
 
 pub fn socket_dir() -> PathBuf {
     PathBuf::from(env_or(ENV_SOCKET_DIR, DEFAULT_SOCKET_DIR))
-}
-
-/// Writes `data` to `path` atomically (temp file in the same dir, fsync, rename).
-pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let res = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
 }
 
 pub fn timestamp(t: SystemTime) -> Timestamp {

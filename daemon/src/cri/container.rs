@@ -949,7 +949,10 @@ impl CriRuntime {
             Status::failed_precondition(format!("container {}: its shim is gone", rec.id))
         })?;
         let mut annotations = HashMap::new();
-        annotations.insert("io.berth.shim.reopen-log".to_string(), "true".to_string());
+        annotations.insert(
+            berth_shim_protocol::annotations::REOPEN_LOG.to_string(),
+            "true".to_string(),
+        );
         pod.client()
             .update(&rec.id, None, annotations)
             .await
@@ -1067,7 +1070,7 @@ fn stream_opts(
 
 /// rx/tx counters of the pod's interfaces, read inside its namespace.
 async fn network_usage(netns: &Path) -> Option<cri::NetworkUsage> {
-    let ns = crate::network::NetNs::from_path(netns);
+    let ns = berth_network::NetNs::from_path(netns);
     let text = ns
         .run(|| std::fs::read_to_string("/proc/thread-self/net/dev"))
         .await
@@ -1100,7 +1103,7 @@ async fn network_usage(netns: &Path) -> Option<cri::NetworkUsage> {
     }
     let default_interface = interfaces
         .iter()
-        .find(|i| i.name == crate::network::POD_IFNAME)
+        .find(|i| i.name == berth_network::POD_IFNAME)
         .cloned();
     Some(cri::NetworkUsage {
         timestamp: now,

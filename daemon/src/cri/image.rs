@@ -31,8 +31,8 @@ use crate::images::pull::PullOptions;
 use crate::images::store::{now_nanos, ImageRecord};
 use crate::images::unpack::chain_ids;
 use crate::images::ImageService;
-use crate::reference::Reference;
-use crate::registry::Credentials;
+use berth_distribution::reference::Reference;
+use berth_distribution::registry::Credentials;
 
 /// How long a measured image filesystem usage is reused.
 const FS_USAGE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
@@ -607,7 +607,7 @@ mod tests {
         );
         let rec = |name: &str| ImageRecord {
             name: name.into(),
-            target: crate::oci::Descriptor {
+            target: berth_distribution::oci::Descriptor {
                 media_type: "application/vnd.oci.image.manifest.v1+json".into(),
                 digest: format!("sha256:{}", "a".repeat(64)),
                 size: 1,

@@ -40,21 +40,7 @@ pub const MAX_LIST_BYTES: usize = 12 << 20;
 /// Room for what a listed object carries besides its metadata, labels and
 /// annotations (id, state, timestamps, image, handler).
 const LIST_ITEM_OVERHEAD: usize = 512;
-/// How much of a caller's string an error message repeats.
-pub const ECHO_BYTES: usize = 128;
-
-/// `s` for an error message: at most [`ECHO_BYTES`], control characters
-/// escaped (`{:?}`), and the full length named when cut.
-pub fn echo(s: &str) -> String {
-    if s.len() <= ECHO_BYTES {
-        return format!("{s:?}");
-    }
-    let mut end = ECHO_BYTES;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{:?}... ({} bytes)", &s[..end], s.len())
-}
+pub use berth_sysutil::echo;
 
 fn too_long(what: &str, field: &str, value: &str, max: usize) -> Status {
     Status::invalid_argument(format!(
@@ -158,15 +144,6 @@ pub fn list_budget(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn echo_is_bounded_and_escaped() {
-        assert_eq!(echo("web"), "\"web\"");
-        let long = "é".repeat(1000);
-        let e = echo(&long);
-        assert!(e.len() < 200 && e.ends_with("(2000 bytes)"), "{e}");
-        assert_eq!(echo("a\u{1b}[31m"), "\"a\\u{1b}[31m\"");
-    }
 
     #[test]
     fn labels_and_annotations() {

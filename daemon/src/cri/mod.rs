@@ -12,7 +12,6 @@ pub mod image;
 pub mod limits;
 pub mod meta;
 pub mod podfiles;
-pub mod podns;
 pub mod runtime;
 pub mod sandbox;
 pub mod seccomp;
@@ -33,9 +32,9 @@ use crate::config::Config;
 use crate::images::store::now_nanos;
 use crate::images::ImageService;
 use crate::metadata::{MetaStore, SANDBOXES};
-use crate::network::PodNetworks;
 use crate::tasks::error::blocking;
 use crate::tasks::TaskService;
+use berth_network::PodNetworks;
 use meta::SandboxRecord;
 
 /// What a create that others may join ends with: the new object's id, or
@@ -74,9 +73,7 @@ impl Sandbox {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use berth_sysutil::lock;
 
 pub struct CriRuntime {
     config: Arc<Config>,
@@ -113,7 +110,13 @@ impl CriRuntime {
             spec::CgroupDriver::Cgroupfs
         });
         Arc::new(CriRuntime {
-            networks: PodNetworks::from_config(&config),
+            networks: PodNetworks::new(
+                config.cni.conf_dir.clone(),
+                config.cni.bin_dirs.clone(),
+                config.netns_dir(),
+                config.cni_cache_dir(),
+                config.cni.plugin_timeout(),
+            ),
             config,
             meta,
             images,

@@ -2,9 +2,8 @@
 //! `/etc/hostname`, `/etc/hosts`, and the pod's `/dev/shm` tmpfs. Written once
 //! at RunPodSandbox into the pod's directory, like containerd's CRI plugin.
 
-use std::io::{self, Write};
+use std::io;
 use std::net::IpAddr;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use berth_api::runtime::v1 as cri;
@@ -147,31 +146,7 @@ fn resolv_conf_from(dns: &cri::DnsConfig) -> io::Result<Vec<u8>> {
     Ok(out.into_bytes())
 }
 
-/// Temp file in the same directory, fsync, rename: a reader (or a crash)
-/// sees the old file or the new one, never a half-written one.
-fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| invalid(format!("{} has no parent", path.display())))?;
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-    tmp.write_all(contents)?;
-    // Explicit mode: containers read these as any user, whatever our umask.
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
-/// Whether `path` is a mount point: its device differs from its parent's.
-/// (A bind mount of the same filesystem would not be caught; the shm mount is
-/// always a fresh tmpfs.)
-fn is_mount_point(path: &Path) -> io::Result<bool> {
-    let md = std::fs::symlink_metadata(path)?;
-    let parent = path.parent().unwrap_or(Path::new("/"));
-    let pmd = std::fs::symlink_metadata(parent)?;
-    Ok(md.dev() != pmd.dev())
-}
+use berth_sysutil::{is_mount_point, write_atomic};
 
 /// Mounts the pod's `/dev/shm` tmpfs at `<pod_dir>/shm` (mode 1777,
 /// size=65536k, nosuid/nodev/noexec as containerd does). Mounting an already
@@ -179,7 +154,7 @@ fn is_mount_point(path: &Path) -> io::Result<bool> {
 pub fn mount_shm(pod_dir: &Path) -> io::Result<PathBuf> {
     let shm = pod_dir.join("shm");
     std::fs::create_dir_all(&shm)?;
-    if is_mount_point(&shm)? {
+    if is_mount_point(&shm) {
         return Ok(shm);
     }
     let data = format!("mode=1777,size={SHM_SIZE}");
@@ -218,6 +193,7 @@ pub fn unmount_shm(pod_dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     struct Host {
         _tmp: tempfile::TempDir,

@@ -18,12 +18,12 @@ use tracing::{debug, info, warn};
 
 use super::meta::{SandboxRecord, SandboxState};
 use super::{
-    find_by_prefix, in_created_order, labels_match, limits, lock, podfiles, podns, stats,
-    CriRuntime, Sandbox,
+    find_by_prefix, in_created_order, labels_match, limits, lock, podfiles, stats, CriRuntime,
+    Sandbox,
 };
 use crate::config::CriConfig;
 use crate::images::store::now_nanos;
-use crate::network::{PodNetworkOptions, PodRef, PortMapping};
+use berth_network::{podns, PodNetworkOptions, PodRef, PortMapping};
 
 const NS_NODE: i32 = cri::NamespaceMode::Node as i32;
 

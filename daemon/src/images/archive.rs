@@ -25,8 +25,8 @@ use super::error::{blocking, ImageError};
 use super::gc::{children, Lease};
 use super::store::{now_nanos, ImageRecord};
 use super::ImageService;
-use crate::oci::{self, Descriptor};
-use crate::reference::Reference;
+use berth_distribution::oci::{self, Descriptor};
+use berth_distribution::reference::Reference;
 
 const ANNOTATION_NAME: &str = "io.containerd.image.name";
 const ANNOTATION_REF: &str = "org.opencontainers.image.ref.name";

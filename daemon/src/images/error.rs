@@ -3,7 +3,7 @@
 
 use snapshotter::is_no_space;
 
-use crate::registry::RegistryError;
+use berth_distribution::registry::RegistryError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {

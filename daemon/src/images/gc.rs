@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::store::{now_nanos, ImageStore};
 use crate::metadata::{MetaStore, LEASES};
-use crate::oci::{self, Descriptor};
+use berth_distribution::oci::{self, Descriptor};
 
 /// Lease entries for snapshots carry this prefix; the rest are digests.
 pub const SNAPSHOT_LEASE_PREFIX: &str = "snapshot:";

@@ -15,8 +15,8 @@ use super::error::{blocking, ImageError};
 use super::pull::{LayerStage, LayerState, PullOptions};
 use super::store::ImageRecord;
 use super::ImageService;
-use crate::oci;
-use crate::registry::Credentials;
+use berth_distribution::oci;
+use berth_distribution::registry::Credentials;
 
 pub struct ImagesApi {
     pub svc: Arc<ImageService>,

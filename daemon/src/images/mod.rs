@@ -25,9 +25,9 @@ use gc::{GcReport, Leases};
 use store::{now_nanos, ImageRecord, ImageStore};
 
 use crate::config::Config;
-use crate::oci::{self, Descriptor, Platform};
-use crate::reference::Reference;
-use crate::registry::RegistryClient;
+use berth_distribution::oci::{self, Descriptor, Platform};
+use berth_distribution::reference::Reference;
+use berth_distribution::registry::RegistryClient;
 
 pub struct ImageService {
     pub config: Arc<Config>,

@@ -21,9 +21,9 @@ use super::snapshots::ChainLayer;
 use super::store::{now_nanos, ImageRecord};
 use super::unpack::chain_ids;
 use super::ImageService;
-use crate::oci::{self, Descriptor, Platform};
-use crate::reference::Reference;
-use crate::registry::{Credentials, RegistryError, Repository};
+use berth_distribution::oci::{self, Descriptor, Platform};
+use berth_distribution::reference::Reference;
+use berth_distribution::registry::{Credentials, RegistryError, Repository};
 
 #[derive(Debug, Clone, Default)]
 pub struct PullOptions {
@@ -192,7 +192,7 @@ impl ImageService {
         let cfg = &self.config.registry;
         let config_path =
             (!cfg.config_path.as_os_str().is_empty()).then_some(cfg.config_path.as_path());
-        let mut hosts = crate::hosts::load_hosts(config_path, r.domain())
+        let mut hosts = berth_distribution::hosts::load_hosts(config_path, r.domain())
             .map_err(|e| ImageError::InvalidArgument(format!("{r}: {e}")))?;
         for h in &mut hosts {
             if opts.plain_http {

@@ -17,8 +17,8 @@ use super::gc::children;
 use super::grpc::{creds_from_pb, layer_to_pb};
 use super::pull::{LayerStage, LayerState, PullOptions};
 use super::ImageService;
-use crate::oci::{self, Descriptor};
-use crate::reference::Reference;
+use berth_distribution::oci::{self, Descriptor};
+use berth_distribution::reference::Reference;
 
 type PushStream = Pin<Box<dyn Stream<Item = Result<pb::PushProgress, Status>> + Send>>;
 

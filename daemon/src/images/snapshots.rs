@@ -18,8 +18,8 @@ use super::gc::{children, SNAPSHOT_LEASE_PREFIX};
 use super::store::{ImageRecord, ImageStore};
 use super::unpack::chain_ids;
 use super::ImageService;
-use crate::mountinfo::is_mount_point;
-use crate::oci::{self, Descriptor};
+use berth_distribution::oci::{self, Descriptor};
+use berth_sysutil::is_mount_point;
 
 /// Label naming the directory a view snapshot is mounted on.
 pub const MOUNT_TARGET_LABEL: &str = "berth.io/mount-target";

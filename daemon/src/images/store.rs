@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::metadata::{MetaError, MetaStore, Op, IMAGES};
-use crate::oci::Descriptor;
+use berth_distribution::oci::Descriptor;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ImageRecord {

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::error::ImageError;
 use super::store::now_nanos;
-use crate::oci::{self, Descriptor};
+use berth_distribution::oci::{self, Descriptor};
 
 /// Label on snapshots created while unpacking; removed at start if a crash
 /// left one behind.

@@ -79,7 +79,7 @@ impl Bundle {
     pub fn write_spec(&self, spec: &Spec) -> Result<(), BundleError> {
         let body = serde_json::to_vec_pretty(spec)?;
         let path = self.dir.join(CONFIG_FILE);
-        crate::shim::write_atomic(&path, &body)
+        berth_sysutil::write_atomic(&path, &body)
             .map_err(|source| BundleError::Write { path, source })
     }
 }

@@ -17,8 +17,7 @@ use tracing::{debug, warn};
 use super::client::{normalize_address, ShimError, TaskApi};
 use crate::config::Config;
 
-/// The namespace berth's tasks live in, as shims and runc see it.
-pub const NAMESPACE: &str = "berth";
+pub use berth_shim_protocol::NAMESPACE;
 /// The default shim binary name.
 pub const DEFAULT_SHIM: &str = "berth-shim";
 
@@ -258,7 +257,7 @@ impl Launcher {
             )
             .env("GRPC_ADDRESS", &self.daemon_address)
             .env("NAMESPACE", NAMESPACE)
-            .env("BERTH_SHIM_SOCKET_DIR", &self.socket_dir)
+            .env(berth_shim_protocol::env::SOCKET_DIR, &self.socket_dir)
             // Its own process group, so a Ctrl-C meant for berthd in a
             // terminal does not reach the shims.
             .process_group(0)

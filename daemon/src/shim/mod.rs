@@ -10,7 +10,6 @@ pub mod binary;
 pub mod client;
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -101,9 +100,7 @@ impl Drop for PodShim {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use berth_sysutil::{lock, write_atomic};
 
 pub struct ShimManager {
     config: Arc<Config>,
@@ -112,24 +109,6 @@ pub struct ShimManager {
     /// Per-pod start locks, so two creates in one pod start one shim.
     starting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     timeout: Duration,
-}
-
-/// Writes `data` to `path` atomically: temp file, fsync, rename, fsync dir.
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| std::io::Error::other("path has no parent"))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("path has no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Whether a process exists and is not a zombie.

@@ -28,8 +28,8 @@ use super::conns::{ConnLimits, ConnSlot, Conns};
 use super::peer::PeerKey;
 use super::{spdy, ws, Limits, PortConnector, StreamOpts};
 use crate::config::StreamingConfig;
-use crate::network::NetNs;
 use crate::tasks::TaskService;
+use berth_network::NetNs;
 
 /// What a token stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,9 +70,7 @@ pub struct StreamServer {
     tasks: Arc<TaskService>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use berth_sysutil::lock;
 
 type Reply = Response<Full<Bytes>>;
 

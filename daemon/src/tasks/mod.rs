@@ -40,7 +40,6 @@ use crate::config::Config;
 use crate::images::store::now_nanos;
 use crate::images::ImageService;
 use crate::metadata::{MetaStore, QUARANTINE, TASKS};
-use crate::mountinfo::is_mount_point;
 use crate::runtime_spec::{Bundle, BundleError};
 use crate::shim::{Launcher, PodRecord, PodShim, ShimManager, NAMESPACE};
 use error::blocking;
@@ -50,8 +49,6 @@ pub use record::{TaskKind, TaskRecord, TaskStatus};
 
 /// Label on a task's rootfs snapshot naming the task.
 pub const TASK_LABEL: &str = "berth.io/task";
-/// The annotation containerd's runc shim groups containers by.
-pub(crate) const SANDBOX_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 /// How long Remove --force waits for a killed task to exit.
 const KILL_WAIT: Duration = Duration::from_secs(20);
 
@@ -86,9 +83,7 @@ pub struct Task {
     persisting: tokio::sync::Mutex<()>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use berth_sysutil::{is_mount_point, lock};
 
 impl Task {
     fn new(rec: TaskRecord) -> Task {

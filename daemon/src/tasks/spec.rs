@@ -148,7 +148,7 @@ pub fn task_spec(
         .unwrap_or_else(|| "/".into());
     let mut annotations = BTreeMap::new();
     annotations.insert(
-        super::SANDBOX_ANNOTATION.to_string(),
+        berth_shim_protocol::annotations::SANDBOX_ID.to_string(),
         rec.sandbox_id.clone(),
     );
     annotations.insert("berth.io/task-name".to_string(), rec.name.clone());

@@ -1,20 +1,22 @@
 //! `/proc/self/mountinfo`: which paths are mount points. One reader for the
-//! daemon's checks (rootfs mounts, pin directories).
+//! checks (rootfs mounts, pin directories, the pod shm mount).
 
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
-pub(crate) const MOUNTINFO: &str = "/proc/self/mountinfo";
+pub const MOUNTINFO: &str = "/proc/self/mountinfo";
 
 /// Every mount point of this process's mount namespace.
-pub(crate) fn mount_points() -> std::io::Result<Vec<PathBuf>> {
+pub fn mount_points() -> std::io::Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string(MOUNTINFO)?;
     Ok(text.lines().filter_map(mount_point).collect())
 }
 
 /// Whether `target` is a mount point (false if mountinfo cannot be read).
-pub(crate) fn is_mount_point(target: &Path) -> bool {
-    mount_points().is_ok_and(|points| points.iter().any(|p| p == target))
+/// The table holds resolved paths, so `target` is resolved first.
+pub fn is_mount_point(target: &Path) -> bool {
+    let target = std::fs::canonicalize(target).unwrap_or_else(|_| target.to_path_buf());
+    mount_points().is_ok_and(|points| points.contains(&target))
 }
 
 /// The mount point (field 5) of a `/proc/self/mountinfo` line, with the

@@ -1,6 +1,7 @@
 //! Pod networking: a pinned network namespace per pod plus CNI ADD/DEL with
 //! the first config in the CNI conf dir. RunPodSandbox calls [`PodNetworks::setup`],
-//! StopPodSandbox/RemovePodSandbox call [`PodNetworks::teardown`].
+//! StopPodSandbox/RemovePodSandbox call [`PodNetworks::teardown`]. No daemon
+//! types: berthd builds [`PodNetworks`] from its `[cni]` config.
 //!
 //! Nothing here holds a lock across a plugin call; plugin processes are run
 //! with tokio's process support under a timeout, and namespace work runs on
@@ -8,6 +9,7 @@
 
 pub mod cni;
 pub mod netns;
+pub mod podns;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -18,8 +20,6 @@ use serde_json::{json, Map, Value};
 
 pub use cni::{Cni, CniError, CniResult, NetworkConfigList, RuntimeConf};
 pub use netns::{NetNs, NetnsError};
-
-use crate::config::Config;
 
 /// The interface name pods get.
 pub const POD_IFNAME: &str = "eth0";
@@ -133,16 +133,6 @@ pub struct PodNetworks {
 }
 
 impl PodNetworks {
-    pub fn from_config(cfg: &Config) -> PodNetworks {
-        PodNetworks::new(
-            cfg.cni.conf_dir.clone(),
-            cfg.cni.bin_dirs.clone(),
-            cfg.netns_dir(),
-            cfg.cni_cache_dir(),
-            cfg.cni.plugin_timeout(),
-        )
-    }
-
     pub fn new(
         conf_dir: PathBuf,
         bin_dirs: Vec<PathBuf>,
@@ -281,7 +271,7 @@ pub fn install_default_conflist(dir: &Path) -> std::io::Result<Option<PathBuf>> 
     }
     std::fs::create_dir_all(dir)?;
     let path = dir.join("10-berth.conflist");
-    crate::shim::write_atomic(&path, default_conflist().as_bytes())?;
+    berth_sysutil::write_atomic(&path, default_conflist().as_bytes())?;
     Ok(Some(path))
 }
 

@@ -1,7 +1,7 @@
 //! A pod's shared IPC and UTS namespaces without a pause process: new
 //! namespaces are pinned by bind-mounting their nsfs files under
 //! `<dir>/<sandbox_id>/{ipc,uts}`, exactly as the pod network namespace is
-//! (see [`crate::network::netns`], whose helpers this reuses). Containers then
+//! (see [`berth_network::netns`], whose helpers this reuses). Containers then
 //! join them by path in their OCI spec.
 //!
 //! The UTS namespace gets the pod's hostname before it is pinned, so every
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
 
-use crate::network::netns::{
+use crate::netns::{
     create_pin_file, ensure_shared_dir, pin_new_namespaces, remove_pin, valid_name, PinError,
 };
 

@@ -31,7 +31,7 @@ pub enum NetnsError {
 }
 
 /// How pinning a namespace failed. The pinning helpers below are shared with
-/// `cri::podns` (a pod's IPC and UTS namespaces are pinned the same way), and
+/// [`crate::podns`] (a pod's IPC and UTS namespaces are pinned the same way), and
 /// each caller turns this into its own error type.
 #[derive(Debug)]
 pub(crate) enum PinError {
@@ -186,10 +186,10 @@ pub(crate) fn ensure_shared_dir(dir: &Path) -> Result<(), PinError> {
 /// Undoes [`ensure_shared_dir`] when nothing is pinned below `dir` any more
 /// (a clean shutdown with no pods left): true if it was unmounted. With pins
 /// below it stays, because the pods outlive the daemon.
-pub(crate) fn release_shared_dir(dir: &Path) -> Result<bool, PinError> {
+pub fn release_shared_dir(dir: &Path) -> Result<bool, NetnsError> {
     let mount_points = || {
-        crate::mountinfo::mount_points()
-            .map_err(io(Path::new(crate::mountinfo::MOUNTINFO), "reading"))
+        berth_sysutil::mount::mount_points()
+            .map_err(io(Path::new(berth_sysutil::mount::MOUNTINFO), "reading"))
     };
     let points = mount_points()?;
     if !points.iter().any(|p| p == dir) || points.iter().any(|p| p != dir && p.starts_with(dir)) {

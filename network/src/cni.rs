@@ -702,11 +702,7 @@ impl Cni {
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(err)?;
         let bytes = serde_json::to_vec_pretty(entry).map_err(|e| err(e.into()))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
-        std::io::Write::write_all(&mut tmp, &bytes).map_err(err)?;
-        tmp.as_file().sync_all().map_err(err)?;
-        tmp.persist(&path).map_err(|e| err(e.error))?;
-        Ok(())
+        berth_sysutil::write_atomic(&path, &bytes).map_err(err)
     }
 
     fn read_cache(&self, container_id: &str, ifname: &str) -> Result<Option<CacheEntry>, CniError> {

@@ -498,7 +498,7 @@ impl Repository {
                         self.client.no_progress,
                         || RegistryError::TokenTooLarge {
                             what: what.into(),
-                            realm: crate::cri::limits::echo(realm),
+                            realm: berth_sysutil::echo(realm),
                             limit: MAX_TOKEN_RESPONSE,
                         },
                     );
