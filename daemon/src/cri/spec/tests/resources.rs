@@ -27,40 +27,50 @@ fn resources_map_and_validate() {
         unified: HashMap::from([("memory.high".to_string(), "1000000".to_string())]),
         ..Default::default()
     };
-    let spec = build(&with_resources(r.clone()), &busybox()).unwrap();
-    let res = &spec["linux"]["resources"];
+    // Typed: what UpdateContainerResources hands the shim, and what
+    // CreateContainer puts in linux.resources.
+    let res = linux_resources("container \"a\"", &r, &opts()).unwrap();
+    let cpu = res.cpu().as_ref().unwrap();
     assert_eq!(
-        res["cpu"],
+        (cpu.shares(), cpu.quota(), cpu.period()),
+        (Some(512), Some(50_000), Some(100_000))
+    );
+    assert_eq!(
+        (cpu.cpus().as_deref(), cpu.mems().as_deref()),
+        (Some("0-1,3"), Some("0"))
+    );
+    let mem = res.memory().as_ref().unwrap();
+    assert_eq!((mem.limit(), mem.swap()), (Some(64 << 20), Some(64 << 20)));
+    let huge = res.hugepage_limits().as_ref().unwrap();
+    assert_eq!(
+        (huge[0].page_size().as_str(), huge[0].limit()),
+        ("2MB", 1 << 21)
+    );
+    assert!(res.unified().is_none(), "cgroup v1: unified ignored");
+    let spec = build(&with_resources(r.clone()), &busybox()).unwrap();
+    assert_eq!(
+        spec["linux"]["resources"]["cpu"],
         json!({"shares": 512, "quota": 50000, "period": 100000, "cpus": "0-1,3", "mems": "0"})
     );
-    assert_eq!(res["memory"], json!({"limit": 67108864, "swap": 67108864}));
-    assert_eq!(
-        res["hugepageLimits"],
-        json!([{"pageSize": "2MB", "limit": 2097152}])
-    );
-    assert!(res.get("unified").is_none(), "cgroup v1: unified ignored");
     let o = SpecOptions {
         cgroup_v2: true,
         swap_controller: false,
         ..opts()
     };
-    let pc = pod_config();
-    let root = rootfs();
-    let spec = container_spec(
-        "c1",
-        &with_resources(r.clone()),
-        &pod(&pc),
-        &busybox(),
-        root.path(),
-        &o,
-    )
-    .unwrap();
-    let res = &spec["linux"]["resources"];
-    assert_eq!(res["unified"], json!({"memory.high": "1000000"}));
+    let res = linux_resources("container \"a\"", &r, &o).unwrap();
     assert_eq!(
-        res["memory"],
-        json!({"limit": 67108864}),
+        res.unified().as_ref().and_then(|u| u.get("memory.high")),
+        Some(&"1000000".to_string())
+    );
+    let mem = res.memory().as_ref().unwrap();
+    assert_eq!(
+        (mem.limit(), mem.swap()),
+        (Some(64 << 20), None),
         "no swap accounting"
+    );
+    assert!(
+        res.devices().is_none(),
+        "device rules are CreateContainer's"
     );
 
     let swap = cri::LinuxContainerResources {
@@ -68,11 +78,9 @@ fn resources_map_and_validate() {
         memory_swap_limit_in_bytes: 300,
         ..Default::default()
     };
-    let spec = build(&with_resources(swap), &busybox()).unwrap();
-    assert_eq!(
-        spec["linux"]["resources"]["memory"],
-        json!({"limit": 100, "swap": 300})
-    );
+    let res = linux_resources("container \"a\"", &swap, &opts()).unwrap();
+    let mem = res.memory().as_ref().unwrap();
+    assert_eq!((mem.limit(), mem.swap()), (Some(100), Some(300)));
 
     let bad = |r: cri::LinuxContainerResources, field: &str| {
         let e = invalid(build(&with_resources(r), &busybox()));
@@ -193,10 +201,9 @@ fn oom_score_adj_never_below_the_daemons() {
             oom_score_adj: v,
             ..Default::default()
         });
-        container_spec("c1", &c, &pod(&pc), &busybox(), root.path(), &o).unwrap()["process"]
-            ["oomScoreAdj"]
-            .as_i64()
-            .unwrap()
+        let spec =
+            super::super::container_spec("c1", &c, &pod(&pc), &busybox(), root.path(), &o).unwrap();
+        spec.process().as_ref().unwrap().oom_score_adj().unwrap() as i64
     };
     assert_eq!(adj(-998, None), own.max(-998) as i64);
     assert_eq!(adj(1000, None), 1000);
