@@ -2,6 +2,7 @@
 //! RPCs, and spot-checked fields carry upstream's names, numbers and types.
 //! Checked against the compiled descriptor that build.rs embeds, so a typo in
 //! `proto/runtime/v1/api.proto` fails here rather than on a kubelet.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
 use berth_api::runtime::v1 as cri;
 use prost::Message;

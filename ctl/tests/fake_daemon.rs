@@ -1,5 +1,6 @@
 //! Runs the berthctl binary against an in-process fake berthd on a Unix
 //! socket, to check wiring, output and exit codes end to end.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

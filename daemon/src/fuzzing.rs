@@ -16,6 +16,7 @@ use berth_network::PortMapping;
 pub fn validate_pod_sandbox(cfg: &cri::PodSandboxConfig) -> Result<String, tonic::Status> {
     crate::cri::sandbox::validate(cfg, &crate::config::CriConfig::default())
         .map(crate::cri::sandbox::sandbox_name)
+        .map_err(tonic::Status::from)
 }
 
 /// The port mappings handed to CNI for a pod config.
@@ -39,7 +40,7 @@ pub fn container_log_path(
     rel: &str,
     name: &str,
 ) -> Result<Option<PathBuf>, tonic::Status> {
-    crate::cri::container::log_path(pod_dir, rel, name)
+    crate::cri::container::log_path(pod_dir, rel, name).map_err(tonic::Status::from)
 }
 
 /// The image config's user as CRI ImageStatus reports it: (uid, username).

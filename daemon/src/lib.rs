@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod cri;
+pub mod error;
 pub mod failpoint;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -11,5 +12,4 @@ pub mod metadata;
 pub mod runtime_spec;
 pub mod server;
 pub mod shim;
-pub mod streaming;
 pub mod tasks;

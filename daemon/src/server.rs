@@ -224,11 +224,9 @@ impl Daemon {
         self.cri.recover_sandboxes().await;
         self.cri.forward_exits();
         self.cri.spawn_layer_usage_sync();
-        let streaming = crate::streaming::server::StreamServer::start(
-            &self.config.streaming,
-            self.tasks.clone(),
-        )
-        .await?;
+        let streaming =
+            berth_streaming::StreamServer::start(&self.config.streaming, self.tasks.clone())
+                .await?;
         self.cri.set_streaming(streaming);
         let listener = bind_socket(&socket)?;
         self.images.spawn_gc_loop();

@@ -11,7 +11,7 @@
 #![no_main]
 
 use berth_fuzz::seeds;
-use berthd::streaming::spdy::frame::{
+use berth_streaming::spdy::frame::{
     Decoder, Encoder, Frame, FrameHead, HEADER_LEN, MAX_CONTROL_PAYLOAD, MAX_DATA_PAYLOAD,
     MAX_HEADER_BLOCK,
 };

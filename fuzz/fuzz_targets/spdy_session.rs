@@ -10,7 +10,7 @@
 #![no_main]
 
 use berth_fuzz::{drive_session, limits, refusing_connector, seeds, serve_command, SessionMode};
-use berthd::streaming::{spdy, ExitStatus};
+use berth_streaming::{spdy, ExitStatus};
 use libfuzzer_sys::fuzz_target;
 
 const PROTOCOLS: &[&str] = &[

@@ -9,7 +9,7 @@
 #![no_main]
 
 use berth_fuzz::{drive_session, limits, refusing_connector, seeds, serve_command, SessionMode};
-use berthd::streaming::{ws, ExitStatus};
+use berth_streaming::{ws, ExitStatus};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(

@@ -88,10 +88,10 @@ where
 /// goes, takes resizes, then reports `status` and waits for the connection
 /// to be over.
 pub async fn serve_command(
-    io: berthd::streaming::CommandIo,
-    status: berthd::streaming::ExitStatus,
+    io: berth_streaming::CommandIo,
+    status: berth_streaming::ExitStatus,
 ) {
-    let berthd::streaming::CommandIo {
+    let berth_streaming::CommandIo {
         stdin,
         stdout,
         stderr,
@@ -138,7 +138,7 @@ pub async fn serve_command(
 /// Mode byte of the session targets: which streams, a TTY, a protocol
 /// index, port-forward instead of exec.
 pub struct SessionMode {
-    pub opts: berthd::streaming::StreamOpts,
+    pub opts: berth_streaming::StreamOpts,
     pub protocol: usize,
     pub port_forward: bool,
 }
@@ -146,7 +146,7 @@ pub struct SessionMode {
 impl SessionMode {
     pub fn from_byte(b: u8) -> SessionMode {
         SessionMode {
-            opts: berthd::streaming::StreamOpts {
+            opts: berth_streaming::StreamOpts {
                 stdin: b & 1 != 0,
                 stdout: b & 2 != 0,
                 stderr: b & 4 != 0,
@@ -159,15 +159,15 @@ impl SessionMode {
 }
 
 /// Limits small enough that every timeout fires within a virtual minute.
-pub fn limits() -> berthd::streaming::Limits {
-    berthd::streaming::Limits {
+pub fn limits() -> berth_streaming::Limits {
+    berth_streaming::Limits {
         idle_timeout: std::time::Duration::from_secs(60),
         stream_creation_timeout: std::time::Duration::from_secs(10),
     }
 }
 
 /// A pod side that refuses every connection (port-forward).
-pub fn refusing_connector() -> berthd::streaming::PortConnector {
+pub fn refusing_connector() -> berth_streaming::PortConnector {
     std::sync::Arc::new(|_port| {
         Box::pin(async {
             Err(std::io::Error::new(

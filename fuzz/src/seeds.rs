@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use berth_api::runtime::v1 as cri;
-use berthd::streaming::spdy::frame::{Encoder, Frame};
+use berth_streaming::spdy::frame::{Encoder, Frame};
 use bytes::BytesMut;
 use prost::Message;
 use tar::{EntryType, Header};

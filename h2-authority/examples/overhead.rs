@@ -3,6 +3,7 @@
 //! in alternating rounds; prints median latencies.
 //!
 //! `cargo run --release -p h2-authority --example overhead [-- REQUESTS ROUNDS]`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
 use std::time::{Duration, Instant};
 

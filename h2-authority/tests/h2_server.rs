@@ -1,5 +1,6 @@
 //! h2's own server behind the rewriter: a request with a socket path as its
 //! authority is refused by h2 alone and served through [`AuthorityFix`].
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
 use std::time::Duration;
 

@@ -14,10 +14,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berthd::streaming::spdy::{
+use berth_streaming::spdy::{
     port_forward, remote_command, PORT_FORWARD_PROTOCOL, REMOTE_COMMAND_PROTOCOLS,
 };
-use berthd::streaming::{ExitStatus, Limits, PortConnector, StreamOpts};
+use berth_streaming::{ExitStatus, Limits, PortConnector, StreamOpts};
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::body::Incoming;
@@ -170,7 +170,7 @@ fn handle(mut req: Request<Incoming>, events: Events, echo_port: u16) -> Respons
 }
 
 /// Stand-ins for a command in a container.
-async fn backend(mut cmd: berthd::streaming::CommandIo, mode: &str, events: Events) {
+async fn backend(mut cmd: berth_streaming::CommandIo, mode: &str, events: Events) {
     match mode {
         "echo" => {
             let stdout = cmd.stdout.take().unwrap();

@@ -1,4 +1,4 @@
-//! The WebSocket streaming layer (`berthd::streaming::ws`) against an
+//! The WebSocket streaming layer (`berth_streaming::ws`) against an
 //! independent client: Debian's `python3-websocket` (the `websocket-client`
 //! library; in the Makefile's TEST_PKGS, `make deps-test`). The scripts are
 //! in `tests/ws/`. A tiny hyper 1 server in this process does the
@@ -16,8 +16,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berthd::streaming::ws::{self, PORT_FORWARD_PROTOCOLS, REMOTE_COMMAND_PROTOCOLS};
-use berthd::streaming::{CommandIo, ExitStatus, Limits, PortConnector, StreamOpts};
+use berth_streaming::ws::{self, PORT_FORWARD_PROTOCOLS, REMOTE_COMMAND_PROTOCOLS};
+use berth_streaming::{CommandIo, ExitStatus, Limits, PortConnector, StreamOpts};
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::body::Incoming;

@@ -17,16 +17,21 @@
 
 mod args;
 mod cgroup;
+mod container;
 mod crilog;
+mod error;
 mod events;
 mod logger;
 mod mount;
+mod process;
 mod reaper;
 mod runc;
+mod runtime;
 mod server;
 mod service;
 mod stats;
 mod stdio;
+mod tasks;
 mod util;
 
 use std::collections::HashMap;
@@ -51,6 +56,7 @@ use crate::args::Flags;
 use crate::events::Publisher;
 use crate::reaper::Reaper;
 use crate::runc::{Runc, RuntimeConfig, RUNTIME_FILE};
+use crate::runtime::OciRuntime;
 use crate::service::{ExitSignal, Service, ServiceConfig};
 use crate::util::{
     env_or, socket_dir, timestamp, write_atomic, BundleConfig, DEFAULT_RUNC_ROOT, DEFAULT_RUNTIME,
@@ -299,7 +305,7 @@ fn delete(flags: &Flags) -> Res<()> {
         reaper: None,
     };
     if let Err(e) = runc.delete(&flags.id, true) {
-        if !e.is_not_exist() {
+        if !e.is_not_found() {
             eprintln!("warning: {e}");
         }
     }

@@ -45,6 +45,21 @@ struct Inner {
     unclaimed: HashMap<i32, (Exit, Instant)>,
 }
 
+impl Inner {
+    /// Hands an exit to whoever registered its pid (or keeps it until someone does).
+    fn dispatch(&mut self, exit: Exit, ready: &mut Vec<(ExitHandler, Exit)>) {
+        let pid = exit.pid;
+        if let Some(tx) = self.commands.remove(&pid) {
+            let _ = tx.send(exit);
+        } else if let Some(h) = self.watched.remove(&pid) {
+            ready.push((h, exit));
+        } else {
+            log::debug!("reaped unclaimed pid {pid} (status {})", exit.status);
+            self.unclaimed.insert(pid, (exit, Instant::now()));
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Reaper {
     inner: Mutex<Inner>,
@@ -92,14 +107,7 @@ impl Reaper {
                     status,
                     at: SystemTime::now(),
                 };
-                if let Some(tx) = inner.commands.remove(&pid) {
-                    let _ = tx.send(exit);
-                } else if let Some(h) = inner.watched.remove(&pid) {
-                    ready.push((h, exit));
-                } else {
-                    log::debug!("reaped unclaimed pid {pid} (status {status})");
-                    inner.unclaimed.insert(pid, (exit, Instant::now()));
-                }
+                inner.dispatch(exit, &mut ready);
             }
             let now = Instant::now();
             if inner.unclaimed.len() > UNCLAIMED_MAX / 2 {
@@ -111,6 +119,17 @@ impl Reaper {
                 inner.unclaimed.clear();
             }
         }
+        for (h, exit) in ready {
+            h(exit);
+        }
+    }
+
+    /// Hands over an exit as if `waitpid` had returned it: the unit tests' fake
+    /// runtime ends its (never real) processes through this.
+    #[cfg(test)]
+    pub fn deliver(&self, exit: Exit) {
+        let mut ready = Vec::new();
+        self.lock().dispatch(exit, &mut ready);
         for (h, exit) in ready {
             h(exit);
         }

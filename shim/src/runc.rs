@@ -9,39 +9,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::reaper::{CmdOutput, Reaper};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuncError {
-    pub msg: String,
-}
-
-impl std::fmt::Display for RuncError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.msg)
-    }
-}
-
-impl std::error::Error for RuncError {}
-
-impl RuncError {
-    fn new(msg: impl Into<String>) -> Self {
-        RuncError { msg: msg.into() }
-    }
-
-    /// The container is unknown to the runtime.
-    pub fn is_not_exist(&self) -> bool {
-        let m = self.msg.to_ascii_lowercase();
-        m.contains("does not exist") || m.contains("not found") || m.contains("no such")
-    }
-
-    /// The container (or its init) is not running any more.
-    pub fn is_not_running(&self) -> bool {
-        let m = self.msg.to_ascii_lowercase();
-        m.contains("not running") || m.contains("process already finished") || self.is_not_exist()
-    }
-}
-
-pub type Result<T> = std::result::Result<T, RuncError>;
+use crate::runtime::{
+    CreateOpts, ExecOpts, OciRuntime, ProcStdio, Result, RuntimeError, RuntimeErrorKind,
+};
 
 /// Runtime settings of one container (kept in `<bundle>/berth-shim.json` for `delete`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,34 +56,17 @@ pub struct Runc {
     pub reaper: Option<Arc<Reaper>>,
 }
 
-pub struct CreateOpts<'a> {
-    pub bundle: &'a Path,
-    pub pid_file: &'a Path,
-    pub console_socket: Option<&'a Path>,
-    pub no_pivot: bool,
-    pub no_new_keyring: bool,
-}
-
-pub struct ExecOpts<'a> {
-    pub process_file: &'a Path,
-    pub pid_file: &'a Path,
-    pub console_socket: Option<&'a Path>,
-}
-
-/// The container's stdio for `create`/`exec` (runc hands them to the process).
-pub struct ProcStdio {
-    pub stdin: Stdio,
-    pub stdout: Stdio,
-    pub stderr: Stdio,
-}
-
 impl Runc {
     fn command(&self) -> Command {
+        self.command_logging_to(&self.log)
+    }
+
+    fn command_logging_to(&self, log: &Path) -> Command {
         let mut c = Command::new(&self.cfg.binary);
         c.arg("--root")
             .arg(&self.cfg.root)
             .arg("--log")
-            .arg(&self.log)
+            .arg(log)
             .arg("--log-format")
             .arg("json");
         if self.cfg.systemd_cgroup {
@@ -124,6 +77,19 @@ impl Runc {
     }
 
     fn exec_cmd(&self, cmd: &mut Command, sub: &str, capture: bool) -> Result<CmdOutput> {
+        self.exec_logged(cmd, sub, capture, &self.log)
+    }
+
+    /// Runs one runtime command; a failure is classified here, once, from its
+    /// stderr, else (create/exec: stderr belongs to the container) from the last
+    /// error in its JSON log `log`.
+    fn exec_logged(
+        &self,
+        cmd: &mut Command,
+        sub: &str,
+        capture: bool,
+        log: &Path,
+    ) -> Result<CmdOutput> {
         let what = format!("{} {sub}", self.cfg.binary);
         let out = match &self.reaper {
             Some(r) => r.run(cmd, None, capture),
@@ -138,23 +104,15 @@ impl Runc {
                 })
             }
         }
-        .map_err(|e| RuncError::new(format!("run {what}: {e}")))?;
+        .map_err(|e| RuntimeError::spawn(&what, &e))?;
         if out.success() {
             return Ok(out);
         }
         let mut msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
         if msg.is_empty() {
-            // create/exec: stderr belongs to the container; runc logged the error.
-            msg = last_log_error(&self.log).unwrap_or_default();
+            msg = last_log_error(log).unwrap_or_default();
         }
-        if msg.is_empty() {
-            msg = format!("exit status {}", out.status);
-        }
-        if msg.starts_with(&what) {
-            Err(RuncError::new(msg))
-        } else {
-            Err(RuncError::new(format!("{what}: {msg}")))
-        }
+        Err(RuntimeError::classify(&what, &msg, out.status))
     }
 
     fn simple(&self, args: &[&str]) -> Result<CmdOutput> {
@@ -162,8 +120,10 @@ impl Runc {
         c.args(args);
         self.exec_cmd(&mut c, args.first().copied().unwrap_or(""), true)
     }
+}
 
-    pub fn create(&self, id: &str, o: &CreateOpts, stdio: ProcStdio) -> Result<()> {
+impl OciRuntime for Runc {
+    fn create(&self, id: &str, o: &CreateOpts, stdio: ProcStdio) -> Result<()> {
         truncate_log(&self.log);
         let mut c = self.command();
         c.arg("create")
@@ -187,11 +147,11 @@ impl Runc {
         self.exec_cmd(&mut c, "create", false).map(|_| ())
     }
 
-    pub fn start(&self, id: &str) -> Result<()> {
+    fn start(&self, id: &str) -> Result<()> {
         self.simple(&["start", id]).map(|_| ())
     }
 
-    pub fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
+    fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
         let sig = signal.to_string();
         if all {
             self.simple(&["kill", "--all", id, &sig])
@@ -201,7 +161,7 @@ impl Runc {
         .map(|_| ())
     }
 
-    pub fn delete(&self, id: &str, force: bool) -> Result<()> {
+    fn delete(&self, id: &str, force: bool) -> Result<()> {
         if force {
             self.simple(&["delete", "--force", id])
         } else {
@@ -210,8 +170,8 @@ impl Runc {
         .map(|_| ())
     }
 
-    pub fn exec(&self, id: &str, o: &ExecOpts, stdio: ProcStdio) -> Result<()> {
-        let mut c = self.command();
+    fn exec(&self, id: &str, o: &ExecOpts, stdio: ProcStdio) -> Result<()> {
+        let mut c = self.command_logging_to(o.log);
         c.arg("exec")
             .arg("--process")
             .arg(o.process_file)
@@ -225,27 +185,31 @@ impl Runc {
             .stdin(stdio.stdin)
             .stdout(stdio.stdout)
             .stderr(stdio.stderr);
-        self.exec_cmd(&mut c, "exec", false).map(|_| ())
+        self.exec_logged(&mut c, "exec", false, o.log).map(|_| ())
     }
 
-    pub fn update(&self, id: &str, resources_file: &Path) -> Result<()> {
+    fn update(&self, id: &str, resources_file: &Path) -> Result<()> {
         let f = resources_file.to_string_lossy();
         self.simple(&["update", "--resources", &f, id]).map(|_| ())
     }
 
-    pub fn pause(&self, id: &str) -> Result<()> {
+    fn pause(&self, id: &str) -> Result<()> {
         self.simple(&["pause", id]).map(|_| ())
     }
 
-    pub fn resume(&self, id: &str) -> Result<()> {
+    fn resume(&self, id: &str) -> Result<()> {
         self.simple(&["resume", id]).map(|_| ())
     }
 
     /// Pids of every process in the container.
-    pub fn ps(&self, id: &str) -> Result<Vec<u32>> {
+    fn ps(&self, id: &str) -> Result<Vec<u32>> {
         let out = self.simple(&["ps", "--format", "json", id])?;
-        let v: Value = serde_json::from_slice(&out.stdout)
-            .map_err(|e| RuncError::new(format!("parse runc ps output: {e}")))?;
+        let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+            RuntimeError::new(
+                RuntimeErrorKind::Failed,
+                format!("parse {} ps output: {e}", self.cfg.binary),
+            )
+        })?;
         Ok(v.as_array()
             .map(|a| {
                 a.iter()
@@ -309,7 +273,5 @@ mod tests {
         let m = last_log_error(&p).unwrap();
         assert!(m.contains("\"nope\""), "{m}");
         assert_eq!(last_log_error(&d.path().join("missing")), None);
-        assert!(RuncError::new("container \"x\" does not exist").is_not_exist());
-        assert!(RuncError::new("cannot kill: container not running").is_not_running());
     }
 }

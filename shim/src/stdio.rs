@@ -37,7 +37,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
 use crate::crilog::{CriLog, LineSplitter, Stream, Tag, MAX_LINE};
-use crate::runc::ProcStdio;
+use crate::runtime::ProcStdio;
 
 const COPY_BUF: usize = 32 * 1024;
 const THREAD_STACK: usize = 128 * 1024;

@@ -1,4 +1,4 @@
-//! Small helpers: atomic files, time conversions, ttrpc errors, bundle config.
+//! Small helpers: atomic files, time conversions, ids, bundle config.
 
 use std::fs;
 use std::io;
@@ -129,29 +129,9 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m as u32, d as u32)
 }
 
-pub fn ttrpc_err(code: ttrpc::Code, msg: impl std::fmt::Display) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.to_string()))
-}
-
-pub fn not_found(msg: impl std::fmt::Display) -> ttrpc::Error {
-    ttrpc_err(ttrpc::Code::NOT_FOUND, msg)
-}
-
-pub fn invalid(msg: impl std::fmt::Display) -> ttrpc::Error {
-    ttrpc_err(ttrpc::Code::INVALID_ARGUMENT, msg)
-}
-
-pub fn precondition(msg: impl std::fmt::Display) -> ttrpc::Error {
-    ttrpc_err(ttrpc::Code::FAILED_PRECONDITION, msg)
-}
-
-pub fn internal(msg: impl std::fmt::Display) -> ttrpc::Error {
-    ttrpc_err(ttrpc::Code::INTERNAL, msg)
-}
-
 /// Container and exec ids become file names and runc arguments: allow what containerd
 /// allows (its identifiers package) and nothing that could escape a directory.
-pub fn validate_id(kind: &str, id: &str) -> Result<(), ttrpc::Error> {
+pub fn validate_id(kind: &str, id: &str) -> Result<(), crate::error::Error> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id
@@ -161,7 +141,9 @@ pub fn validate_id(kind: &str, id: &str) -> Result<(), ttrpc::Error> {
     if ok {
         Ok(())
     } else {
-        Err(invalid(format!("invalid {kind} id {id:?}")))
+        Err(crate::error::Error::InvalidArgument(format!(
+            "invalid {kind} id {id:?}"
+        )))
     }
 }
 

@@ -5,6 +5,7 @@
 //! and the killing of abandoned execs (Wait deadline, Start connection closed).
 //!
 //! Needs root, runc and /bin/busybox (Debian's busybox-static); skipped otherwise.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
 use std::fs;
 use std::io::Write;
@@ -16,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use containerd_shim_protos::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
-    DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest, ResizePtyRequest,
-    ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, Status,
-    UpdateTaskRequest, WaitRequest, WaitResponse,
+    DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest, PauseRequest, ResizePtyRequest,
+    ResumeRequest, ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse,
+    Status, UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use protobuf::well_known_types::any::Any;
 use protobuf::well_known_types::empty::Empty;
@@ -462,6 +463,30 @@ fn shim_over_ttrpc() {
     let st = v2.state("c1", "");
     assert_eq!(st.status.enum_value(), Ok(Status::STOPPED));
     assert_eq!(st.exit_status, 137);
+    // runc's own refusals carry their kind on the wire (runc is asked: the shim
+    // does not check pause/resume against the state itself).
+    let code = |r: ttrpc::Result<Empty>| match r {
+        Err(ttrpc::Error::RpcStatus(s)) => (s.code(), s.message().to_string()),
+        other => panic!("not an error status: {other:?}"),
+    };
+    let id = || "c1".to_string();
+    let (c, msg) = code(v2.call(
+        "Pause",
+        &PauseRequest {
+            id: id(),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(c, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
+    assert!(msg.contains("not running"), "runc's words: {msg}");
+    let (c, msg) = code(v2.call(
+        "Resume",
+        &ResumeRequest {
+            id: id(),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(c, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
     let d = v2.delete("c1", "").unwrap();
     assert_eq!((d.pid, d.exit_status), (pid, 137));
     let e = v2.delete("c1", "").unwrap();

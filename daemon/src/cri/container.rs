@@ -11,17 +11,20 @@ use std::time::Duration;
 use berth_api::runtime::v1 as cri;
 use prost::Message;
 use serde_json::json;
-use tonic::Status;
 use tracing::{debug, info, warn};
 
-use super::meta::{ContainerMeta, SandboxRecord, SandboxState};
-use super::{find_by_prefix, in_created_order, labels_match, lock, spec, stats, CriRuntime};
+use super::error::{Cause, CriError, Result};
+use super::meta::{ContainerMeta, SandboxState};
+use super::{
+    find_by_prefix, in_created_order, labels_match, lock, spec, stats, CriRuntime, Sandbox,
+};
+use crate::error::Kind;
 use crate::images::store::now_nanos;
-use crate::streaming::server::Pending;
-use crate::streaming::StreamOpts;
 use crate::tasks::{
     prepare_rootfs, NewTask, Prepare, Task, TaskError, TaskKind, TaskRecord, TaskStatus,
 };
+use berth_streaming::Pending;
+use berth_streaming::StreamOpts;
 
 /// How often the writable layers' disk usage is measured.
 const LAYER_USAGE_PERIOD: Duration = Duration::from_secs(10);
@@ -38,7 +41,7 @@ pub(crate) fn container_name(c: &cri::ContainerMetadata, pod: &cri::PodSandboxMe
 }
 
 /// `<log_directory>/<log_path>`; the relative part may not climb out.
-pub(crate) fn log_path(pod_dir: &str, rel: &str, name: &str) -> Result<Option<PathBuf>, Status> {
+pub(crate) fn log_path(pod_dir: &str, rel: &str, name: &str) -> Result<Option<PathBuf>> {
     if pod_dir.is_empty() || rel.is_empty() {
         return Ok(None);
     }
@@ -48,9 +51,10 @@ pub(crate) fn log_path(pod_dir: &str, rel: &str, name: &str) -> Result<Option<Pa
             .components()
             .any(|c| !matches!(c, Component::Normal(_)))
     {
-        return Err(Status::invalid_argument(format!(
-            "container {name}: log_path {rel:?} must be relative to the pod's log directory, without '..'"
-        )));
+        return Err(CriError::invalid(
+            format!("container {name}"),
+            format!("log_path {rel:?} must be relative to the pod's log directory, without '..'"),
+        ));
     }
     Ok(Some(Path::new(pod_dir).join(rel_path)))
 }
@@ -121,10 +125,10 @@ impl CriRuntime {
     }
 
     /// A container by id or unique id prefix.
-    fn container(&self, id: &str) -> Result<Arc<Task>, Status> {
+    fn container(&self, id: &str) -> Result<Arc<Task>> {
         let id = id.trim();
         if id.is_empty() {
-            return Err(Status::invalid_argument("container id is empty"));
+            return Err(CriError::invalid("container id", "empty"));
         }
         if let Some(t) = self.tasks.get_task(id) {
             if t.record().kind == TaskKind::Cri {
@@ -137,23 +141,25 @@ impl CriRuntime {
         let full = find_by_prefix(ids.iter().map(|k| (k, k)), id, "container")?;
         self.tasks
             .get_task(full)
-            .ok_or_else(|| Status::not_found(format!("container {id} not found")))
+            .ok_or_else(|| CriError::not_found(format!("container {id}")))
     }
 
     pub async fn create_container(
         self: &Arc<Self>,
         req: cri::CreateContainerRequest,
-    ) -> Result<String, Status> {
+    ) -> Result<String> {
         let sandbox = self.sandbox(&req.pod_sandbox_id)?;
         let cfg = req
             .config
-            .ok_or_else(|| Status::invalid_argument("CreateContainer: no container config"))?;
-        let m = cfg.metadata.clone().ok_or_else(|| {
-            Status::invalid_argument("CreateContainer: the config has no metadata")
-        })?;
+            .ok_or_else(|| CriError::invalid("CreateContainer", "no container config"))?;
+        let m = cfg
+            .metadata
+            .clone()
+            .ok_or_else(|| CriError::invalid("CreateContainer", "the config has no metadata"))?;
         if m.name.trim().is_empty() {
-            return Err(Status::invalid_argument(
-                "CreateContainer: metadata.name is empty",
+            return Err(CriError::invalid(
+                "CreateContainer",
+                "metadata.name is empty",
             ));
         }
         super::limits::field(
@@ -187,17 +193,14 @@ impl CriRuntime {
             .map(|i| i.image.trim().to_string())
             .unwrap_or_default();
         if image.is_empty() {
-            return Err(Status::invalid_argument(format!(
-                "container {}: no image given",
-                m.name
-            )));
+            return Err(CriError::invalid(what, "no image given"));
         }
         let srec = sandbox.record();
         if srec.state != SandboxState::Ready {
-            return Err(Status::failed_precondition(format!(
-                "container {}: pod sandbox {} is not ready",
-                m.name, srec.id
-            )));
+            return Err(CriError::failed_precondition(
+                what,
+                format!("pod sandbox {} is not ready", srec.id),
+            ));
         }
         // The pod's config as the pod was made: kubelet sends it again, but
         // the record is what the pod's namespaces and files follow.
@@ -214,30 +217,37 @@ impl CriRuntime {
                     .pop()
                     .map(|id| format!("container name {n:?} is reserved for {id}"))
             },
-            async move { this.do_create_container(srec, cfg, image, name).await },
+            async move { this.do_create_container(sandbox, cfg, image, name).await },
         )
         .await
     }
 
     async fn do_create_container(
         self: Arc<Self>,
-        srec: SandboxRecord,
+        sandbox: Arc<Sandbox>,
         cfg: cri::ContainerConfig,
         image_name: String,
         name: String,
-    ) -> Result<String, Status> {
+    ) -> Result<String> {
         let short = cfg
             .metadata
             .as_ref()
             .map(|m| m.name.clone())
             .unwrap_or_default();
+        let what = format!("container {short}");
         let image = self.images.lookup(&image_name).map_err(|e| match e {
-            crate::images::error::ImageError::NotFound(_) => Status::not_found(format!(
-                "container {short}: image {image_name} not found: pull it first"
-            )),
-            other => Status::from(other),
+            crate::images::error::ImageError::NotFound(_) => CriError::new(
+                Kind::NotFound,
+                &what,
+                format!("image {image_name} not found: pull it first"),
+            ),
+            other => CriError::of(&what, other),
         })?;
         let (image_cfg, top) = self.image_rootfs(&image).await?;
+        // From here to the task's record the pod must stay: a remove that
+        // ran meanwhile would have missed the new container and deleted the
+        // netns and files it joins. The record is read again under the lock.
+        let (_pod_op, srec) = self.ready_pod(&sandbox, &what).await?;
         let pod_cfg = srec.config().clone();
         let id = crate::tasks::new_long_id();
         let (log, keep_log) = match log_path(&pod_cfg.log_directory, &cfg.log_path, &short)? {
@@ -253,8 +263,8 @@ impl CriRuntime {
             spec::CgroupDriver::Cgroupfs
         };
         let cgroups_path = spec::cgroups_path(driver, &srec.cgroup_parent, &srec.id, &id)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let stop_signal = spec::stop_signal(&cfg, &image_cfg).map_err(Status::from)?;
+            .map_err(CriError::with(&what))?;
+        let stop_signal = spec::stop_signal(&cfg, &image_cfg)?;
         let mut args = cfg.command.clone();
         args.extend(cfg.args.iter().cloned());
         let meta = ContainerMeta {
@@ -355,18 +365,10 @@ impl CriRuntime {
     pub(crate) async fn image_rootfs(
         &self,
         image: &crate::images::store::ImageRecord,
-    ) -> Result<(crate::tasks::spec::ContainerConfig, Option<String>), Status> {
-        let resolved = self
-            .images
-            .resolve(image.clone(), None)
-            .await
-            .map_err(Status::from)?;
+    ) -> Result<(crate::tasks::spec::ContainerConfig, Option<String>)> {
+        let resolved = self.images.resolve(image.clone(), None).await?;
         let image_cfg = crate::tasks::spec::parse_image_config(&resolved.config, &image.name)?;
-        let chain = self
-            .images
-            .platform_chain(image)
-            .await
-            .map_err(Status::from)?;
+        let chain = self.images.platform_chain(image).await?;
         let top = chain.last().map(|c| c.chain_id.clone());
         let images = self.images.clone();
         let n = image.name.clone();
@@ -375,7 +377,7 @@ impl CriRuntime {
         Ok((image_cfg, top))
     }
 
-    pub async fn start_container(&self, id: &str) -> Result<(), Status> {
+    pub async fn start_container(&self, id: &str) -> Result<()> {
         let task = self.container(id)?;
         let current = task.record();
         if current.started_at != 0
@@ -386,6 +388,21 @@ impl CriRuntime {
             debug!(container = %current.id, "StartContainer: already started");
             return Ok(());
         }
+        // A stop of the pod must not run during the start: it would skip the
+        // container (not running yet) and leave it running in a stopped pod.
+        let sandbox = lock(&self.sandboxes)
+            .get(&current.sandbox_id)
+            .cloned()
+            .ok_or_else(|| {
+                CriError::new(
+                    Kind::NotFound,
+                    format!("container {}", current.id),
+                    format!("pod sandbox {} not found", current.sandbox_id),
+                )
+            })?;
+        let (_pod_op, _) = self
+            .ready_pod(&sandbox, &format!("container {}", current.id))
+            .await?;
         let rec = self.tasks.start(&task.id).await?;
         self.emit_container(&rec, cri::ContainerEventType::ContainerStartedEvent);
         // Its writable layer gets a first measurement now, not at the next sync.
@@ -437,20 +454,16 @@ impl CriRuntime {
 
     /// StopContainer: the stop signal, then SIGKILL after `timeout` seconds.
     /// Stopping a container that is not running (or gone) succeeds.
-    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<(), Status> {
+    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
         let task = match self.container(id) {
             Ok(t) => t,
-            Err(e) if e.code() == tonic::Code::NotFound => return Ok(()),
+            Err(e) if e.kind() == Kind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
         self.stop_container_task(&task, timeout).await
     }
 
-    pub(crate) async fn stop_container_task(
-        &self,
-        task: &Arc<Task>,
-        timeout: i64,
-    ) -> Result<(), Status> {
+    pub(crate) async fn stop_container_task(&self, task: &Arc<Task>, timeout: i64) -> Result<()> {
         let rec = task.record();
         if rec.status != TaskStatus::Running {
             return Ok(());
@@ -492,14 +505,14 @@ impl CriRuntime {
     }
 
     /// Waits (up to [`KILL_GRACE`]) until the container's exit is recorded.
-    async fn exited(&self, id: &str) -> Result<(), Status> {
+    async fn exited(&self, id: &str) -> Result<()> {
         match tokio::time::timeout(KILL_GRACE, self.tasks.wait(id)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "container {id}: still running {}s after SIGKILL",
-                KILL_GRACE.as_secs()
-            ))),
+            Err(_) => Err(CriError::deadline_exceeded(
+                format!("container {id}"),
+                format!("still running {}s after SIGKILL", KILL_GRACE.as_secs()),
+            )),
         }
     }
 
@@ -528,16 +541,16 @@ impl CriRuntime {
 
     /// RemoveContainer: kills it if it still runs, then removes its rootfs,
     /// bundle and record (kubelet's log stays). A missing one is fine.
-    pub async fn remove_container(&self, id: &str) -> Result<(), Status> {
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
         let task = match self.container(id) {
             Ok(t) => t,
-            Err(e) if e.code() == tonic::Code::NotFound => return Ok(()),
+            Err(e) if e.kind() == Kind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
         self.remove_container_task(&task).await
     }
 
-    pub(crate) async fn remove_container_task(&self, task: &Arc<Task>) -> Result<(), Status> {
+    pub(crate) async fn remove_container_task(&self, task: &Arc<Task>) -> Result<()> {
         let rec = task.record();
         if rec.status == TaskStatus::Running {
             self.stop_container_task(task, 0).await?;
@@ -597,7 +610,7 @@ impl CriRuntime {
     pub fn container_status(
         &self,
         req: cri::ContainerStatusRequest,
-    ) -> Result<cri::ContainerStatusResponse, Status> {
+    ) -> Result<cri::ContainerStatusResponse> {
         let task = self.container(&req.container_id)?;
         let rec = task.record();
         let mut info = HashMap::new();
@@ -665,16 +678,13 @@ impl CriRuntime {
         in_created_order(out, |c| c.created_at)
     }
 
-    pub async fn exec_sync(
-        &self,
-        req: cri::ExecSyncRequest,
-    ) -> Result<cri::ExecSyncResponse, Status> {
+    pub async fn exec_sync(&self, req: cri::ExecSyncRequest) -> Result<cri::ExecSyncResponse> {
         let task = self.container(&req.container_id)?;
         if req.cmd.is_empty() {
-            return Err(Status::invalid_argument(format!(
-                "ExecSync in container {}: no command",
-                task.id
-            )));
+            return Err(CriError::invalid(
+                format!("ExecSync in container {}", task.id),
+                "no command",
+            ));
         }
         let timeout = (req.timeout > 0).then(|| Duration::from_secs(req.timeout as u64));
         let out = self
@@ -780,7 +790,7 @@ impl CriRuntime {
         *lock(&self.layer_usage) = fresh;
     }
 
-    pub async fn container_stats(&self, id: &str) -> Result<cri::ContainerStats, Status> {
+    pub async fn container_stats(&self, id: &str) -> Result<cri::ContainerStats> {
         let task = self.container(id)?;
         Ok(self
             .stats_of(vec![task.record()])
@@ -815,7 +825,7 @@ impl CriRuntime {
     }
 
     /// Stats of one pod: its cgroup, its network interfaces, its containers.
-    pub async fn pod_sandbox_stats(&self, id: &str) -> Result<cri::PodSandboxStats, Status> {
+    pub async fn pod_sandbox_stats(&self, id: &str) -> Result<cri::PodSandboxStats> {
         let sandbox = self.sandbox(id)?;
         let rec = sandbox.record();
         let containers: Vec<TaskRecord> = self
@@ -900,32 +910,32 @@ impl CriRuntime {
     pub async fn update_container_resources(
         &self,
         req: cri::UpdateContainerResourcesRequest,
-    ) -> Result<(), Status> {
+    ) -> Result<()> {
         let task = self.container(&req.container_id)?;
         let rec = task.record();
         let Some(res) = req.linux else {
             return Ok(());
         };
-        let doc = spec::linux_resources(&format!("container {}", rec.id), &res, &self.spec_opts)
-            .map_err(Status::from)?;
+        let what = format!("container {}", rec.id);
+        let doc = spec::linux_resources(&what, &res, &self.spec_opts)?;
         if rec.status == TaskStatus::Running || rec.status == TaskStatus::Created {
-            let pod = self.tasks.pod_shim(&rec.sandbox_id).ok_or_else(|| {
-                Status::failed_precondition(format!("container {}: its shim is gone", rec.id))
-            })?;
+            let pod = self
+                .tasks
+                .pod_shim(&rec.sandbox_id)
+                .ok_or_else(|| CriError::failed_precondition(&what, "its shim is gone"))?;
             let any = containerd_shim_protos::protobuf::well_known_types::any::Any {
                 type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
-                value: serde_json::to_vec(&doc).map_err(|e| Status::internal(e.to_string()))?,
+                value: serde_json::to_vec(&doc)
+                    .map_err(|e| CriError::internal(&what, Cause::other(e)))?,
                 ..Default::default()
             };
             pod.client()
                 .update(&rec.id, Some(any), HashMap::new())
                 .await
-                .map_err(|e| {
-                    Status::from(TaskError::shim(format!(
-                        "updating the resources of container {}",
-                        rec.id
-                    ))(e))
-                })?;
+                .map_err(TaskError::shim(format!(
+                    "updating the resources of container {}",
+                    rec.id
+                )))?;
         }
         self.tasks
             .update_cri(&rec.id, |m| m.resources = res.encode_to_vec())
@@ -936,17 +946,17 @@ impl CriRuntime {
 
     /// ReopenContainerLog: the shim reopens the log file (kubelet rotated
     /// it). Only a running container has a log being written.
-    pub async fn reopen_container_log(&self, id: &str) -> Result<(), Status> {
+    pub async fn reopen_container_log(&self, id: &str) -> Result<()> {
         let task = self.container(id)?;
         let rec = task.record();
         if rec.status != TaskStatus::Running {
-            return Err(Status::failed_precondition(format!(
-                "container {} is not running",
-                rec.id
-            )));
+            return Err(CriError::failed_precondition(
+                format!("container {}", rec.id),
+                "not running",
+            ));
         }
         let pod = self.tasks.pod_shim(&rec.sandbox_id).ok_or_else(|| {
-            Status::failed_precondition(format!("container {}: its shim is gone", rec.id))
+            CriError::failed_precondition(format!("container {}", rec.id), "its shim is gone")
         })?;
         let mut annotations = HashMap::new();
         annotations.insert(
@@ -956,36 +966,34 @@ impl CriRuntime {
         pod.client()
             .update(&rec.id, None, annotations)
             .await
-            .map_err(|e| {
-                Status::from(TaskError::shim(format!(
-                    "reopening the log of container {}",
-                    rec.id
-                ))(e))
-            })?;
+            .map_err(TaskError::shim(format!(
+                "reopening the log of container {}",
+                rec.id
+            )))?;
         Ok(())
     }
 }
 
 impl CriRuntime {
-    fn running_container(&self, id: &str, what: &str) -> Result<TaskRecord, Status> {
+    fn running_container(&self, id: &str, what: &str) -> Result<TaskRecord> {
         let rec = self.container(id)?.record();
         if rec.status != TaskStatus::Running {
-            return Err(Status::failed_precondition(format!(
-                "{what}: container {} is not running",
-                rec.id
-            )));
+            return Err(CriError::failed_precondition(
+                what,
+                format!("container {} is not running", rec.id),
+            ));
         }
         Ok(rec)
     }
 
     /// Exec: validates, then hands out a single-use streaming URL.
-    pub fn exec_url(&self, req: cri::ExecRequest) -> Result<String, Status> {
+    pub fn exec_url(&self, req: cri::ExecRequest) -> Result<String> {
         let rec = self.running_container(&req.container_id, "Exec")?;
         if req.cmd.first().is_none_or(|c| c.is_empty()) {
-            return Err(Status::invalid_argument(format!(
-                "Exec in container {}: no command",
-                rec.id
-            )));
+            return Err(CriError::invalid(
+                format!("Exec in container {}", rec.id),
+                "no command",
+            ));
         }
         let opts = stream_opts(req.stdin, req.stdout, req.stderr, req.tty, "Exec", &rec.id)?;
         Ok(self.streaming()?.issue(Pending::Exec {
@@ -996,22 +1004,22 @@ impl CriRuntime {
     }
 
     /// Attach: validates, then hands out a single-use streaming URL.
-    pub fn attach_url(&self, req: cri::AttachRequest) -> Result<String, Status> {
+    pub fn attach_url(&self, req: cri::AttachRequest) -> Result<String> {
         let rec = self.running_container(&req.container_id, "Attach")?;
         let opts = stream_opts(
             req.stdin, req.stdout, req.stderr, req.tty, "Attach", &rec.id,
         )?;
         if opts.tty && !rec.tty {
-            return Err(Status::invalid_argument(format!(
-                "Attach: container {} has no TTY",
-                rec.id
-            )));
+            return Err(CriError::invalid(
+                "Attach",
+                format!("container {} has no TTY", rec.id),
+            ));
         }
         if opts.stdin && !rec.stdin {
-            return Err(Status::invalid_argument(format!(
-                "Attach: container {} was not created with stdin",
-                rec.id
-            )));
+            return Err(CriError::invalid(
+                "Attach",
+                format!("container {} was not created with stdin", rec.id),
+            ));
         }
         Ok(self.streaming()?.issue(Pending::Attach {
             container_id: rec.id,
@@ -1020,18 +1028,21 @@ impl CriRuntime {
     }
 
     /// PortForward: validates, then hands out a single-use streaming URL.
-    pub fn port_forward_url(&self, req: cri::PortForwardRequest) -> Result<String, Status> {
+    pub fn port_forward_url(&self, req: cri::PortForwardRequest) -> Result<String> {
         let rec = self.sandbox(&req.pod_sandbox_id)?.record();
         if rec.state != SandboxState::Ready {
-            return Err(Status::failed_precondition(format!(
-                "PortForward: pod sandbox {} is not ready",
-                rec.id
-            )));
+            return Err(CriError::failed_precondition(
+                "PortForward",
+                format!("pod sandbox {} is not ready", rec.id),
+            ));
         }
         let mut ports = Vec::new();
         for p in req.port {
             ports.push(u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| {
-                Status::invalid_argument(format!("PortForward to pod {}: invalid port {p}", rec.id))
+                CriError::invalid(
+                    format!("PortForward to pod {}", rec.id),
+                    format!("invalid port {p}"),
+                )
             })?);
         }
         Ok(self.streaming()?.issue(Pending::PortForward {
@@ -1049,16 +1060,18 @@ fn stream_opts(
     tty: bool,
     what: &str,
     id: &str,
-) -> Result<StreamOpts, Status> {
+) -> Result<StreamOpts> {
     if !(stdin || stdout || stderr) {
-        return Err(Status::invalid_argument(format!(
-            "{what} in container {id}: one of stdin, stdout or stderr must be set"
-        )));
+        return Err(CriError::invalid(
+            format!("{what} in container {id}"),
+            "one of stdin, stdout or stderr must be set",
+        ));
     }
     if tty && stderr {
-        return Err(Status::invalid_argument(format!(
-            "{what} in container {id}: tty and stderr cannot both be set (a terminal has one output)"
-        )));
+        return Err(CriError::invalid(
+            format!("{what} in container {id}"),
+            "tty and stderr cannot both be set (a terminal has one output)",
+        ));
     }
     Ok(StreamOpts {
         stdin,

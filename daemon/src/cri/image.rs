@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
+use super::error::CriError;
 use crate::images::error::{blocking, ImageError};
 use crate::images::pull::PullOptions;
 use crate::images::store::{now_nanos, ImageRecord};
@@ -76,7 +77,7 @@ impl CriImageApi {
 
     /// The records of the image `name` (a name, an id or an id prefix)
     /// resolves to; `None` when there is no such image.
-    fn resolve_local(&self, name: &str) -> Result<Option<(String, Vec<ImageRecord>)>, Status> {
+    fn resolve_local(&self, name: &str) -> Result<Option<(String, Vec<ImageRecord>)>, CriError> {
         match self.svc.lookup(name) {
             Ok(rec) => {
                 let id = image_id(&rec);
@@ -242,12 +243,10 @@ fn to_cri_image(id: &str, records: &[ImageRecord], user: ImageUser) -> cri::Imag
 }
 
 /// The image named by a request's spec; InvalidArgument when missing/empty.
-fn spec_image(spec: Option<&cri::ImageSpec>) -> Result<String, Status> {
+fn spec_image(spec: Option<&cri::ImageSpec>) -> Result<String, CriError> {
     let name = spec.map(|s| s.image.trim()).unwrap_or("");
     if name.is_empty() {
-        return Err(Status::invalid_argument(
-            "image spec is missing or names no image",
-        ));
+        return Err(CriError::invalid("image spec", "missing or names no image"));
     }
     Ok(name.to_string())
 }
@@ -259,7 +258,7 @@ fn spec_image(spec: Option<&cri::ImageSpec>) -> Result<String, Status> {
 fn creds_from_auth(
     auth: Option<&cri::AuthConfig>,
     host: &str,
-) -> Result<Option<Credentials>, Status> {
+) -> Result<Option<Credentials>, CriError> {
     let Some(a) = auth else { return Ok(None) };
     if !a.server_address.is_empty() && !same_registry(&a.server_address, host) {
         debug!(server = %a.server_address, host, "auth config is for another registry; ignored");
@@ -279,12 +278,12 @@ fn creds_from_auth(
         }
     } else if !a.auth.is_empty() {
         let decoded = base64_decode(a.auth.trim())
-            .ok_or_else(|| Status::invalid_argument("auth config: auth is not valid base64"))?;
+            .ok_or_else(|| CriError::invalid("auth config", "auth is not valid base64"))?;
         let decoded = String::from_utf8(decoded)
-            .map_err(|_| Status::invalid_argument("auth config: auth is not valid UTF-8"))?;
+            .map_err(|_| CriError::invalid("auth config", "auth is not valid UTF-8"))?;
         let (user, pass) = decoded
             .split_once(':')
-            .ok_or_else(|| Status::invalid_argument("auth config: auth is not user:password"))?;
+            .ok_or_else(|| CriError::invalid("auth config", "auth is not user:password"))?;
         Credentials {
             username: user.to_string(),
             password: pass.trim_matches('\0').to_string(),
@@ -427,7 +426,10 @@ impl cri::image_service_server::ImageService for CriImageApi {
         let req = req.into_inner();
         let name = spec_image(req.image.as_ref())?;
         let r = Reference::parse_normalized(&name).map_err(|e| {
-            Status::invalid_argument(format!("failed to parse image reference {name:?}: {e}"))
+            CriError::invalid(
+                format!("image reference {}", super::limits::echo(&name)),
+                format!("cannot be parsed: {e}"),
+            )
         })?;
         let creds = creds_from_auth(req.auth.as_ref(), r.domain())?;
         let reference = r.to_string();
@@ -504,7 +506,7 @@ impl CriImageApi {
     async fn measure_fs(
         &self,
         snapshotter: Arc<dyn snapshotter::Snapshotter>,
-    ) -> Result<(u64, u64), Status> {
+    ) -> Result<(u64, u64), CriError> {
         let content = self.svc.content.clone();
         let (bytes, inodes) = blocking(move || {
             // Blobs and downloads in progress fill the same disk as the

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use tonic::Status;
+use super::error::{CriError, Result};
 
 /// The largest CRI request berthd decodes: kubelet's and crictl's own limit
 /// for what they send and receive.
@@ -42,15 +42,15 @@ pub const MAX_LIST_BYTES: usize = 12 << 20;
 const LIST_ITEM_OVERHEAD: usize = 512;
 pub use berth_sysutil::echo;
 
-fn too_long(what: &str, field: &str, value: &str, max: usize) -> Status {
-    Status::invalid_argument(format!(
-        "{what}: {field} {} is longer than {max} bytes",
-        echo(value)
-    ))
+fn too_long(what: &str, field: &str, value: &str, max: usize) -> CriError {
+    CriError::invalid(
+        what,
+        format!("{field} {} is longer than {max} bytes", echo(value)),
+    )
 }
 
 /// A metadata field: not longer than `max`.
-pub fn field(what: &str, field: &str, value: &str, max: usize) -> Result<(), Status> {
+pub fn field(what: &str, field: &str, value: &str, max: usize) -> Result<()> {
     if value.len() > max {
         return Err(too_long(what, field, value, max));
     }
@@ -64,19 +64,22 @@ fn map_total(
     map: &HashMap<String, String>,
     max: usize,
     key: &str,
-) -> Result<(), Status> {
+) -> Result<()> {
     let total: usize = map.iter().map(|(k, v)| k.len() + v.len()).sum();
     if total > max {
-        return Err(Status::invalid_argument(format!(
-            "{what}: its {} {kind} take {total} bytes, more than {max} ([cri] {key})",
-            map.len()
-        )));
+        return Err(CriError::invalid(
+            what,
+            format!(
+                "its {} {kind} take {total} bytes, more than {max} ([cri] {key})",
+                map.len()
+            ),
+        ));
     }
     Ok(())
 }
 
 /// Labels: each key and value bounded, all of them together at most `max`.
-pub fn labels(what: &str, labels: &HashMap<String, String>, max: usize) -> Result<(), Status> {
+pub fn labels(what: &str, labels: &HashMap<String, String>, max: usize) -> Result<()> {
     for (k, v) in labels {
         field(what, "label key", k, MAX_LABEL_KEY)?;
         if v.len() > MAX_LABEL_VALUE {
@@ -93,11 +96,7 @@ pub fn labels(what: &str, labels: &HashMap<String, String>, max: usize) -> Resul
 
 /// Annotations: all of them together at most `max` (Kubernetes' limit by
 /// default).
-pub fn annotations(
-    what: &str,
-    annotations: &HashMap<String, String>,
-    max: usize,
-) -> Result<(), Status> {
+pub fn annotations(what: &str, annotations: &HashMap<String, String>, max: usize) -> Result<()> {
     map_total(
         what,
         "annotations",
@@ -129,14 +128,17 @@ pub fn list_budget(
     listing: usize,
     adding: usize,
     max: usize,
-) -> Result<(), Status> {
+) -> Result<()> {
     if listing + adding > max {
-        return Err(Status::resource_exhausted(format!(
-            "{what}: its labels and annotations ({adding} bytes) would make {list} {} bytes, \
-             more than {max} ([cri] max_list_bytes; kubelet refuses replies over 16 MiB): \
-             remove objects or make their labels and annotations smaller",
-            listing + adding
-        )));
+        return Err(CriError::resource_exhausted(
+            what,
+            format!(
+                "its labels and annotations ({adding} bytes) would make {list} {} bytes, \
+                 more than {max} ([cri] max_list_bytes; kubelet refuses replies over 16 MiB): \
+                 remove objects or make their labels and annotations smaller",
+                listing + adding
+            ),
+        ));
     }
     Ok(())
 }
@@ -152,13 +154,13 @@ mod tests {
         l.insert("k".repeat(MAX_LABEL_KEY + 1), String::new());
         let e = labels("pod p", &l, MAX_LABELS_TOTAL).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
-        assert!(e.message().len() < 400, "{}", e.message());
+        assert!(e.to_string().len() < 400, "{e}");
         let many: HashMap<String, String> = (0..20_000)
             .map(|i| (format!("k{i}"), "v".repeat(10)))
             .collect();
         assert!(labels("pod p", &many, MAX_LABELS_TOTAL)
             .unwrap_err()
-            .message()
+            .to_string()
             .contains("20000 labels"));
         let big = HashMap::from([("a".to_string(), "x".repeat(MAX_ANNOTATIONS_TOTAL))]);
         assert!(annotations("pod p", &big, MAX_ANNOTATIONS_TOTAL).is_err());
@@ -174,6 +176,6 @@ mod tests {
         assert!(list_budget("pod p", "ListPodSandbox", 0, adding, 4096).is_ok());
         let e = list_budget("pod p", "ListPodSandbox", 3500, adding, 4096).unwrap_err();
         assert_eq!(e.code(), tonic::Code::ResourceExhausted);
-        assert!(e.message().contains("max_list_bytes"), "{}", e.message());
+        assert!(e.to_string().contains("max_list_bytes"), "{e}");
     }
 }

@@ -8,6 +8,7 @@
 //! no lock is held across a shim, CNI or disk-heavy call.
 
 pub mod container;
+pub mod error;
 pub mod image;
 pub mod limits;
 pub mod meta;
@@ -25,21 +26,22 @@ use std::time::{Duration, Instant};
 
 use berth_api::runtime::v1 as cri;
 use tokio::sync::{broadcast, watch};
-use tonic::{Code, Status};
 use tracing::error;
 
 use crate::config::Config;
+use crate::error::Kind;
 use crate::images::store::now_nanos;
 use crate::images::ImageService;
 use crate::metadata::{MetaStore, SANDBOXES};
 use crate::tasks::error::blocking;
 use crate::tasks::TaskService;
 use berth_network::PodNetworks;
+use error::{CriError, Result};
 use meta::SandboxRecord;
 
 /// What a create that others may join ends with: the new object's id, or
-/// the error (code and message; `Status` itself is not `Clone`).
-type Outcome = Result<String, (Code, String)>;
+/// the error (kind and message; the error itself is not `Clone`).
+type Outcome = Result<String, (Kind, String)>;
 
 /// How long a create nobody waited for keeps its result for a retry
 /// (kubelet retries within its 4-minute runtime request timeout).
@@ -49,8 +51,11 @@ const UNCLAIMED_TTL: Duration = Duration::from_secs(600);
 pub struct Sandbox {
     pub id: String,
     rec: Mutex<SandboxRecord>,
-    /// Serialises stop and remove of this pod (they call CNI and shims).
-    op: tokio::sync::Mutex<()>,
+    /// Stop and remove of this pod hold it exclusively (they call CNI and
+    /// shims); CreateContainer and StartContainer hold it shared for the part
+    /// that needs the pod to stay (its netns, dir and state), so a stop or
+    /// remove never runs under them.
+    op: tokio::sync::RwLock<()>,
 }
 
 impl Sandbox {
@@ -58,7 +63,7 @@ impl Sandbox {
         Sandbox {
             id: rec.id.clone(),
             rec: Mutex::new(rec),
-            op: tokio::sync::Mutex::new(()),
+            op: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -90,7 +95,7 @@ pub struct CriRuntime {
     events: broadcast::Sender<cri::ContainerEventResponse>,
     cgroups: stats::CgroupLayout,
     /// The streaming server exec/attach/port-forward URLs point at.
-    streaming: std::sync::OnceLock<Arc<crate::streaming::server::StreamServer>>,
+    streaming: std::sync::OnceLock<Arc<berth_streaming::StreamServer>>,
     /// Writable-layer usage by snapshot key: (bytes, inodes, when measured).
     layer_usage: Mutex<HashMap<String, (u64, u64, i64)>>,
     /// Host facts the OCI spec builder needs, read once.
@@ -142,10 +147,11 @@ impl CriRuntime {
         name: String,
         taken: impl FnOnce(&Self) -> Option<String>,
         create: F,
-    ) -> Result<String, Status>
+    ) -> Result<String>
     where
-        F: Future<Output = Result<String, Status>> + Send + 'static,
+        F: Future<Output = Result<String>> + Send + 'static,
     {
+        let what = name.clone();
         let mut rx = {
             let mut inflight = lock(&self.inflight);
             match inflight.get(&name) {
@@ -155,15 +161,13 @@ impl CriRuntime {
                         return Ok(id);
                     }
                     if let Some(msg) = taken(self) {
-                        return Err(Status::already_exists(msg));
+                        return Err(CriError::new(Kind::AlreadyExists, "", msg));
                     }
                     let (tx, rx) = watch::channel(None);
                     inflight.insert(name.clone(), rx.clone());
                     let this = self.clone();
                     tokio::spawn(async move {
-                        let outcome = create
-                            .await
-                            .map_err(|s| (s.code(), s.message().to_string()));
+                        let outcome = create.await.map_err(|e| (e.kind(), e.to_string()));
                         // Under the lock, so no new caller can join between
                         // the count and the removal.
                         let mut inflight = lock(&this.inflight);
@@ -184,10 +188,13 @@ impl CriRuntime {
         };
         loop {
             if let Some(o) = rx.borrow_and_update().clone() {
-                return o.map_err(|(code, msg)| Status::new(code, msg));
+                return o.map_err(|(kind, msg)| CriError::new(kind, "", msg));
             }
             if rx.changed().await.is_err() {
-                return Err(Status::internal("the create this call joined was lost"));
+                return Err(CriError::internal(
+                    what,
+                    "the create this call joined was lost",
+                ));
             }
         }
     }
@@ -221,40 +228,44 @@ impl CriRuntime {
     }
 
     /// Hands the runtime the streaming server (started after recovery).
-    pub fn set_streaming(&self, server: Arc<crate::streaming::server::StreamServer>) {
+    pub fn set_streaming(&self, server: Arc<berth_streaming::StreamServer>) {
         let _ = self.streaming.set(server);
     }
 
-    fn streaming(&self) -> Result<&Arc<crate::streaming::server::StreamServer>, Status> {
+    fn streaming(&self) -> Result<&Arc<berth_streaming::StreamServer>> {
         self.streaming
             .get()
-            .ok_or_else(|| Status::unavailable("the streaming server is not running"))
+            .ok_or_else(|| CriError::unavailable("the streaming server", "not running"))
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<cri::ContainerEventResponse> {
         self.events.subscribe()
     }
 
-    async fn persist_sandbox(&self, rec: &SandboxRecord) -> Result<(), Status> {
+    async fn persist_sandbox(&self, rec: &SandboxRecord) -> Result<()> {
         let meta = self.meta.clone();
         let key = rec.id.clone();
-        let value = serde_json::to_vec(rec).map_err(|e| Status::internal(e.to_string()))?;
+        let value = serde_json::to_vec(rec)
+            .map_err(|e| CriError::internal(format!("pod {}", rec.id), error::Cause::other(e)))?;
         blocking(move || {
             meta.put(SANDBOXES, &key, value)?;
             meta.flush()?;
             Ok(())
         })
         .await
-        .map_err(Status::from)
+        .map_err(CriError::with(format!(
+            "pod {}: writing its record",
+            rec.id
+        )))
     }
 
     async fn persist_sandbox_logged(&self, rec: &SandboxRecord) {
         if let Err(e) = self.persist_sandbox(rec).await {
-            error!(pod = %rec.id, error = %e.message(), "cannot record the pod");
+            error!(pod = %rec.id, error = %e, "cannot record the pod");
         }
     }
 
-    async fn delete_sandbox_record(&self, id: &str) -> Result<(), Status> {
+    async fn delete_sandbox_record(&self, id: &str) -> Result<()> {
         let meta = self.meta.clone();
         let key = id.to_string();
         blocking(move || {
@@ -263,7 +274,7 @@ impl CriRuntime {
             Ok(())
         })
         .await
-        .map_err(Status::from)
+        .map_err(CriError::with(format!("pod {id}: deleting its record")))
     }
 }
 
@@ -273,7 +284,7 @@ fn find_by_prefix<'a, T>(
     items: impl Iterator<Item = (&'a String, T)>,
     id: &str,
     what: &str,
-) -> Result<T, Status> {
+) -> Result<T> {
     let mut hit = None;
     let mut n = 0;
     for (k, v) in items {
@@ -287,10 +298,11 @@ fn find_by_prefix<'a, T>(
     }
     match (n, hit) {
         (1, Some(v)) => Ok(v),
-        (0, _) => Err(Status::not_found(format!("{what} {id} not found"))),
-        _ => Err(Status::invalid_argument(format!(
-            "{what} id prefix {id} is ambiguous ({n} matches)"
-        ))),
+        (0, _) => Err(CriError::not_found(format!("{what} {id}"))),
+        _ => Err(CriError::invalid(
+            format!("{what} id prefix {id}"),
+            format!("ambiguous ({n} matches)"),
+        )),
     }
 }
 
@@ -354,11 +366,11 @@ mod tests {
         assert_eq!(find_by_prefix(m.iter(), "abd", "pod").unwrap(), &2);
         assert_eq!(
             find_by_prefix(m.iter(), "ab", "pod").unwrap_err().code(),
-            Code::InvalidArgument
+            tonic::Code::InvalidArgument
         );
         assert_eq!(
             find_by_prefix(m.iter(), "x", "pod").unwrap_err().code(),
-            Code::NotFound
+            tonic::Code::NotFound
         );
     }
 

@@ -12,6 +12,7 @@ use futures::Stream;
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
+use super::error::CriError;
 use super::CriRuntime;
 use crate::images::store::now_nanos;
 
@@ -503,27 +504,33 @@ impl RuntimeService for CriRuntimeApi {
         &self,
         _req: Request<cri::CheckpointContainerRequest>,
     ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
-        Err(Status::unimplemented(
-            "CheckpointContainer: berth does not checkpoint (no CRIU integration)",
-        ))
+        Err(CriError::unimplemented(
+            "CheckpointContainer",
+            "berth does not checkpoint (no CRIU integration)",
+        )
+        .into())
     }
 
     async fn checkpoint_pod(
         &self,
         _req: Request<cri::CheckpointPodRequest>,
     ) -> Result<Response<cri::CheckpointPodResponse>, Status> {
-        Err(Status::unimplemented(
-            "CheckpointPod: berth does not checkpoint (no CRIU integration)",
-        ))
+        Err(CriError::unimplemented(
+            "CheckpointPod",
+            "berth does not checkpoint (no CRIU integration)",
+        )
+        .into())
     }
 
     async fn restore_pod(
         &self,
         _req: Request<cri::RestorePodRequest>,
     ) -> Result<Response<cri::RestorePodResponse>, Status> {
-        Err(Status::unimplemented(
-            "RestorePod: berth does not checkpoint or restore (no CRIU integration)",
-        ))
+        Err(CriError::unimplemented(
+            "RestorePod",
+            "berth does not checkpoint or restore (no CRIU integration)",
+        )
+        .into())
     }
 
     type GetContainerEventsStream = GrpcStream<cri::ContainerEventResponse>;
@@ -614,7 +621,7 @@ impl RuntimeService for CriRuntimeApi {
                 r,
                 &self.rt.spec_opts,
             )
-            .map_err(Status::from)?;
+            .map_err(CriError::from)?;
         }
         tracing::info!(pod = %sandbox.id, "pod sandbox resources updated");
         Ok(Response::new(cri::UpdatePodSandboxResourcesResponse {}))

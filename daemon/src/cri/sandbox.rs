@@ -13,15 +13,16 @@ use std::sync::Arc;
 
 use berth_api::runtime::v1 as cri;
 use serde_json::json;
-use tonic::Status;
 use tracing::{debug, info, warn};
 
+use super::error::{Cause, CriError, Result};
 use super::meta::{SandboxRecord, SandboxState};
 use super::{
     find_by_prefix, in_created_order, labels_match, limits, lock, podfiles, stats, CriRuntime,
     Sandbox,
 };
 use crate::config::CriConfig;
+use crate::error::Kind;
 use crate::images::store::now_nanos;
 use berth_network::{podns, PodNetworkOptions, PodRef, PortMapping};
 
@@ -48,10 +49,11 @@ pub(crate) fn sandbox_name(m: &cri::PodSandboxMetadata) -> String {
 pub(crate) fn validate<'a>(
     cfg: &'a cri::PodSandboxConfig,
     limits: &CriConfig,
-) -> Result<&'a cri::PodSandboxMetadata, Status> {
-    let m = cfg.metadata.as_ref().ok_or_else(|| {
-        Status::invalid_argument("RunPodSandbox: the sandbox config has no metadata")
-    })?;
+) -> Result<&'a cri::PodSandboxMetadata> {
+    let m = cfg
+        .metadata
+        .as_ref()
+        .ok_or_else(|| CriError::invalid("RunPodSandbox", "the sandbox config has no metadata"))?;
     for (field, value, max) in [
         ("name", &m.name, limits::MAX_POD_NAME),
         ("namespace", &m.namespace, limits::MAX_NAMESPACE),
@@ -59,10 +61,10 @@ pub(crate) fn validate<'a>(
     ] {
         limits::field("RunPodSandbox", &format!("metadata.{field}"), value, max)?;
         if value.trim().is_empty() {
-            return Err(Status::invalid_argument(format!(
-                "RunPodSandbox: metadata.{field} is empty (pod {:?})",
-                m.name
-            )));
+            return Err(CriError::invalid(
+                "RunPodSandbox",
+                format!("metadata.{field} is empty (pod {})", limits::echo(&m.name)),
+            ));
         }
     }
     let what = format!("pod {}", m.name);
@@ -76,27 +78,35 @@ pub(crate) fn validate<'a>(
                 .components()
                 .any(|c| matches!(c, std::path::Component::ParentDir)))
     {
-        return Err(Status::invalid_argument(format!(
-            "{what}: log_directory {} must be an absolute path without '..'",
-            limits::echo(&cfg.log_directory)
-        )));
+        return Err(CriError::invalid(
+            what,
+            format!(
+                "log_directory {} must be an absolute path without '..'",
+                limits::echo(&cfg.log_directory)
+            ),
+        ));
     }
     // CNI gets them as u16: 70000 would silently become 4464, and -1 was
     // dropped without a word.
     for p in &cfg.port_mappings {
         if !(0..=65535).contains(&p.host_port) || !(0..=65535).contains(&p.container_port) {
-            return Err(Status::invalid_argument(format!(
-                "pod {}: port mapping {}:{} is out of range (ports are 1 to 65535)",
-                m.name, p.host_port, p.container_port
-            )));
+            return Err(CriError::invalid(
+                what,
+                format!(
+                    "port mapping {}:{} is out of range (ports are 1 to 65535)",
+                    p.host_port, p.container_port
+                ),
+            ));
         }
     }
     if cfg.hostname.len() > 64 {
-        return Err(Status::invalid_argument(format!(
-            "pod {}: hostname {} is longer than 64 bytes",
-            m.name,
-            limits::echo(&cfg.hostname)
-        )));
+        return Err(CriError::invalid(
+            what,
+            format!(
+                "hostname {} is longer than 64 bytes",
+                limits::echo(&cfg.hostname)
+            ),
+        ));
     }
     Ok(m)
 }
@@ -130,17 +140,44 @@ fn pod_ref(rec: &SandboxRecord) -> PodRef {
 }
 
 impl CriRuntime {
-    pub(crate) fn sandbox(&self, id: &str) -> Result<Arc<Sandbox>, Status> {
+    pub(crate) fn sandbox(&self, id: &str) -> Result<Arc<Sandbox>> {
         let id = id.trim();
         if id.is_empty() {
-            return Err(Status::invalid_argument("pod sandbox id is empty"));
+            return Err(CriError::invalid("pod sandbox id", "empty"));
         }
         let map = lock(&self.sandboxes);
         find_by_prefix(map.iter(), id, "pod sandbox").map(Arc::clone)
     }
 
+    /// Holds the pod's operation lock shared and checks under it that the pod
+    /// is still there and ready, for a container call (`what`) that needs it
+    /// to stay: a stop or remove waits for the guard, and one that finished
+    /// first is seen here.
+    pub(crate) async fn ready_pod<'a>(
+        &self,
+        sandbox: &'a Sandbox,
+        what: &str,
+    ) -> Result<(tokio::sync::RwLockReadGuard<'a, ()>, SandboxRecord)> {
+        let guard = sandbox.op.read().await;
+        if !lock(&self.sandboxes).contains_key(&sandbox.id) {
+            return Err(CriError::new(
+                Kind::NotFound,
+                what,
+                format!("pod sandbox {} was removed", sandbox.id),
+            ));
+        }
+        let rec = sandbox.record();
+        if rec.state != SandboxState::Ready || rec.stopping {
+            return Err(CriError::failed_precondition(
+                what,
+                format!("pod sandbox {} is not ready", rec.id),
+            ));
+        }
+        Ok((guard, rec))
+    }
+
     /// Refuses a pod that would make ListPodSandbox too large for kubelet.
-    fn pod_list_budget(&self, cfg: &cri::PodSandboxConfig) -> Result<(), Status> {
+    fn pod_list_budget(&self, cfg: &cri::PodSandboxConfig) -> Result<()> {
         let listing = prost::Message::encoded_len(&cri::ListPodSandboxResponse {
             items: self.list_pod_sandboxes(None),
         });
@@ -165,19 +202,20 @@ impl CriRuntime {
     pub async fn run_pod_sandbox(
         self: &Arc<Self>,
         req: cri::RunPodSandboxRequest,
-    ) -> Result<String, Status> {
+    ) -> Result<String> {
         let cfg = req
             .config
-            .ok_or_else(|| Status::invalid_argument("RunPodSandbox: no sandbox config"))?;
+            .ok_or_else(|| CriError::invalid("RunPodSandbox", "no sandbox config"))?;
         let m = validate(&cfg, &self.config.cri)?;
         self.pod_list_budget(&cfg)?;
         let name = sandbox_name(m);
         let handler = req.runtime_handler;
         if !handler.is_empty() && handler != "runc" && handler != "berth" {
-            return Err(Status::not_found(format!(
-                "pod {}: runtime handler {handler:?} is not configured (berth knows \"\", \"runc\" and \"berth\")",
-                m.name
-            )));
+            return Err(CriError::new(
+                Kind::NotFound,
+                format!("pod {}", m.name),
+                format!("runtime handler {handler:?} is not configured (berth knows \"\", \"runc\" and \"berth\")"),
+            ));
         }
         let this = self.clone();
         let key = format!("sandbox/{name}");
@@ -200,7 +238,7 @@ impl CriRuntime {
         name: String,
         cfg: cri::PodSandboxConfig,
         handler: String,
-    ) -> Result<String, Status> {
+    ) -> Result<String> {
         let id = crate::tasks::new_long_id();
         let dir = self.config.sandboxes_dir().join(&id);
         let cgroup_parent = cfg
@@ -257,10 +295,10 @@ impl CriRuntime {
                 Ok(id)
             }
             Err(e) => {
-                warn!(pod = %id, name = %name, error = %e.message(), "RunPodSandbox failed; cleaning up");
+                warn!(pod = %id, name = %name, error = %e, "RunPodSandbox failed; cleaning up");
                 let _ = self.teardown_sandbox(&sandbox).await;
                 if let Err(d) = self.delete_sandbox_record(&id).await {
-                    warn!(pod = %id, error = %d.message(), "cannot delete the record of a failed pod");
+                    warn!(pod = %id, error = %d, "cannot delete the record of a failed pod");
                 }
                 Err(e)
             }
@@ -269,11 +307,7 @@ impl CriRuntime {
 
     /// Namespaces, network, files. Each step records what it made, so a
     /// teardown after any failure undoes exactly that.
-    async fn setup_sandbox(
-        &self,
-        sandbox: &Sandbox,
-        cfg: &cri::PodSandboxConfig,
-    ) -> Result<(), Status> {
+    async fn setup_sandbox(&self, sandbox: &Sandbox, cfg: &cri::PodSandboxConfig) -> Result<()> {
         let rec = sandbox.record();
         let pod_name = cfg
             .metadata
@@ -290,12 +324,9 @@ impl CriRuntime {
         } else {
             cfg.hostname.clone()
         };
-        std::fs::create_dir_all(&rec.dir).map_err(|e| {
-            Status::internal(format!(
-                "pod {pod_name}: creating {}: {e}",
-                rec.dir.display()
-            ))
-        })?;
+        let what = format!("pod {pod_name}");
+        std::fs::create_dir_all(&rec.dir)
+            .map_err(|e| CriError::of(format!("{what}: creating {}", rec.dir.display()), e))?;
         // Files first: bad DNS input fails before any namespace exists.
         let host_hostname = if host_net {
             node_hostname()
@@ -317,17 +348,15 @@ impl CriRuntime {
                 )
             })
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| CriError::internal(&what, Cause::other(e)))?;
             if let Err(e) = files {
-                let code = if e.kind() == std::io::ErrorKind::InvalidInput {
-                    tonic::Code::InvalidArgument
+                let what = format!("{what}: writing its resolv.conf/hosts/hostname");
+                // Bad DNS input is the caller's; any other failure is the disk's.
+                return Err(if e.kind() == std::io::ErrorKind::InvalidInput {
+                    CriError::invalid(what, e.to_string())
                 } else {
-                    tonic::Code::Internal
-                };
-                return Err(Status::new(
-                    code,
-                    format!("pod {pod_name}: writing its resolv.conf/hosts/hostname: {e}"),
-                ));
+                    CriError::of(what, e)
+                });
             }
         }
         // Pins before the shm mount: the first pin makes the sandboxes dir
@@ -340,7 +369,9 @@ impl CriRuntime {
             (!host_net).then_some(hostname.as_str()),
         )
         .await
-        .map_err(|e| Status::internal(format!("pod {pod_name}: pinning its namespaces: {e}")))?;
+        .map_err(|e| {
+            CriError::internal(format!("{what}: pinning its namespaces"), Cause::other(e))
+        })?;
         sandbox.update(|r| {
             r.ipc_ns = pins.ipc.clone();
             r.uts_ns = pins.uts.clone();
@@ -349,10 +380,8 @@ impl CriRuntime {
             let dir = rec.dir.clone();
             let shm = tokio::task::spawn_blocking(move || podfiles::mount_shm(&dir))
                 .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| {
-                    Status::internal(format!("pod {pod_name}: mounting its /dev/shm: {e}"))
-                })?;
+                .map_err(|e| CriError::internal(&what, Cause::other(e)))?
+                .map_err(CriError::with(format!("{what}: mounting its /dev/shm")))?;
             sandbox.update(|r| r.shm = Some(shm));
         }
         // The pod's shim starts while CNI runs: the first container then
@@ -376,9 +405,10 @@ impl CriRuntime {
                 self.persist_sandbox(&rec).await?;
                 let pod = pod_ref(&rec);
                 let net = self.networks.setup(&pod, &opts).await.map_err(|e| {
-                    Status::failed_precondition(format!(
-                        "pod {pod_name}: setting up its network: {e}"
-                    ))
+                    CriError::failed_precondition(
+                        format!("{what}: setting up its network"),
+                        Cause::other(e),
+                    )
                 })?;
                 let ips: Vec<String> = net.ips.iter().map(|ip| ip.to_string()).collect();
                 sandbox.update(|r| {
@@ -387,7 +417,7 @@ impl CriRuntime {
                     r.network_ready = true;
                 });
             }
-            Ok::<(), Status>(())
+            Ok::<(), CriError>(())
         };
         let (network, shim) = tokio::join!(network, self.tasks.prestart_shim(&rec.id, &rec.dir));
         if let Err(e) = shim {
@@ -417,17 +447,9 @@ impl CriRuntime {
         &self,
         pod: &str,
         image_name: &str,
-    ) -> Result<crate::images::store::ImageRecord, Status> {
-        let with_context = |st: Status| {
-            Status::new(
-                st.code(),
-                format!(
-                    "pod {pod}: the sandbox image {image_name}: {}",
-                    st.message()
-                ),
-            )
-        };
-        let context = |e: crate::images::error::ImageError| with_context(Status::from(e));
+    ) -> Result<crate::images::store::ImageRecord> {
+        let what = format!("pod {pod}: the sandbox image {image_name}");
+        let context = |e: crate::images::error::ImageError| CriError::of(what.as_str(), e);
         match self.images.lookup(image_name) {
             Err(crate::images::error::ImageError::NotFound(_)) => {}
             found => return found.map_err(context),
@@ -437,16 +459,12 @@ impl CriRuntime {
             .images
             .pull(image_name, crate::images::pull::PullOptions::default())
             .map_err(context)?;
-        handle.wait().await.map_err(with_context)
+        handle.wait().await.map_err(context)
     }
 
     /// Creates and starts the pod's pause container from the sandbox image.
     /// It joins the pod's pinned namespaces and owns a new PID namespace.
-    async fn start_pause(
-        &self,
-        sandbox: &Sandbox,
-        cfg: &cri::PodSandboxConfig,
-    ) -> Result<(), Status> {
+    async fn start_pause(&self, sandbox: &Sandbox, cfg: &cri::PodSandboxConfig) -> Result<()> {
         let rec = sandbox.record();
         let image_name = self.config.cri.sandbox_image.trim().to_string();
         let image = self.sandbox_image(&rec.name, &image_name).await?;
@@ -458,8 +476,10 @@ impl CriRuntime {
         } else {
             super::spec::CgroupDriver::Cgroupfs
         };
-        let cgroups_path = super::spec::cgroups_path(driver, &rec.cgroup_parent, &rec.id, &id)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let cgroups_path =
+            super::spec::cgroups_path(driver, &rec.cgroup_parent, &rec.id, &id).map_err(
+                CriError::with(format!("pod {}: its pause container", rec.id)),
+            )?;
         let new = crate::tasks::NewTask {
             id: id.clone(),
             name: format!("{}_POD", rec.name),
@@ -555,7 +575,7 @@ impl CriRuntime {
     /// netns), namespace pins, shm, files. Errors are logged; the record is
     /// updated to say what is left. The error is the pause container's when
     /// that failed (e.g. a full disk is ResourceExhausted), else Internal.
-    async fn teardown_sandbox(&self, sandbox: &Sandbox) -> Result<(), Status> {
+    async fn teardown_sandbox(&self, sandbox: &Sandbox) -> Result<()> {
         let pause = self.remove_pause(sandbox).await;
         let mut clean = pause.is_ok();
         self.tasks.shutdown_idle_shim(&sandbox.id).await;
@@ -593,22 +613,18 @@ impl CriRuntime {
         sandbox.update(|r| r.shm = None);
         let retry = "(see berthd's log); RemovePodSandbox can be retried";
         match pause {
-            Err(e) => {
-                let s = Status::from(e);
-                Err(Status::new(
-                    s.code(),
-                    format!(
-                        "pod {}: removing its pause container failed: {} {retry}",
-                        rec.id,
-                        s.message()
-                    ),
-                ))
-            }
+            Err(e) => Err(CriError::of(
+                format!(
+                    "pod {}: removing its pause container failed; RemovePodSandbox can be retried",
+                    rec.id
+                ),
+                e,
+            )),
             Ok(()) if clean && files_ok => Ok(()),
-            Ok(()) => Err(Status::internal(format!(
-                "pod {}: removing its files and namespaces failed {retry}",
-                rec.id
-            ))),
+            Ok(()) => Err(CriError::internal(
+                format!("pod {}", rec.id),
+                format!("removing its files and namespaces failed {retry}"),
+            )),
         }
     }
 
@@ -639,17 +655,17 @@ impl CriRuntime {
 
     /// Stops every container of the pod (SIGKILL at once, as containerd
     /// does) and tears its network down. Idempotent; a missing pod is fine.
-    pub async fn stop_pod_sandbox(&self, id: &str) -> Result<(), Status> {
+    pub async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
         let sandbox = match self.sandbox(id) {
             Ok(s) => s,
-            Err(e) if e.code() == tonic::Code::NotFound => return Ok(()),
+            Err(e) if e.kind() == Kind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
-        let _op = sandbox.op.lock().await;
+        let _op = sandbox.op.write().await;
         self.stop_sandbox_locked(&sandbox).await
     }
 
-    async fn stop_sandbox_locked(&self, sandbox: &Sandbox) -> Result<(), Status> {
+    async fn stop_sandbox_locked(&self, sandbox: &Sandbox) -> Result<()> {
         let t0 = std::time::Instant::now();
         let rec = sandbox.update(|r| r.stopping = true);
         self.persist_sandbox(&rec).await?;
@@ -668,10 +684,10 @@ impl CriRuntime {
             "pod's containers stopped, network torn down"
         );
         if !network_down {
-            return Err(Status::internal(format!(
-                "pod {}: tearing down its network failed (see berthd's log); StopPodSandbox can be retried",
-                rec.id
-            )));
+            return Err(CriError::internal(
+                format!("pod {}", rec.id),
+                "tearing down its network failed (see berthd's log); StopPodSandbox can be retried",
+            ));
         }
         let dir = rec.dir.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || podfiles::unmount_shm(&dir))
@@ -702,13 +718,13 @@ impl CriRuntime {
 
     /// Stops (if needed) and removes the pod, its containers and everything
     /// it made. Idempotent; a missing pod is fine.
-    pub async fn remove_pod_sandbox(&self, id: &str) -> Result<(), Status> {
+    pub async fn remove_pod_sandbox(&self, id: &str) -> Result<()> {
         let sandbox = match self.sandbox(id) {
             Ok(s) => s,
-            Err(e) if e.code() == tonic::Code::NotFound => return Ok(()),
+            Err(e) if e.kind() == Kind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
-        let _op = sandbox.op.lock().await;
+        let _op = sandbox.op.write().await;
         if !lock(&self.sandboxes).contains_key(&sandbox.id) {
             return Ok(());
         }
@@ -778,7 +794,7 @@ impl CriRuntime {
     pub fn pod_sandbox_status(
         &self,
         req: cri::PodSandboxStatusRequest,
-    ) -> Result<cri::PodSandboxStatusResponse, Status> {
+    ) -> Result<cri::PodSandboxStatusResponse> {
         let sandbox = self.sandbox(&req.pod_sandbox_id)?;
         let rec = sandbox.record();
         let mut info = HashMap::new();
@@ -897,9 +913,9 @@ impl CriRuntime {
         }
         for s in stopping {
             info!(pod = %s.id, "finishing a stop that was under way");
-            let _op = s.op.lock().await;
+            let _op = s.op.write().await;
             if let Err(e) = self.stop_sandbox_locked(&s).await {
-                warn!(pod = %s.id, error = %e.message(), "finishing the stop failed");
+                warn!(pod = %s.id, error = %e, "finishing the stop failed");
             }
         }
         // Containers whose pod is gone (a remove that died half-way).
@@ -1062,9 +1078,9 @@ mod tests {
         assert!(validate(&cfg("web"), &CriConfig::default()).is_ok());
         let e = validate(&cfg(""), &CriConfig::default()).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
-        assert!(e.message().contains("metadata.name"), "{}", e.message());
+        assert!(e.to_string().contains("metadata.name"), "{e}");
         let e = validate(&cri::PodSandboxConfig::default(), &CriConfig::default()).unwrap_err();
-        assert!(e.message().contains("no metadata"));
+        assert!(e.to_string().contains("no metadata"));
         assert_eq!(
             sandbox_name(cfg("web").metadata.as_ref().unwrap()),
             "web_default_u_1"
@@ -1084,7 +1100,7 @@ mod tests {
             }];
             let e = validate(&c, &CriConfig::default()).unwrap_err();
             assert_eq!(e.code(), tonic::Code::InvalidArgument);
-            assert!(e.message().contains("out of range"), "{}", e.message());
+            assert!(e.to_string().contains("out of range"), "{e}");
         }
         let mut c = cfg("web");
         c.port_mappings = vec![cri::PortMapping {

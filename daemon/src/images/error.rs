@@ -1,8 +1,7 @@
 //! Errors of the image service, each naming the image and the cause, with the
 //! gRPC code a client should see.
 
-use snapshotter::is_no_space;
-
+use crate::error::Kind;
 use berth_distribution::registry::RegistryError;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +46,13 @@ pub enum ImageError {
     },
     #[error("{image}: pull cancelled")]
     Cancelled { image: String },
+    /// Still used by an image or a running pull: remove that first.
+    #[error("{0}")]
+    InUse(String),
+    /// The outcome of a pull this caller joined (another caller started it):
+    /// the kind and message it ended with.
+    #[error("{message}")]
+    Joined { kind: Kind, message: String },
     #[error("metadata: {0}")]
     Meta(#[from] crate::metadata::MetaError),
     #[error("{0}")]
@@ -54,55 +60,27 @@ pub enum ImageError {
 }
 
 impl ImageError {
-    pub fn code(&self) -> tonic::Code {
-        use tonic::Code;
+    /// The code family, from the one map in [`crate::error`] for typed causes.
+    pub fn kind(&self) -> Kind {
         match self {
-            ImageError::InvalidArgument(_) => Code::InvalidArgument,
-            ImageError::NotFound(_) => Code::NotFound,
-            ImageError::Registry { source, .. } => match source {
-                RegistryError::Unauthorized { .. } => Code::Unauthenticated,
-                RegistryError::NotFound { .. } => Code::NotFound,
-                RegistryError::Timeout { .. } => Code::DeadlineExceeded,
-                RegistryError::Connect { .. } => Code::Unavailable,
-                RegistryError::Tls { .. } => Code::FailedPrecondition,
-                RegistryError::Config(_) => Code::FailedPrecondition,
-                // A document past its configured bound, like every limit.
-                RegistryError::TokenTooLarge { .. } | RegistryError::TooLarge { .. } => {
-                    Code::ResourceExhausted
-                }
-                RegistryError::Overlong { .. }
-                | RegistryError::DigestMismatch { .. }
-                | RegistryError::Protocol { .. } => Code::DataLoss,
-                RegistryError::Status { status, .. } if status.is_server_error() => {
-                    Code::Unavailable
-                }
-                RegistryError::Status { .. } => Code::FailedPrecondition,
-            },
-            ImageError::UnsupportedMediaType { .. } => Code::FailedPrecondition,
-            ImageError::BadImage { .. } => Code::DataLoss,
-            ImageError::NoSpace { .. } | ImageError::OverLimit { .. } => Code::ResourceExhausted,
-            ImageError::Content { source, .. } => match source {
-                content_store::Error::DigestMismatch { .. }
-                | content_store::Error::SizeMismatch { .. } => Code::DataLoss,
-                content_store::Error::NotFound { .. } => Code::NotFound,
-                content_store::Error::InvalidDigest { .. } => Code::InvalidArgument,
-                content_store::Error::Io { source, .. } if is_no_space(source) => {
-                    Code::ResourceExhausted
-                }
-                _ => Code::Internal,
-            },
-            ImageError::Snapshot { source, .. } => match source {
-                snapshotter::Error::NotFound { .. } => Code::NotFound,
-                snapshotter::Error::AlreadyExists { .. } => Code::AlreadyExists,
-                snapshotter::Error::FailedPrecondition { .. } => Code::FailedPrecondition,
-                snapshotter::Error::InvalidArgument { .. } => Code::InvalidArgument,
-                e if e.is_no_space() => Code::ResourceExhausted,
-                _ => Code::Internal,
-            },
-            ImageError::Cancelled { .. } => Code::Cancelled,
-            ImageError::Meta(e) if e.is_no_space() => Code::ResourceExhausted,
-            ImageError::Meta(_) | ImageError::Internal(_) => Code::Internal,
+            ImageError::InvalidArgument(_) => Kind::InvalidArgument,
+            ImageError::NotFound(_) => Kind::NotFound,
+            ImageError::Registry { source, .. } => Kind::from(source),
+            ImageError::UnsupportedMediaType { .. } => Kind::FailedPrecondition,
+            ImageError::BadImage { .. } => Kind::DataLoss,
+            ImageError::NoSpace { .. } | ImageError::OverLimit { .. } => Kind::ResourceExhausted,
+            ImageError::Content { source, .. } => Kind::from(source),
+            ImageError::Snapshot { source, .. } => Kind::from(source),
+            ImageError::Cancelled { .. } => Kind::Cancelled,
+            ImageError::InUse(_) => Kind::FailedPrecondition,
+            ImageError::Joined { kind, .. } => *kind,
+            ImageError::Meta(e) => Kind::from(e),
+            ImageError::Internal(_) => Kind::Internal,
         }
+    }
+
+    pub fn code(&self) -> tonic::Code {
+        self.kind().code()
     }
 
     pub fn content(image: &str) -> impl FnOnce(content_store::Error) -> ImageError + '_ {
@@ -115,7 +93,30 @@ impl ImageError {
 
 impl From<ImageError> for tonic::Status {
     fn from(e: ImageError) -> tonic::Status {
-        tonic::Status::new(e.code(), e.to_string())
+        crate::error::status(e.kind(), &e.to_string())
+    }
+}
+
+/// A registry's answer, once for every path an image error takes.
+impl From<&RegistryError> for Kind {
+    fn from(e: &RegistryError) -> Kind {
+        match e {
+            RegistryError::Unauthorized { .. } => Kind::Unauthenticated,
+            RegistryError::NotFound { .. } => Kind::NotFound,
+            RegistryError::Timeout { .. } => Kind::DeadlineExceeded,
+            RegistryError::Connect { .. } => Kind::Unavailable,
+            RegistryError::Tls { .. } => Kind::FailedPrecondition,
+            RegistryError::Config(_) => Kind::FailedPrecondition,
+            // A document past its configured bound, like every limit.
+            RegistryError::TokenTooLarge { .. } | RegistryError::TooLarge { .. } => {
+                Kind::ResourceExhausted
+            }
+            RegistryError::Overlong { .. }
+            | RegistryError::DigestMismatch { .. }
+            | RegistryError::Protocol { .. } => Kind::DataLoss,
+            RegistryError::Status { status, .. } if status.is_server_error() => Kind::Unavailable,
+            RegistryError::Status { .. } => Kind::FailedPrecondition,
+        }
     }
 }
 

@@ -79,12 +79,12 @@ pub fn creds_from_pb(c: Option<pb::Credentials>) -> Option<Credentials> {
     .filter(|c| !c.is_empty())
 }
 
-fn platform_from_pb(s: &str) -> Result<Option<oci::Platform>, Status> {
+fn platform_from_pb(s: &str) -> Result<Option<oci::Platform>, ImageError> {
     if s.is_empty() {
         return Ok(None);
     }
     oci::parse_platform(s).map(Some).ok_or_else(|| {
-        Status::invalid_argument(format!("invalid platform {s:?}: want os/arch[/variant]"))
+        ImageError::InvalidArgument(format!("invalid platform {s:?}: want os/arch[/variant]"))
     })
 }
 
@@ -125,13 +125,13 @@ impl pb::images_server::Images for ImagesApi {
                         yield ev;
                         break;
                     }
-                    Some(Err((code, msg))) => {
-                        Err(Status::new(code, msg))?;
+                    Some(Err((kind, message))) => {
+                        Err(ImageError::Joined { kind, message })?;
                     }
                     None => yield ev,
                 }
                 if handle.rx.changed().await.is_err() {
-                    Err(Status::internal("pull task ended without a result"))?;
+                    Err(ImageError::Internal("pull task ended without a result".into()))?;
                 }
             }
         };
@@ -338,7 +338,7 @@ impl cpb::content_server::Content for ContentApi {
                 svc.config.pull.max_manifest_bytes,
             );
             if referenced.contains(digest.as_str()) {
-                return Err(ImageError::InvalidArgument(format!(
+                return Err(ImageError::InUse(format!(
                     "blob {digest} is in use by an image or a running pull; remove the image first"
                 )));
             }
@@ -346,11 +346,7 @@ impl cpb::content_server::Content for ContentApi {
                 .delete(&digest)
                 .map_err(ImageError::content(digest.as_str()))
         })
-        .await
-        .map_err(|e| match e {
-            ImageError::InvalidArgument(m) => Status::failed_precondition(m),
-            other => other.into(),
-        })?;
+        .await?;
         Ok(Response::new(cpb::DeleteContentResponse {}))
     }
 
@@ -386,6 +382,6 @@ impl cpb::content_server::Content for ContentApi {
     }
 }
 
-fn parse_digest(s: &str) -> Result<Digest, Status> {
-    Digest::parse(s).map_err(|e| Status::invalid_argument(e.to_string()))
+fn parse_digest(s: &str) -> Result<Digest, ImageError> {
+    Digest::parse(s).map_err(|e| ImageError::InvalidArgument(e.to_string()))
 }

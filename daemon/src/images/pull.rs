@@ -21,6 +21,7 @@ use super::snapshots::ChainLayer;
 use super::store::{now_nanos, ImageRecord};
 use super::unpack::chain_ids;
 use super::ImageService;
+use crate::error::Kind;
 use berth_distribution::oci::{self, Descriptor, Platform};
 use berth_distribution::reference::Reference;
 use berth_distribution::registry::{Credentials, RegistryError, Repository};
@@ -57,7 +58,7 @@ pub struct PullSnapshot {
     pub reference: String,
     pub status: String,
     pub layers: Vec<LayerState>,
-    pub result: Option<Result<ImageRecord, (tonic::Code, String)>>,
+    pub result: Option<Result<ImageRecord, (Kind, String)>>,
 }
 
 pub(super) struct InflightPull {
@@ -82,13 +83,15 @@ impl Drop for PullHandle {
 
 impl PullHandle {
     /// Waits for the pull to finish.
-    pub async fn wait(mut self) -> Result<ImageRecord, tonic::Status> {
+    pub async fn wait(mut self) -> Result<ImageRecord, ImageError> {
         loop {
             if let Some(res) = self.rx.borrow_and_update().result.clone() {
-                return res.map_err(|(code, msg)| tonic::Status::new(code, msg));
+                return res.map_err(|(kind, message)| ImageError::Joined { kind, message });
             }
             if self.rx.changed().await.is_err() {
-                return Err(tonic::Status::internal("pull task ended without a result"));
+                return Err(ImageError::Internal(
+                    "pull task ended without a result".into(),
+                ));
             }
         }
     }
@@ -177,7 +180,7 @@ impl ImageService {
             task_inflight.tx.send_modify(|s| {
                 s.layers = layers;
                 s.status = if result.is_ok() { "done" } else { "failed" }.into();
-                s.result = Some(result.map_err(|e| (e.code(), e.to_string())));
+                s.result = Some(result.map_err(|e| (e.kind(), e.to_string())));
             });
         });
         Ok(PullHandle { rx, inflight })

@@ -501,7 +501,7 @@ impl pb::snapshots_server::Snapshots for SnapshotsApi {
         blocking(move || {
             let keep = svc.referenced_snapshots();
             if keep.contains(&name) {
-                return Err(ImageError::InvalidArgument(format!(
+                return Err(ImageError::InUse(format!(
                     "snapshot {name} is in use by an image or a running pull; remove the image first"
                 )));
             }
@@ -510,11 +510,7 @@ impl pb::snapshots_server::Snapshots for SnapshotsApi {
                 .remove(&name)
                 .map_err(ImageService::snap_err(&name))
         })
-        .await
-        .map_err(|e| match e {
-            ImageError::InvalidArgument(m) => Status::failed_precondition(m),
-            other => other.into(),
-        })?;
+        .await?;
         Ok(Response::new(pb::RemoveSnapshotResponse {}))
     }
 }

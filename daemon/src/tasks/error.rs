@@ -1,9 +1,10 @@
 //! Errors of the task service, each naming the task and the cause, with the
 //! gRPC code a client should see.
 
+use crate::error::Kind;
 use crate::images::ImageError;
 use crate::metadata::MetaError;
-use crate::shim::{RpcCode, ShimError};
+use crate::shim::ShimError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
@@ -59,45 +60,31 @@ impl TaskError {
         matches!(self, TaskError::Shim { source, .. } if source.is_connection())
     }
 
-    pub fn code(&self) -> tonic::Code {
-        use tonic::Code;
+    /// The code family, from the one map in [`crate::error`] for typed causes.
+    pub fn kind(&self) -> Kind {
         match self {
-            TaskError::InvalidArgument(_) => Code::InvalidArgument,
-            TaskError::NotFound(_) => Code::NotFound,
-            TaskError::AlreadyExists(_) => Code::AlreadyExists,
-            TaskError::FailedPrecondition(_) => Code::FailedPrecondition,
-            TaskError::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            TaskError::Image(e) => e.code(),
-            TaskError::Shim { source, .. } => match source {
-                ShimError::Rpc { code, .. } => match code {
-                    RpcCode::NotFound => Code::NotFound,
-                    RpcCode::AlreadyExists => Code::AlreadyExists,
-                    RpcCode::FailedPrecondition => Code::FailedPrecondition,
-                    RpcCode::InvalidArgument => Code::InvalidArgument,
-                    RpcCode::DeadlineExceeded => Code::DeadlineExceeded,
-                    RpcCode::Unavailable => Code::Unavailable,
-                    _ => Code::Internal,
-                },
-                ShimError::Timeout { .. } => Code::DeadlineExceeded,
-                ShimError::Transport { .. } | ShimError::Connect { .. } => Code::Unavailable,
-                ShimError::Binary(_) => Code::FailedPrecondition,
-                ShimError::Protocol { .. } => Code::Internal,
-            },
-            TaskError::Snapshot { source, .. } => match source {
-                snapshotter::Error::NotFound { .. } => Code::NotFound,
-                snapshotter::Error::AlreadyExists { .. } => Code::AlreadyExists,
-                e if e.is_no_space() => Code::ResourceExhausted,
-                _ => Code::Internal,
-            },
-            TaskError::Meta(e) if e.is_no_space() => Code::ResourceExhausted,
-            TaskError::Io { .. } | TaskError::Meta(_) | TaskError::Internal(_) => Code::Internal,
+            TaskError::InvalidArgument(_) => Kind::InvalidArgument,
+            TaskError::NotFound(_) => Kind::NotFound,
+            TaskError::AlreadyExists(_) => Kind::AlreadyExists,
+            TaskError::FailedPrecondition(_) => Kind::FailedPrecondition,
+            TaskError::DeadlineExceeded(_) => Kind::DeadlineExceeded,
+            TaskError::Image(e) => e.kind(),
+            TaskError::Shim { source, .. } => Kind::from(source),
+            TaskError::Snapshot { source, .. } => Kind::from(source),
+            TaskError::Io { source, .. } => Kind::from(source),
+            TaskError::Meta(e) => Kind::from(e),
+            TaskError::Internal(_) => Kind::Internal,
         }
+    }
+
+    pub fn code(&self) -> tonic::Code {
+        self.kind().code()
     }
 }
 
 impl From<TaskError> for tonic::Status {
     fn from(e: TaskError) -> tonic::Status {
-        tonic::Status::new(e.code(), e.to_string())
+        crate::error::status(e.kind(), &e.to_string())
     }
 }
 

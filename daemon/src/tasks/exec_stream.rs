@@ -35,7 +35,7 @@ use super::logs::LogFollower;
 use super::record::TaskStatus;
 use super::{TaskError, TaskService};
 use crate::shim::{RpcCode, TaskClient};
-use crate::streaming::{CommandIo, ExitStatus, TermSize};
+use berth_streaming::{Backend, BoxFuture, CommandIo, ExitStatus, PortStream, TermSize};
 
 /// How often an attach looks for new log output.
 const ATTACH_POLL: Duration = Duration::from_millis(50);
@@ -428,5 +428,45 @@ impl TaskService {
             t.abort();
         }
         result
+    }
+}
+
+/// The streaming server's view of the task service: exec and attach through
+/// the shims, port connections from inside the pod's network namespace.
+impl Backend for TaskService {
+    fn exec(
+        &self,
+        container_id: String,
+        cmd: Vec<String>,
+        tty: bool,
+        io: CommandIo,
+    ) -> BoxFuture<'_, ()> {
+        Box::pin(async move { self.exec_streaming(&container_id, cmd, tty, io).await })
+    }
+
+    fn attach(&self, container_id: String, io: CommandIo) -> BoxFuture<'_, ()> {
+        Box::pin(async move { self.attach_streaming(&container_id, io).await })
+    }
+
+    fn connect(
+        &self,
+        netns: Option<std::path::PathBuf>,
+        port: u16,
+    ) -> BoxFuture<'static, std::io::Result<PortStream>> {
+        Box::pin(async move {
+            let dial = move || berth_streaming::dial_loopback(port);
+            // The socket is made on a thread inside the namespace and stays
+            // there; only the thread leaves.
+            let std = match netns {
+                Some(p) => berth_network::NetNs::from_path(p)
+                    .run(dial)
+                    .await
+                    .map_err(std::io::Error::other)??,
+                None => tokio::task::spawn_blocking(dial)
+                    .await
+                    .map_err(std::io::Error::other)??,
+            };
+            tokio::net::TcpStream::from_std(std)
+        })
     }
 }

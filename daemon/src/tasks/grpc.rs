@@ -8,7 +8,7 @@ use berth_api::tasks::v1 as pb;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::TaskService;
+use super::{TaskError, TaskService};
 
 /// Output kept per stream of an Exec when the request sets no limit: room for
 /// what a probe or a debugging command prints, bounded so a runaway command
@@ -31,9 +31,10 @@ impl TasksApi {
     fn native(&self, name: &str) -> Result<std::sync::Arc<super::Task>, Status> {
         let task = self.svc.lookup(name)?;
         if task.record().kind != super::TaskKind::Native {
-            return Err(Status::not_found(format!(
+            return Err(TaskError::NotFound(format!(
                 "task {name} not found (it is a CRI container; use crictl)"
-            )));
+            ))
+            .into());
         }
         Ok(task)
     }
@@ -59,7 +60,7 @@ impl pb::tasks_server::Tasks for TasksApi {
                     let chunks = f
                         .read_available()
                         .await
-                        .map_err(|e| Status::internal(format!("reading the task's log: {e}")))?;
+                        .map_err(TaskError::io("reading the task's log"))?;
                     for c in chunks {
                         yield event(pb::run_response::Event::Output(c.to_pb()));
                     }

@@ -1,17 +1,24 @@
 //! The CRI streaming path (`kubectl exec/attach/port-forward`, `crictl exec
 //! -it`): the Exec, Attach and PortForward RPCs hand out a URL with a
-//! single-use token; the client connects to berthd's streaming server there
-//! and upgrades to SPDY/3.1 or WebSocket. The protocol layers (`spdy`, `ws`)
+//! single-use token; the client connects to the streaming server there and
+//! upgrades to SPDY/3.1 or WebSocket. The protocol layers (`spdy`, `ws`)
 //! turn a connection into the protocol-independent streams below; the
-//! server (`server`) runs the command, attach or port connections on them.
+//! server (`server`) hands them to a [`Backend`] (berthd's task service),
+//! which runs the command, attaches, or dials the pod's ports. Nothing here
+//! knows containers: only the [`Backend`] trait does.
 
+mod config;
 pub mod conns;
 mod peer;
 pub mod server;
 pub mod spdy;
 pub mod ws;
 
+pub use config::StreamingConfig;
+pub use server::{Pending, StreamServer};
+
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +76,53 @@ pub struct CommandIo {
 
 /// A connection to a port inside the pod, made on demand.
 pub type PortStream = tokio::net::TcpStream;
+
+/// A boxed future, as [`Backend`]'s methods return (the server holds the
+/// backend as a trait object).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the streaming server needs from the runtime behind it: run a command
+/// in a container, attach to one, and dial a port in a pod.
+pub trait Backend: Send + Sync + 'static {
+    /// Runs `cmd` in the container with the client's streams; resolves when
+    /// the command is over and its status was sent on `io.done`.
+    fn exec(
+        &self,
+        container_id: String,
+        cmd: Vec<String>,
+        tty: bool,
+        io: CommandIo,
+    ) -> BoxFuture<'_, ()>;
+
+    /// Attaches the client's streams to the container's main process.
+    fn attach(&self, container_id: String, io: CommandIo) -> BoxFuture<'_, ()>;
+
+    /// Opens a connection to `port` in the pod's network namespace (`netns`;
+    /// None: the host's, for host-network pods). [`dial_loopback`] is how
+    /// kubelet dials once inside it.
+    fn connect(
+        &self,
+        netns: Option<PathBuf>,
+        port: u16,
+    ) -> BoxFuture<'static, std::io::Result<PortStream>>;
+}
+
+/// Connects to `port` on this network namespace's loopback, IPv4 first as
+/// kubelet does. Blocking (at most 10 s per family): call it on a thread
+/// that is inside the pod's network namespace.
+pub fn dial_loopback(port: u16) -> std::io::Result<std::net::TcpStream> {
+    let timeout = Duration::from_secs(10);
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let s = match std::net::TcpStream::connect_timeout(&v4, timeout) {
+        Ok(s) => s,
+        Err(e4) => {
+            let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+            std::net::TcpStream::connect_timeout(&v6, timeout).map_err(|_| e4)?
+        }
+    };
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
 
 /// Opens a connection to `port` in the pod's network namespace.
 pub type PortConnector = Arc<

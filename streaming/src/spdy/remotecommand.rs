@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 use super::frame::{GoAwayStatus, RstStatus};
 use super::session::{Session, Stream};
 use super::{next_conn_id, session_config, SpdyError};
-use crate::streaming::{status_json, CommandIo, ExitStatus, Limits, StreamOpts, TermSize};
+use crate::{status_json, CommandIo, ExitStatus, Limits, StreamOpts, TermSize};
 
 /// Chunks queued per channel between the protocol and the command: with
 /// 32 KiB reads that is at most ~512 KiB per direction.

@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -27,9 +26,24 @@ use tracing::{debug, info, warn};
 use super::conns::{ConnLimits, ConnSlot, Conns};
 use super::peer::PeerKey;
 use super::{spdy, ws, Limits, PortConnector, StreamOpts};
-use crate::config::StreamingConfig;
-use crate::tasks::TaskService;
-use berth_network::NetNs;
+use crate::{Backend, StreamingConfig};
+
+/// Why the streaming server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("binding the streaming server to {address}: {source}")]
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("reading {}: {source}", path.display())]
+    Pem {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("the streaming server's TLS certificate and key: {0}")]
+    Tls(#[from] tokio_rustls::rustls::Error),
+}
 
 /// What a token stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +81,7 @@ pub struct StreamServer {
     tokens: Mutex<HashMap<String, (Pending, Instant)>>,
     ttl: Duration,
     limits: Limits,
-    tasks: Arc<TaskService>,
+    backend: Arc<dyn Backend>,
 }
 
 use berth_sysutil::lock;
@@ -106,61 +120,33 @@ fn negotiate(server: &[&str], offered: &[String]) -> Option<String> {
         .map(|p| p.to_string())
 }
 
-/// Connects to `port` on the loopback of the pod's network namespace (the
-/// host's for host-network pods), IPv4 first, as kubelet does.
-fn connector(netns: Option<PathBuf>) -> PortConnector {
-    Arc::new(move |port: u16| {
-        let netns = netns.clone();
-        Box::pin(async move {
-            let dial = move || -> std::io::Result<std::net::TcpStream> {
-                let timeout = Duration::from_secs(10);
-                let v4 = SocketAddr::from(([127, 0, 0, 1], port));
-                let s = match std::net::TcpStream::connect_timeout(&v4, timeout) {
-                    Ok(s) => s,
-                    Err(e4) => {
-                        let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
-                        std::net::TcpStream::connect_timeout(&v6, timeout).map_err(|_| e4)?
-                    }
-                };
-                s.set_nonblocking(true)?;
-                Ok(s)
-            };
-            // The socket is made on a thread inside the namespace and stays
-            // there; only the thread leaves.
-            let std = match netns {
-                Some(p) => NetNs::from_path(p)
-                    .run(dial)
-                    .await
-                    .map_err(std::io::Error::other)??,
-                None => tokio::task::spawn_blocking(dial)
-                    .await
-                    .map_err(std::io::Error::other)??,
-            };
-            tokio::net::TcpStream::from_std(std)
-        }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
-    })
+/// Connects to the pod's ports through the backend, one connection per
+/// request of the client.
+fn connector(backend: Arc<dyn Backend>, netns: Option<PathBuf>) -> PortConnector {
+    Arc::new(move |port: u16| backend.connect(netns.clone(), port))
 }
 
-fn tls_acceptor(cfg: &StreamingConfig) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+fn tls_acceptor(cfg: &StreamingConfig) -> Result<Option<tokio_rustls::TlsAcceptor>, StartError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     use tokio_rustls::rustls;
     if cfg.tls_cert.as_os_str().is_empty() {
         return Ok(None);
     }
+    let pem = |path: &PathBuf| {
+        let path = path.clone();
+        move |source| StartError::Pem { path, source }
+    };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.tls_cert)
-        .with_context(|| format!("reading {}", cfg.tls_cert.display()))?
+        .map_err(pem(&cfg.tls_cert))?
         .collect::<Result<_, _>>()
-        .with_context(|| format!("parsing {}", cfg.tls_cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&cfg.tls_key)
-        .with_context(|| format!("reading {}", cfg.tls_key.display()))?;
+        .map_err(pem(&cfg.tls_cert))?;
+    let key = PrivateKeyDer::from_pem_file(&cfg.tls_key).map_err(pem(&cfg.tls_key))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
+        .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("the streaming server's certificate and key")?;
+        .with_single_cert(certs, key)?;
     Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
 }
 
@@ -315,13 +301,20 @@ impl StreamServer {
     /// Binds the listener and serves in the background.
     pub async fn start(
         cfg: &StreamingConfig,
-        tasks: Arc<TaskService>,
-    ) -> anyhow::Result<Arc<StreamServer>> {
+        backend: Arc<dyn Backend>,
+    ) -> Result<Arc<StreamServer>, StartError> {
         let tls = tls_acceptor(cfg)?;
-        let listener = TcpListener::bind(&cfg.address)
-            .await
-            .with_context(|| format!("binding the streaming server to {}", cfg.address))?;
-        let addr = listener.local_addr()?;
+        let listener =
+            TcpListener::bind(&cfg.address)
+                .await
+                .map_err(|source| StartError::Bind {
+                    address: cfg.address.clone(),
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            address: cfg.address.clone(),
+            source,
+        })?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let server = Arc::new(StreamServer {
             base: format!("{scheme}://{addr}"),
@@ -334,7 +327,7 @@ impl StreamServer {
                     cfg.stream_creation_timeout_secs.max(1),
                 ),
             },
-            tasks,
+            backend,
         });
         info!(address = %server.base, "streaming server listening");
         let weak = Arc::downgrade(&server);
@@ -554,11 +547,7 @@ impl StreamServer {
             } => {
                 let cio = command_io(io, proto, websocket, opts, limits).await;
                 match cio {
-                    Ok(cio) => {
-                        self.tasks
-                            .exec_streaming(&container_id, cmd, opts.tty, cio)
-                            .await
-                    }
+                    Ok(cio) => self.backend.exec(container_id, cmd, opts.tty, cio).await,
                     Err(e) => {
                         warn!(container = %container_id, error = %e, "exec stream set-up failed")
                     }
@@ -567,7 +556,7 @@ impl StreamServer {
             Pending::Attach { container_id, opts } => {
                 let cio = command_io(io, proto, websocket, opts, limits).await;
                 match cio {
-                    Ok(cio) => self.tasks.attach_streaming(&container_id, cio).await,
+                    Ok(cio) => self.backend.attach(container_id, cio).await,
                     Err(e) => {
                         warn!(container = %container_id, error = %e, "attach stream set-up failed")
                     }
@@ -578,7 +567,7 @@ impl StreamServer {
                 netns,
                 ports: asked,
             } => {
-                let connector = connector(netns);
+                let connector = connector(self.backend.clone(), netns);
                 let r = if websocket {
                     let ports = if ports.is_empty() { asked } else { ports };
                     ws::port_forward(io, proto, ports, connector, limits)

@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 use super::frame::{GoAwayStatus, RstStatus};
 use super::session::{IncomingStream, Session, Stream};
 use super::{next_conn_id, session_config, SpdyError};
-use crate::streaming::{Limits, PortConnector};
+use crate::{Limits, PortConnector};
 
 /// Bytes read from the pod's port per DATA chunk.
 const READ_CHUNK: usize = 32 * 1024;
