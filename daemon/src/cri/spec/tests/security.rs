@@ -4,6 +4,7 @@ use super::*;
 
 #[test]
 fn capabilities_add_drop_and_all() {
+    use oci_spec::runtime::{Capability as Cap, LinuxCapabilities};
     let caps = |add: &[&str], drop: &[&str], ambient: &[&str]| {
         let c = with_sc(container("a"), |sc| {
             sc.capabilities = Some(cri::Capability {
@@ -12,29 +13,41 @@ fn capabilities_add_drop_and_all() {
                 add_ambient_capabilities: s(ambient),
             })
         });
-        build(&c, &busybox()).map(|s| s["process"]["capabilities"].clone())
+        let pc = pod_config();
+        let root = rootfs();
+        super::super::container_spec("c1", &c, &pod(&pc), &busybox(), root.path(), &opts()).map(
+            |spec| -> LinuxCapabilities {
+                spec.process()
+                    .as_ref()
+                    .and_then(|p| p.capabilities().clone())
+                    .unwrap()
+            },
+        )
     };
     let c = caps(&["NET_ADMIN", "CAP_SYS_TIME"], &["chown", "MKNOD"], &[]).unwrap();
-    let b = strs(&c["bounding"]);
-    assert!(b.contains(&"CAP_NET_ADMIN".into()) && b.contains(&"CAP_SYS_TIME".into()));
-    assert!(!b.contains(&"CAP_CHOWN".into()) && !b.contains(&"CAP_MKNOD".into()));
-    assert_eq!(c["bounding"], c["permitted"]);
-    assert_eq!(c["bounding"], c["effective"]);
+    let b = c.bounding().clone().unwrap();
+    assert!(b.contains(&Cap::NetAdmin) && b.contains(&Cap::SysTime));
+    assert!(!b.contains(&Cap::Chown) && !b.contains(&Cap::Mknod));
+    assert_eq!(c.bounding(), c.permitted());
+    assert_eq!(c.bounding(), c.effective());
 
     let c = caps(&["ALL"], &["SYS_ADMIN"], &[]).unwrap();
-    let b = strs(&c["bounding"]);
+    let b = c.bounding().clone().unwrap();
     assert_eq!(b.len(), KNOWN_CAPS.len() - 1);
-    assert!(!b.contains(&"CAP_SYS_ADMIN".into()));
+    assert!(!b.contains(&Cap::SysAdmin));
 
     let c = caps(&["NET_BIND_SERVICE"], &["ALL"], &[]).unwrap();
-    assert_eq!(strs(&c["bounding"]), ["CAP_NET_BIND_SERVICE"]);
+    assert_eq!(c.bounding().clone().unwrap(), [Cap::NetBindService].into());
     let c = caps(&[], &["all"], &[]).unwrap();
-    assert!(strs(&c["bounding"]).is_empty());
+    assert!(c.bounding().as_ref().unwrap().is_empty());
 
     let c = caps(&[], &[], &["NET_RAW", "SYS_NICE"]).unwrap();
-    assert_eq!(strs(&c["ambient"]), ["CAP_NET_RAW", "CAP_SYS_NICE"]);
-    assert_eq!(c["ambient"], c["inheritable"]);
-    assert!(strs(&c["bounding"]).contains(&"CAP_SYS_NICE".into()));
+    assert_eq!(
+        c.ambient().clone().unwrap(),
+        [Cap::NetRaw, Cap::SysNice].into()
+    );
+    assert_eq!(c.ambient(), c.inheritable());
+    assert!(c.bounding().as_ref().unwrap().contains(&Cap::SysNice));
 
     let e = invalid(caps(&["FLY"], &[], &[]));
     assert!(e.contains("add_capabilities") && e.contains("FLY"), "{e}");
