@@ -26,11 +26,11 @@ deps-run:
 
 deps-test:
 	$(call apt_install,$(TEST_PKGS))
-	@# The SPDY streaming tests drive an independent client (node-spdy); a
-	@# machine without node gets Debian's.
-	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
-		echo "installing: nodejs npm"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; \
+	@# The SPDY streaming tests drive an independent client (node-spdy,
+	@# vendored in integration/tests/spdy); a machine without node gets Debian's.
+	@if ! command -v node >/dev/null; then \
+		echo "installing: nodejs"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs; \
 	fi
 
 build:

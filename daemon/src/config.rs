@@ -59,6 +59,19 @@ pub struct Config {
 /// The streaming server (exec/attach/port-forward URLs the CRI hands out).
 pub use berth_streaming::StreamingConfig;
 
+// Defaults of the [cri] size limits (Kubernetes' own where it has one).
+/// The largest CRI request berthd decodes: kubelet's and crictl's own limit
+/// for what they send and receive.
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// All labels of one object together (keys and values).
+pub const MAX_LABELS_TOTAL: usize = 64 << 10;
+/// All annotations of one object together (keys and values).
+pub const MAX_ANNOTATIONS_TOTAL: usize = 256 << 10;
+/// What one list reply (ListPodSandbox, ListContainers) may reach before a
+/// new pod or container is refused: kubelet's 16 MiB less room for the
+/// stats replies, which carry the same labels with the stats beside them.
+pub const MAX_LIST_BYTES: usize = 12 << 20;
+
 /// The CRI runtime service: how pods hold their namespaces, cgroups, limits.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -108,10 +121,10 @@ impl Default for CriConfig {
             cgroup_parent: "/berth".into(),
             max_exec_output_bytes: 16 << 20,
             stream_chunk: 256,
-            max_request_bytes: crate::cri::limits::MAX_MESSAGE_BYTES,
-            max_labels_bytes: crate::cri::limits::MAX_LABELS_TOTAL,
-            max_annotations_bytes: crate::cri::limits::MAX_ANNOTATIONS_TOTAL,
-            max_list_bytes: crate::cri::limits::MAX_LIST_BYTES,
+            max_request_bytes: MAX_MESSAGE_BYTES,
+            max_labels_bytes: MAX_LABELS_TOTAL,
+            max_annotations_bytes: MAX_ANNOTATIONS_TOTAL,
+            max_list_bytes: MAX_LIST_BYTES,
         }
     }
 }

@@ -1,6 +1,9 @@
 //! berthd as a library: the daemon's modules, so tests and the benchmarks can
 //! drive them directly.
 
+/// berthd's version, as Version and the logs report it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub mod config;
 pub mod cri;
 pub mod error;

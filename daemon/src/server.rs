@@ -36,7 +36,7 @@ use crate::metadata::{MetaStore, SledStore};
 use crate::tasks::grpc::TasksApi;
 use crate::tasks::TaskService;
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use crate::VERSION;
 
 /// An exclusive lock on the root, held for the daemon's lifetime: a second
 /// berthd on the same root must refuse to start rather than share sled.

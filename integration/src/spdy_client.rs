@@ -1,38 +1,33 @@
 //! The independent SPDY/3.1 client the streaming tests use: node-spdy's
 //! transport (`spdy-transport` from npm) driven by `tests/spdy/client.js`,
-//! not berth's code. Needs `node` and `npm`, and the npm registry once (the
-//! package is cached under the target dir).
+//! not berth's code. Needs `node`; the npm package and its dependencies are
+//! vendored in `tests/spdy/node_modules` (MIT-licensed, licences included).
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-/// Where the client and its npm package live, or why they cannot.
+/// The client's directory: `tests/spdy` with its npm dependencies vendored
+/// (`node_modules`, pinned by `package-lock.json`), so no test reaches the
+/// npm registry. Err when node itself is missing (`make deps-test` installs it).
 pub fn client_dir() -> Result<PathBuf, String> {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/spdy");
-        let dir = std::env::temp_dir().join("berth-spdy-client");
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        for f in ["package.json", "client.js"] {
-            std::fs::copy(src.join(f), dir.join(f)).map_err(|e| e.to_string())?;
-        }
-        if !dir.join("node_modules/spdy-transport").exists() {
-            let out = std::process::Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", "--silent"])
-                .current_dir(&dir)
-                .output()
-                .map_err(|e| format!("cannot run npm: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "npm install spdy-transport failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-        }
-        Ok(dir)
-    })
-    .clone()
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/spdy");
+    if !dir
+        .join("node_modules/spdy-transport/package.json")
+        .is_file()
+    {
+        return Err(format!(
+            "{}: node_modules/spdy-transport is missing",
+            dir.display()
+        ));
+    }
+    match std::process::Command::new("node").arg("--version").output() {
+        Ok(o) if o.status.success() => Ok(dir),
+        Ok(o) => Err(format!(
+            "node --version failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        )),
+        Err(e) => Err(format!("cannot run node: {e}")),
+    }
 }
 
 /// Runs one client scenario against `hostport` + `path`; the JSON line it

@@ -252,8 +252,11 @@ async fn spdy_exec_and_port_forward() -> Result<()> {
     use integration::spdy_client;
     use serde_json::json;
     if let Err(e) = spdy_client::client_dir() {
-        eprintln!(
-            "SKIP: the independent SPDY client (node + npm spdy-transport) is not available: {e}"
+        berth_sysutil::testing::precondition_missing(
+            "spdy_exec_and_port_forward",
+            &format!(
+                "the independent SPDY client (node + npm spdy-transport) is not available: {e}"
+            ),
         );
         return Ok(());
     }

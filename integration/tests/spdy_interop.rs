@@ -35,7 +35,10 @@ macro_rules! client_or_skip {
         match client_dir() {
             Ok(d) => d,
             Err(e) => {
-                eprintln!("SKIP: the independent SPDY client (node + npm spdy-transport) is not available: {e}");
+                berth_sysutil::testing::precondition_missing(
+                    "spdy_interop",
+                    &format!("the independent SPDY client (node + npm spdy-transport) is not available: {e}"),
+                );
                 return;
             }
         }

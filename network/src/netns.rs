@@ -361,7 +361,7 @@ mod tests {
     #[tokio::test]
     async fn create_run_remove() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping create_run_remove: needs root");
+            berth_sysutil::testing::precondition_missing("create_run_remove", "needs root");
             return;
         }
         use std::os::unix::fs::MetadataExt;

@@ -258,7 +258,7 @@ mod tests {
     #[tokio::test]
     async fn pin_and_unpin() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping pin_and_unpin: needs root");
+            berth_sysutil::testing::precondition_missing("pin_and_unpin", "needs root");
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

@@ -35,7 +35,10 @@ fn usable() -> bool {
         && Path::new(BUSYBOX).is_file()
         && Command::new("runc").arg("--version").output().is_ok();
     if !ok {
-        eprintln!("skipped: needs root, runc and {BUSYBOX}");
+        berth_sysutil::testing::precondition_missing(
+            "berth-shim direct tests",
+            &format!("needs root, runc and {BUSYBOX}"),
+        );
     }
     ok
 }

@@ -14,17 +14,17 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::error::{Cause, CriError, Result};
-use super::meta::{ContainerMeta, SandboxState};
 use super::{
     find_by_prefix, in_created_order, labels_match, lock, spec, stats, CriRuntime, Sandbox,
 };
 use crate::error::Kind;
-use crate::images::store::now_nanos;
+use crate::metadata::cri::{ContainerMeta, SandboxState};
 use crate::tasks::{
     prepare_rootfs, NewTask, Prepare, Task, TaskError, TaskKind, TaskRecord, TaskStatus,
 };
 use berth_streaming::Pending;
 use berth_streaming::StreamOpts;
+use berth_sysutil::now_nanos;
 
 /// How often the writable layers' disk usage is measured.
 const LAYER_USAGE_PERIOD: Duration = Duration::from_secs(10);

@@ -12,10 +12,10 @@
 use std::collections::HashMap;
 
 use super::error::{CriError, Result};
+pub use crate::config::{
+    MAX_ANNOTATIONS_TOTAL, MAX_LABELS_TOTAL, MAX_LIST_BYTES, MAX_MESSAGE_BYTES,
+};
 
-/// The largest CRI request berthd decodes: kubelet's and crictl's own limit
-/// for what they send and receive.
-pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// metadata.name of a pod (a DNS subdomain in Kubernetes).
 pub const MAX_POD_NAME: usize = 253;
 /// metadata.namespace (a DNS label).
@@ -29,14 +29,6 @@ pub const MAX_CONTAINER_NAME: usize = 253;
 pub const MAX_LABEL_KEY: usize = 253 + 1 + 63;
 /// A label value.
 pub const MAX_LABEL_VALUE: usize = 1024;
-/// All labels of one object together (keys and values).
-pub const MAX_LABELS_TOTAL: usize = 64 << 10;
-/// All annotations of one object together (keys and values).
-pub const MAX_ANNOTATIONS_TOTAL: usize = 256 << 10;
-/// What one list reply (ListPodSandbox, ListContainers) may reach before a
-/// new pod or container is refused: kubelet's 16 MiB less room for the
-/// stats replies, which carry the same labels with the stats beside them.
-pub const MAX_LIST_BYTES: usize = 12 << 20;
 /// Room for what a listed object carries besides its metadata, labels and
 /// annotations (id, state, timestamps, image, handler).
 const LIST_ITEM_OVERHEAD: usize = 512;

@@ -11,7 +11,6 @@ pub mod container;
 pub mod error;
 pub mod image;
 pub mod limits;
-pub mod meta;
 pub mod podfiles;
 pub mod runtime;
 pub mod sandbox;
@@ -30,14 +29,14 @@ use tracing::error;
 
 use crate::config::Config;
 use crate::error::Kind;
-use crate::images::store::now_nanos;
 use crate::images::ImageService;
+use crate::metadata::cri::SandboxRecord;
 use crate::metadata::{MetaStore, SANDBOXES};
 use crate::tasks::error::blocking;
 use crate::tasks::TaskService;
 use berth_network::PodNetworks;
+use berth_sysutil::now_nanos;
 use error::{CriError, Result};
-use meta::SandboxRecord;
 
 /// What a create that others may join ends with: the new object's id, or
 /// the error (kind and message; the error itself is not `Clone`).

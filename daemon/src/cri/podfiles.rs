@@ -355,7 +355,7 @@ mod tests {
     #[test]
     fn shm_mount() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping shm_mount: needs root");
+            berth_sysutil::testing::precondition_missing("shm_mount", "needs root");
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

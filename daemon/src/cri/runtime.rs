@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::error::CriError;
 use super::CriRuntime;
-use crate::images::store::now_nanos;
+use berth_sysutil::now_nanos;
 
 type GrpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -157,7 +157,7 @@ impl RuntimeService for CriRuntimeApi {
         Ok(Response::new(cri::VersionResponse {
             version: "0.1.0".into(),
             runtime_name: "berth".into(),
-            runtime_version: crate::server::VERSION.into(),
+            runtime_version: crate::VERSION.into(),
             runtime_api_version: API_VERSION.into(),
         }))
     }

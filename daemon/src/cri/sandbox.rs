@@ -16,15 +16,15 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::error::{Cause, CriError, Result};
-use super::meta::{SandboxRecord, SandboxState};
 use super::{
     find_by_prefix, in_created_order, labels_match, limits, lock, podfiles, stats, CriRuntime,
     Sandbox,
 };
 use crate::config::CriConfig;
 use crate::error::Kind;
-use crate::images::store::now_nanos;
+use crate::metadata::cri::{SandboxRecord, SandboxState};
 use berth_network::{podns, PodNetworkOptions, PodRef, PortMapping};
+use berth_sysutil::now_nanos;
 
 const NS_NODE: i32 = cri::NamespaceMode::Node as i32;
 

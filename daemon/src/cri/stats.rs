@@ -14,7 +14,6 @@ use std::collections::HashSet;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A v1 `memory.limit_in_bytes` at or above this is "no limit": the kernel
 /// reports an unlimited cgroup as `PAGE_COUNTER_MAX * PAGE_SIZE`, just under
@@ -90,18 +89,11 @@ pub struct CgroupStats {
 /// the systemd form `slice:prefix:name`.
 pub fn read(layout: &CgroupLayout, cgroups_path: &str) -> Result<CgroupStats, StatsError> {
     let rel = resolve_cgroups_path(cgroups_path)?;
-    let timestamp_ns = now_ns();
+    let timestamp_ns = berth_sysutil::now_nanos();
     match layout {
         CgroupLayout::V1 { root } => read_v1(root, &rel, cgroups_path, timestamp_ns),
         CgroupLayout::V2 { root } => read_v2(&root.join(&rel), cgroups_path, timestamp_ns),
     }
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Turns `linux.cgroupsPath` into a path relative to a hierarchy's root.
@@ -604,7 +596,10 @@ mod tests {
     #[test]
     fn filesystem_usage_does_not_cross_mounts() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping filesystem_usage_does_not_cross_mounts: needs root");
+            berth_sysutil::testing::precondition_missing(
+                "filesystem_usage_does_not_cross_mounts",
+                "needs root",
+            );
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
@@ -633,12 +628,13 @@ mod tests {
     #[test]
     fn real_v1_cgroup() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping real_v1_cgroup: needs root");
+            berth_sysutil::testing::precondition_missing("real_v1_cgroup", "needs root");
             return;
         }
         let layout = CgroupLayout::detect();
         let CgroupLayout::V1 { root } = &layout else {
-            eprintln!("skipping real_v1_cgroup: host is cgroup v2");
+            // Not a missing precondition: the v2 path has its own tests.
+            eprintln!("real_v1_cgroup: not applicable, the host is cgroup v2");
             return;
         };
         let name = format!("berth-stats-test-{:016x}", rand::random::<u64>());

@@ -942,7 +942,7 @@ fn platforms_of(index: &oci::Index) -> String {
     let mut more = 0;
     for p in index.manifests.iter().filter_map(|m| m.platform.as_ref()) {
         let shown = format!("{}/{}", p.os, p.architecture);
-        let shown = crate::cri::limits::echo(&shown);
+        let shown = berth_sysutil::echo(&shown);
         if seen.contains(&shown) {
             continue;
         }

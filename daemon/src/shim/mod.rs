@@ -238,7 +238,7 @@ impl ShimManager {
             bootstrap: launcher.binary.bootstrap,
             cwd: cwd.to_path_buf(),
             pid,
-            started_at: crate::images::store::now_nanos(),
+            started_at: berth_sysutil::now_nanos(),
         };
         let pods_dir = self.pods_dir.clone();
         let to_save = record.clone();

@@ -37,11 +37,11 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
-use crate::images::store::now_nanos;
 use crate::images::ImageService;
 use crate::metadata::{MetaStore, QUARANTINE, TASKS};
 use crate::runtime_spec::{Bundle, BundleError};
 use crate::shim::{Launcher, PodRecord, PodShim, ShimManager, NAMESPACE};
+use berth_sysutil::now_nanos;
 use error::blocking;
 pub use error::TaskError;
 use logs::LogFollower;
@@ -67,7 +67,7 @@ pub struct NewTask {
     pub log_path: PathBuf,
     pub keep_log: bool,
     pub cgroups_path: String,
-    pub cri: Option<crate::cri::meta::ContainerMeta>,
+    pub cri: Option<crate::metadata::cri::ContainerMeta>,
 }
 
 /// Builds a task's bundle (blocking): rootfs mounted, config.json written.
@@ -780,7 +780,7 @@ impl TaskService {
     pub async fn update_cri(
         &self,
         id: &str,
-        f: impl FnOnce(&mut crate::cri::meta::ContainerMeta),
+        f: impl FnOnce(&mut crate::metadata::cri::ContainerMeta),
     ) -> Result<(), TaskError> {
         let task = self
             .get(id)

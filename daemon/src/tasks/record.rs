@@ -106,7 +106,7 @@ pub struct TaskRecord {
     pub cgroups_path: String,
     /// What the CRI knows about the container (None for native tasks).
     #[serde(default)]
-    pub cri: Option<crate::cri::meta::ContainerMeta>,
+    pub cri: Option<crate::metadata::cri::ContainerMeta>,
 }
 
 impl TaskRecord {

@@ -2,6 +2,8 @@
 //! be replaced (redb is the fallback) without touching the services. Values are
 //! opaque bytes; the typed records live with their owners (images, leases).
 
+pub mod cri;
+
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

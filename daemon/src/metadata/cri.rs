@@ -1,7 +1,8 @@
 //! What the CRI layer records about pods and containers, beyond what the
 //! runtime core keeps (a container is a task: see [`crate::tasks`]). Sandbox
 //! records live in the metadata DB bucket `sandboxes`; container metadata
-//! rides in the task record.
+//! rides in the task record. Here, below both `cri` and `tasks`, so the task
+//! record can carry it without the task layer depending on the CRI service.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
