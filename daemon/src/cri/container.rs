@@ -25,7 +25,6 @@ use crate::tasks::{
 use berth_streaming::Pending;
 use berth_streaming::StreamOpts;
 use berth_sysutil::now_nanos;
-use berth_sysutil::write_atomic;
 
 /// How often the writable layers' disk usage is measured.
 const LAYER_USAGE_PERIOD: Duration = Duration::from_secs(10);
@@ -322,7 +321,7 @@ impl CriRuntime {
                         rec.log_path.display()
                     ))
                 })?;
-            let rootfs = prepare_rootfs(rec, snap.as_ref(), top.as_deref())?;
+            let bundle = prepare_rootfs(rec, snap.as_ref(), top.as_deref())?;
             let pod = spec::PodContext {
                 sandbox_id: &srec.id,
                 config: &pod_cfg,
@@ -335,14 +334,19 @@ impl CriRuntime {
                 hosts_file: Some(&srec.dir.join("hosts")),
                 shm: srec.shm.as_deref(),
             };
-            let mut doc = spec::container_spec(&rec.id, &cfg, &pod, &image_cfg, &rootfs, &opts)
-                .map_err(spec_error)?;
-            doc["linux"]["cgroupsPath"] = json!(rec.cgroups_path);
-            let body =
-                serde_json::to_vec_pretty(&doc).map_err(|e| TaskError::Internal(e.to_string()))?;
-            write_atomic(&rec.bundle.join("config.json"), &body).map_err(TaskError::io(format!(
-                "writing the config.json of container {short}"
-            )))
+            let mut doc =
+                spec::container_spec(&rec.id, &cfg, &pod, &image_cfg, &bundle.rootfs(), &opts)
+                    .map_err(spec_error)?;
+            // The path recorded at create (under the pod's cgroup) is the one
+            // stats and updates read.
+            if let Some(l) = doc.linux_mut().as_mut() {
+                l.set_cgroups_path(Some(PathBuf::from(&rec.cgroups_path)));
+            }
+            bundle
+                .write_spec(&doc)
+                .map_err(crate::tasks::bundle_error(format!(
+                    "writing the config.json of container {short}"
+                )))
         });
         let task = self.tasks.create(new, prepare).await?;
         let rec = task.record();

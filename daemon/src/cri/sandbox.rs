@@ -470,27 +470,7 @@ impl CriRuntime {
         let image = self.sandbox_image(&rec.name, &image_name).await?;
         let (image_cfg, top) = self.image_rootfs(&image).await?;
         let id = crate::tasks::new_long_id();
-        let mut ns = namespace_options(cfg);
-        ns.pid = cri::NamespaceMode::Container as i32;
-        let pause_cfg = cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: "POD".into(),
-                attempt: 0,
-            }),
-            image: Some(cri::ImageSpec {
-                image: image_name.clone(),
-                ..Default::default()
-            }),
-            linux: Some(cri::LinuxContainerConfig {
-                security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: Some(ns),
-                    no_new_privs: true,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let pause_cfg = pause_config(cfg, &image_name);
         let driver = if self.config.cri.cgroup_driver == "systemd" {
             super::spec::CgroupDriver::Systemd
         } else {
@@ -530,7 +510,7 @@ impl CriRuntime {
                 "creating {}",
                 t.log_path.display()
             )))?;
-            let rootfs = crate::tasks::prepare_rootfs(t, snap.as_ref(), top.as_deref())?;
+            let bundle = crate::tasks::prepare_rootfs(t, snap.as_ref(), top.as_deref())?;
             let pod = super::spec::PodContext {
                 sandbox_id: &srec.id,
                 config: &pod_cfg,
@@ -543,17 +523,21 @@ impl CriRuntime {
                 hosts_file: None,
                 shm: srec.shm.as_deref(),
             };
-            let mut doc =
-                super::spec::container_spec(&t.id, &pause_cfg, &pod, &image_cfg, &rootfs, &opts)
-                    .map_err(|e| crate::tasks::TaskError::InvalidArgument(e.to_string()))?;
-            doc["linux"]["cgroupsPath"] = json!(t.cgroups_path);
-            let body = serde_json::to_vec_pretty(&doc)
-                .map_err(|e| crate::tasks::TaskError::Internal(e.to_string()))?;
-            berth_sysutil::write_atomic(&t.bundle.join("config.json"), &body).map_err(
-                crate::tasks::TaskError::io(
-                    "writing the pause container's config.json".to_string(),
-                ),
+            let mut doc = super::spec::container_spec(
+                &t.id,
+                &pause_cfg,
+                &pod,
+                &image_cfg,
+                &bundle.rootfs(),
+                &opts,
             )
+            .map_err(|e| crate::tasks::TaskError::InvalidArgument(e.to_string()))?;
+            if let Some(l) = doc.linux_mut().as_mut() {
+                l.set_cgroups_path(Some(std::path::PathBuf::from(&t.cgroups_path)));
+            }
+            bundle.write_spec(&doc).map_err(crate::tasks::bundle_error(
+                "writing the pause container's config.json".to_string(),
+            ))
         });
         // Recorded before it exists, so a failure below is cleaned up.
         let rec = sandbox.update(|r| r.pause = Some(id.clone()));
@@ -1045,6 +1029,32 @@ fn node_hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// The CRI config the pod's pause container is built from: the pod's
+/// namespaces with a PID namespace of its own, no new privileges.
+pub(crate) fn pause_config(cfg: &cri::PodSandboxConfig, image_name: &str) -> cri::ContainerConfig {
+    let mut ns = namespace_options(cfg);
+    ns.pid = cri::NamespaceMode::Container as i32;
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "POD".into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image_name.to_string(),
+            ..Default::default()
+        }),
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(ns),
+                no_new_privs: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::Config;
 use crate::images::ImageService;
 use crate::metadata::{MetaStore, QUARANTINE, TASKS};
+use crate::runtime_spec::{Bundle, BundleError};
 use crate::shim::{Launcher, PodRecord, PodShim, ShimManager, NAMESPACE};
 use berth_sysutil::now_nanos;
 use error::blocking;
@@ -82,8 +83,7 @@ pub struct Task {
     persisting: tokio::sync::Mutex<()>,
 }
 
-use berth_shim_protocol::annotations;
-use berth_sysutil::{is_mount_point, lock, write_atomic};
+use berth_sysutil::{is_mount_point, lock};
 
 impl Task {
     fn new(rec: TaskRecord) -> Task {
@@ -196,12 +196,27 @@ fn default_name(image: &str, id: &str) -> String {
     }
 }
 
-/// What `runc state` says about a container.
-#[derive(Debug, Clone, serde::Deserialize)]
-struct RuncState {
-    status: String,
-    #[serde(default)]
-    pid: u32,
+/// What berthd sees of a task's container in the OCI runtime, without
+/// running the runtime (only the shim drives it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RuntimeView {
+    /// The runtime still keeps the container's state (runc and crun keep
+    /// it in `<runtime root>/<namespace>/<id>`).
+    exists: bool,
+    /// Its init process still runs: the recorded pid is alive and in the
+    /// task's cgroup (not a pid reused since).
+    alive: bool,
+}
+
+/// Looks at the runtime's state directory and /proc. Blocking.
+fn runtime_view(rec: &TaskRecord) -> RuntimeView {
+    let exists = rec.runtime_root.join(NAMESPACE).join(&rec.id).exists();
+    let alive = exists
+        && rec.pid != 0
+        && crate::shim::pid_alive(rec.pid)
+        && std::fs::read_to_string(format!("/proc/{}/cgroup", rec.pid))
+            .is_ok_and(|c| c.contains(&rec.id));
+    RuntimeView { exists, alive }
 }
 
 impl TaskService {
@@ -628,8 +643,8 @@ impl TaskService {
         }
         // A create that failed after the runtime's create (e.g. in the
         // shim's stdio set-up) leaves a container and its cgroup behind.
-        if self.runc_state(&rec).await.is_some() && !self.runc_delete(&rec).await {
-            warn!(task = %rec.name, "the runtime could not delete the container of a failed run");
+        if self.runtime_view(&rec).await.exists {
+            self.shim_cleanup(&rec, None).await;
         }
         task.removing.store(true, Ordering::SeqCst);
         if let Err(e) = self.drop_task(&rec).await {
@@ -858,70 +873,68 @@ impl TaskService {
         self.shims.forget(&pod);
     }
 
-    async fn runc_state(&self, rec: &TaskRecord) -> Option<RuncState> {
-        let root = rec.runtime_root.join(NAMESPACE);
-        let mut cmd = tokio::process::Command::new(&self.config.shim.runtime);
-        cmd.arg("--root")
-            .arg(&root)
-            .arg("state")
-            .arg(&rec.id)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        let out = tokio::time::timeout(Duration::from_secs(10), cmd.output())
+    /// What the runtime holds of `rec`'s container (off the runtime).
+    async fn runtime_view(&self, rec: &TaskRecord) -> RuntimeView {
+        let r = rec.clone();
+        blocking(move || Ok(runtime_view(&r)))
             .await
-            .ok()?
-            .ok()?;
-        if !out.status.success() {
-            return None;
+            .unwrap_or(RuntimeView {
+                exists: true,
+                alive: false,
+            })
+    }
+
+    /// The shim binary's clean-up (`<shim> ... -bundle B delete`, as
+    /// containerd runs it when a shim is gone): it force-deletes the
+    /// container in the runtime and unmounts its rootfs. berthd itself never
+    /// runs the OCI runtime. `launcher` None = the configured shim.
+    async fn shim_cleanup(
+        &self,
+        rec: &TaskRecord,
+        launcher: Option<&Launcher>,
+    ) -> Option<api::DeleteResponse> {
+        let own;
+        let launcher = match launcher {
+            Some(l) => l,
+            None => match self.shims.launcher() {
+                Ok(l) => {
+                    own = l;
+                    &own
+                }
+                Err(e) => {
+                    warn!(task = %rec.name, error = %e, "no shim binary to clean the container up with");
+                    return None;
+                }
+            },
+        };
+        match launcher.delete(&rec.id, &rec.bundle).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                warn!(task = %rec.name, id = %rec.id, error = %e, "the shim's delete failed: the runtime may still hold the container");
+                None
+            }
         }
-        serde_json::from_slice(&out.stdout).ok()
     }
 
-    async fn runc_delete(&self, rec: &TaskRecord) -> bool {
-        let root = rec.runtime_root.join(NAMESPACE);
-        let mut cmd = tokio::process::Command::new(&self.config.shim.runtime);
-        cmd.arg("--root")
-            .arg(&root)
-            .arg("delete")
-            .arg("--force")
-            .arg(&rec.id)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        matches!(
-            tokio::time::timeout(Duration::from_secs(10), cmd.output()).await,
-            Ok(Ok(o)) if o.status.success()
-        )
-    }
-
-    /// Settles a task whose shim is gone (or lost it): the runtime is asked
-    /// whether it still runs; the shim's `delete` command (else the runtime
-    /// itself) kills and deletes it. A task that was still running is
+    /// Settles a task whose shim is gone (or lost it): whether it still
+    /// runs is read from the runtime's state dir and /proc; the shim
+    /// binary's `delete` command kills and deletes it. A task that was still running is
     /// recorded as killed; one that had already gone has lost its status.
     async fn settle_without_shim(&self, task: &Arc<Task>, launcher: Option<&Launcher>, why: &str) {
         let rec = task.record();
         if !rec.status.is_live() && rec.status != TaskStatus::Creating {
             return;
         }
-        let state = self.runc_state(&rec).await;
-        let alive = state.as_ref().is_some_and(|s| {
-            s.status != "stopped" && (s.pid == 0 || crate::shim::pid_alive(s.pid))
-        });
-        debug!(task = %rec.name, ?state, "runtime state of a task without a shim");
+        let view = self.runtime_view(&rec).await;
+        let alive = view.alive;
+        debug!(task = %rec.name, ?view, "runtime state of a task without a shim");
         // Without a container in the runtime there is nothing to kill; the
         // rootfs is unmounted when the task is removed.
-        let deleted = match launcher.filter(|_| state.is_some()) {
-            Some(l) => match l.delete(&rec.id, &rec.bundle).await {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    warn!(task = %rec.name, error = %e, "shim delete failed; asking the runtime");
-                    None
-                }
-            },
-            None => None,
+        let deleted = if view.exists {
+            self.shim_cleanup(&rec, launcher).await
+        } else {
+            None
         };
-        if deleted.is_none() && state.is_some() && !self.runc_delete(&rec).await {
-            warn!(task = %rec.name, "the runtime could not delete the container");
-        }
         let now = now_nanos();
         let rec = task.update(|r| {
             if alive {
@@ -1045,9 +1058,8 @@ impl TaskService {
         // A shim that died after the exit was recorded and before it deleted
         // the task leaves the runtime's container (state, cgroup): the
         // runtime deletes it.
-        if rec.runtime_root.join(NAMESPACE).join(&rec.id).exists() && !self.runc_delete(&rec).await
-        {
-            warn!(task = %rec.name, "the runtime could not delete the container");
+        if self.runtime_view(&rec).await.exists {
+            self.shim_cleanup(&rec, None).await;
         }
         let result = self.drop_task(&rec).await;
         if result.is_err() {
@@ -1396,28 +1408,9 @@ fn prepare_bundle(
     extra_env: &[String],
     logs_dir: &Path,
 ) -> Result<(), TaskError> {
-    let rootfs = prepare_rootfs(rec, snap, top)?;
-    let hostname = rec.id[..12.min(rec.id.len())].to_string();
-    let (uid, gid) = spec::resolve_user(cfg.user.as_deref().unwrap_or(""), &rootfs)?;
-    let process = spec::ProcessSpec {
-        args: rec.args.clone(),
-        env: spec::environment(cfg, extra_env, &hostname, rec.tty),
-        cwd: cfg
-            .working_dir
-            .clone()
-            .filter(|w| w.starts_with('/'))
-            .unwrap_or_else(|| "/".into()),
-        uid,
-        gid,
-        terminal: rec.tty,
-        hostname,
-    };
-    let mut annotations = BTreeMap::new();
-    annotations.insert(annotations::SANDBOX_ID.to_string(), rec.sandbox_id.clone());
-    annotations.insert("berth.io/task-name".to_string(), rec.name.clone());
-    let spec = spec::build_spec(&process, &rec.cgroups_path, &annotations);
-    let body = serde_json::to_vec_pretty(&spec).map_err(|e| TaskError::Internal(e.to_string()))?;
-    write_atomic(&rec.bundle.join("config.json"), &body).map_err(TaskError::io(format!(
+    let bundle = prepare_rootfs(rec, snap, top)?;
+    let spec = spec::task_spec(rec, cfg, extra_env, &bundle.rootfs())?;
+    bundle.write_spec(&spec).map_err(bundle_error(format!(
         "writing the config.json of {}",
         rec.name
     )))?;
@@ -1472,20 +1465,16 @@ fn oom_killed(cgroups_path: &str) -> bool {
     })
 }
 
-/// A task's rootfs: an active snapshot on `top` (labelled with the task id,
-/// so an orphan is found at start) mounted at `<bundle>/rootfs`. Blocking.
+/// A task's bundle (see [`Bundle`]) with its rootfs: an active snapshot on
+/// `top` (labelled with the task id, so an orphan is found at start)
+/// mounted at `<bundle>/rootfs`. The caller writes the spec. Blocking.
 pub fn prepare_rootfs(
     rec: &TaskRecord,
     snap: &dyn snapshotter::Snapshotter,
     top: Option<&str>,
-) -> Result<PathBuf, TaskError> {
-    use std::os::unix::fs::DirBuilderExt;
-    let rootfs = rec.rootfs();
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o711)
-        .create(&rootfs)
-        .map_err(TaskError::io(format!("creating {}", rootfs.display())))?;
+) -> Result<Bundle, TaskError> {
+    let bundle = Bundle::create(&rec.bundle)
+        .map_err(bundle_error(format!("creating the bundle of {}", rec.name)))?;
     let mut labels = snapshotter::Labels::new();
     labels.insert(TASK_LABEL.to_string(), rec.id.clone());
     let mounts =
@@ -1494,11 +1483,22 @@ pub fn prepare_rootfs(
                 context: format!("preparing the rootfs of {}", rec.name),
                 source,
             })?;
-    snapshotter::mount_all(&mounts, &rootfs).map_err(|source| TaskError::Snapshot {
+    snapshotter::mount_all(&mounts, &bundle.rootfs()).map_err(|source| TaskError::Snapshot {
         context: format!("mounting the rootfs of {}", rec.name),
         source,
     })?;
-    Ok(rootfs)
+    Ok(bundle)
+}
+
+/// A bundle that cannot be laid out: an I/O error (a full disk stays
+/// ResourceExhausted) with `context`, else Internal.
+pub fn bundle_error(context: String) -> impl FnOnce(BundleError) -> TaskError {
+    move |e| match e {
+        BundleError::Create { source, .. } | BundleError::Write { source, .. } => {
+            TaskError::io(context)(source)
+        }
+        BundleError::Encode(e) => TaskError::Internal(format!("{context}: {e}")),
+    }
 }
 
 /// Unmounts and removes a task's rootfs snapshot, bundle and log. Blocking;
@@ -1547,6 +1547,47 @@ fn remove_files(rec: &TaskRecord, snap: &dyn snapshotter::Snapshotter) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_view_reads_the_state_dir_and_proc() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rec: TaskRecord = serde_json::from_value(serde_json::json!({
+            "id": "c0ffee", "name": "t", "sandbox_id": "c0ffee", "image": "i",
+            "args": [], "status": "running", "created_at": 0,
+            "bundle": "/b", "log_path": "/l", "stdio": "file", "snapshot": "s",
+            "runtime_root": dir.path(),
+        }))
+        .unwrap();
+        rec.pid = std::process::id();
+        let none = RuntimeView {
+            exists: false,
+            alive: false,
+        };
+        assert_eq!(runtime_view(&rec), none, "no state dir: nothing to delete");
+        std::fs::create_dir_all(dir.path().join(NAMESPACE).join("c0ffee")).unwrap();
+        // A live pid outside the task's cgroup is a reused pid, not the task.
+        assert_eq!(
+            runtime_view(&rec),
+            RuntimeView {
+                exists: true,
+                alive: false
+            }
+        );
+        // The test's own cgroup stands in for the task's (when it has one
+        // below the root).
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let leaf = own
+            .lines()
+            .filter_map(|l| l.rsplit(':').next()?.rsplit('/').next())
+            .find(|s| !s.is_empty());
+        if let Some(leaf) = leaf {
+            rec.id = leaf.to_string();
+            std::fs::create_dir_all(dir.path().join(NAMESPACE).join(&rec.id)).unwrap();
+            assert!(runtime_view(&rec).alive, "in its cgroup: alive");
+            rec.pid = 0;
+            assert!(!runtime_view(&rec).alive, "never started");
+        }
+    }
 
     #[test]
     fn names() {

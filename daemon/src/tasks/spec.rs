@@ -1,34 +1,23 @@
-//! The OCI runtime spec (config.json) of a task: the process from the image
-//! config (Entrypoint, Cmd, Env, WorkingDir, User) and containerd's default
-//! Linux spec around it (mounts, capabilities, masked paths, namespaces).
+//! The OCI runtime spec (config.json) of a native task (`berthctl run`):
+//! the process from the image config (Entrypoint, Cmd, Env, WorkingDir,
+//! User) and containerd's default Linux spec around it (mounts,
+//! capabilities, masked paths, namespaces), built with the shared
+//! [`SpecBuilder`]; the user is resolved by [`crate::runtime_spec::user`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Mount};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::error::TaskError;
+use crate::runtime_spec::builder::{device_rule, mount, namespace};
+pub use crate::runtime_spec::defaults::DEFAULT_CAPS;
+use crate::runtime_spec::defaults::{base_mounts, DEFAULT_READONLY_PATHS};
+use crate::runtime_spec::user::{self, UserRequest};
+use crate::runtime_spec::{Spec, SpecBuilder};
 
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// containerd's default capability set.
-pub const DEFAULT_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
 
 /// The parts of an image config's `config` object a task uses.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -61,18 +50,6 @@ pub fn parse_image_config(body: &[u8], image: &str) -> Result<ContainerConfig, T
         TaskError::FailedPrecondition(format!("image {image}: its config is not valid: {e}"))
     })?;
     Ok(f.config.unwrap_or_default())
-}
-
-/// The process of a task, resolved against its image.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProcessSpec {
-    pub args: Vec<String>,
-    pub env: Vec<String>,
-    pub cwd: String,
-    pub uid: u32,
-    pub gid: u32,
-    pub terminal: bool,
-    pub hostname: String,
 }
 
 /// `docker run` semantics: the image's Entrypoint stays, the given command
@@ -115,137 +92,98 @@ pub fn environment(
     env
 }
 
-/// Reads a small file of the container's rootfs without following symlinks
-/// anywhere on the way: a name lookup must not read the host's files.
-pub(crate) fn read_rootfs_file(rootfs: &Path, rel: &str) -> Option<String> {
-    let mut p = rootfs.to_path_buf();
-    for part in rel.split('/').filter(|s| !s.is_empty()) {
-        p.push(part);
-        let md = std::fs::symlink_metadata(&p).ok()?;
-        if md.file_type().is_symlink() {
-            return None;
-        }
-    }
-    let md = std::fs::metadata(&p).ok()?;
-    if !md.is_file() || md.len() > 16 << 20 {
-        return None;
-    }
-    std::fs::read_to_string(&p).ok()
+/// containerd's default masked paths for a native task.
+const TASK_MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/proc/scsi",
+];
+
+/// containerd's default mounts of a native task: the base ones and a /run
+/// tmpfs.
+fn task_mounts() -> Vec<Mount> {
+    let mut m = base_mounts("ro");
+    m.push(mount(
+        "/run",
+        "tmpfs",
+        "tmpfs",
+        &["nosuid", "strictatime", "mode=755", "size=65536k"],
+    ));
+    m
 }
 
-fn lookup_id(rootfs: &Path, file: &str, name: &str, field: usize) -> Option<(u32, Option<u32>)> {
-    let text = read_rootfs_file(rootfs, file)?;
-    text.lines().find_map(|l| {
-        let parts: Vec<&str> = l.split(':').collect();
-        if parts.first() == Some(&name) && parts.len() > field {
-            let id = parts[field].parse().ok()?;
-            // For passwd entries the primary group follows the uid.
-            let gid = parts.get(field + 1).and_then(|g| g.parse().ok());
-            Some((id, gid))
-        } else {
-            None
-        }
-    })
-}
-
-/// Resolves the image's `User` ("", "uid", "uid:gid", "name", "name:group")
-/// to numeric ids, looking names up in the rootfs' /etc/passwd and /etc/group.
-pub fn resolve_user(user: &str, rootfs: &Path) -> Result<(u32, u32), TaskError> {
-    let user = user.trim();
-    if user.is_empty() {
-        return Ok((0, 0));
-    }
-    let (u, g) = match user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (user, None),
-    };
-    let bad = |what: &str| {
-        TaskError::InvalidArgument(format!(
-            "image user {user:?}: {what} is not numeric and not in the image's /etc/{}",
-            if what == "group" { "group" } else { "passwd" }
-        ))
-    };
-    let (uid, passwd_gid) = match u.parse::<u32>() {
-        Ok(n) => (n, None),
-        Err(_) => lookup_id(rootfs, "etc/passwd", u, 2).ok_or_else(|| bad("user"))?,
-    };
-    let gid = match g {
-        Some(g) => match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => lookup_id(rootfs, "etc/group", g, 2)
-                .map(|(id, _)| id)
-                .ok_or_else(|| bad("group"))?,
+/// The spec of native task `rec` (`berthctl run`): the process from the
+/// image config and the extra environment, the user resolved as the CRI
+/// resolves an image's `User` (`rootfs` is read for /etc/passwd and
+/// /etc/group), containerd's default Linux spec around it, new namespaces,
+/// an absolute cgroups path (HOST.md: a relative one lands under the
+/// caller's cgroup) and no oomScoreAdj (the process inherits the shim's,
+/// which is never below berthd's own).
+pub fn task_spec(
+    rec: &super::TaskRecord,
+    cfg: &ContainerConfig,
+    extra_env: &[String],
+    rootfs: &Path,
+) -> Result<Spec, TaskError> {
+    let hostname = rec.id[..12.min(rec.id.len())].to_string();
+    let user = user::resolve(
+        &UserRequest {
+            image_user: cfg.user.as_deref().unwrap_or(""),
+            ..Default::default()
         },
-        None => passwd_gid.unwrap_or(if u.parse::<u32>().is_ok() { 0 } else { uid }),
-    };
-    Ok((uid, gid))
-}
-
-/// containerd's default Linux spec around `p`, with an absolute cgroups path
-/// (HOST.md: a relative one lands under the caller's cgroup) and no
-/// oomScoreAdj (the process inherits the shim's, which is never below
-/// berthd's own).
-pub fn build_spec(
-    p: &ProcessSpec,
-    cgroups_path: &str,
-    annotations: &BTreeMap<String, String>,
-) -> Value {
-    let caps: Vec<&str> = DEFAULT_CAPS.to_vec();
-    json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": p.terminal,
-            "user": { "uid": p.uid, "gid": p.gid },
-            "args": p.args,
-            "env": p.env,
-            "cwd": p.cwd,
-            "capabilities": {
-                "bounding": caps,
-                "effective": caps,
-                "permitted": caps,
-            },
-            "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024 }],
-            "noNewPrivileges": true,
-        },
-        "root": { "path": "rootfs", "readonly": false },
-        "hostname": p.hostname,
-        "mounts": [
-            { "destination": "/proc", "type": "proc", "source": "proc",
-              "options": ["nosuid", "noexec", "nodev"] },
-            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
-            { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
-              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] },
-            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
-            { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-              "options": ["nosuid", "noexec", "nodev"] },
-            { "destination": "/sys", "type": "sysfs", "source": "sysfs",
-              "options": ["nosuid", "noexec", "nodev", "ro"] },
-            { "destination": "/run", "type": "tmpfs", "source": "tmpfs",
-              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
-        ],
-        "annotations": annotations,
-        "linux": {
-            "resources": { "devices": [{ "allow": false, "access": "rwm" }] },
-            "cgroupsPath": cgroups_path,
-            "namespaces": [
-                { "type": "pid" },
-                { "type": "ipc" },
-                { "type": "uts" },
-                { "type": "mount" },
-                { "type": "network" },
-            ],
-            "maskedPaths": [
-                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
-                "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
-                "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
-            ],
-            "readonlyPaths": [
-                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
-            ],
-        },
-    })
+        rootfs,
+    )
+    .map_err(|e| TaskError::InvalidArgument(format!("image {}: {e}", rec.image)))?;
+    let cwd = cfg
+        .working_dir
+        .clone()
+        .filter(|w| w.starts_with('/'))
+        .unwrap_or_else(|| "/".into());
+    let mut annotations = BTreeMap::new();
+    annotations.insert(
+        berth_shim_protocol::annotations::SANDBOX_ID.to_string(),
+        rec.sandbox_id.clone(),
+    );
+    annotations.insert("berth.io/task-name".to_string(), rec.name.clone());
+    let caps: Vec<String> = DEFAULT_CAPS.iter().map(|c| c.to_string()).collect();
+    let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let ns = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Network,
+    ];
+    let mut resources = LinuxResources::default();
+    resources.set_devices(Some(vec![device_rule(false, None, None, None, "rwm")]));
+    let builder = SpecBuilder::new()
+        .nofile_limit(1024)
+        .map_err(|e| TaskError::Internal(format!("the spec of task {}: {e}", rec.name)))?;
+    Ok(builder
+        .process(
+            rec.args.clone(),
+            environment(cfg, extra_env, &hostname, rec.tty),
+            &cwd,
+            rec.tty,
+        )
+        .user(&user)
+        .capabilities(&caps, &[])
+        .no_new_privileges(true)
+        .hostname(Some(hostname))
+        .mounts(task_mounts())
+        .annotations(annotations)
+        .resources(resources)
+        .cgroups_path(&rec.cgroups_path)
+        .namespaces(ns.into_iter().map(|t| namespace(t, None)).collect())
+        .masked_and_readonly_paths(strs(TASK_MASKED_PATHS), strs(DEFAULT_READONLY_PATHS))
+        .build())
 }
 
 #[cfg(test)]
@@ -303,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn users_resolve() {
+    fn native_task_users_resolve_as_the_cri_does() {
         let dir = tempfile::tempdir().unwrap();
         let r = dir.path();
         std::fs::create_dir(r.join("etc")).unwrap();
@@ -312,39 +250,79 @@ mod tests {
             "root:x:0:0:root:/root:/bin/sh\nwww:x:33:34::/var/www:/bin/false\n",
         )
         .unwrap();
-        std::fs::write(r.join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
-        assert_eq!(resolve_user("", r).unwrap(), (0, 0));
-        assert_eq!(resolve_user("1000", r).unwrap(), (1000, 0));
-        assert_eq!(resolve_user("1000:7", r).unwrap(), (1000, 7));
-        assert_eq!(resolve_user("www", r).unwrap(), (33, 34));
-        assert_eq!(resolve_user("www:staff", r).unwrap(), (33, 50));
-        assert!(resolve_user("nobody", r).is_err());
-        assert!(resolve_user("1:nogroup", r).is_err());
-        // A symlink out of the rootfs is not followed.
-        std::fs::remove_file(r.join("etc/passwd")).unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", r.join("etc/passwd")).unwrap();
-        assert!(resolve_user("root", r).is_err());
+        std::fs::write(r.join("etc/group"), "root:x:0:\nstaff:x:50:www\n").unwrap();
+        let rec = |user: &str| {
+            let cfg = ContainerConfig {
+                user: Some(user.into()),
+                ..Default::default()
+            };
+            task_spec(&record(), &cfg, &[], r).map(|s| s.process().as_ref().unwrap().user().clone())
+        };
+        let u = rec("www").unwrap();
+        assert_eq!((u.uid(), u.gid()), (33, 34));
+        assert_eq!(u.additional_gids().as_deref(), Some(&[34, 50][..]));
+        let u = rec("33").unwrap();
+        assert_eq!((u.uid(), u.gid()), (33, 34), "a uid's passwd group");
+        let u = rec("1000:7").unwrap();
+        assert_eq!((u.uid(), u.gid()), (1000, 7));
+        match rec("nobody") {
+            Err(TaskError::InvalidArgument(m)) => {
+                assert!(m.contains("image busybox") && m.contains("nobody"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn record() -> crate::tasks::TaskRecord {
+        crate::tasks::TaskRecord {
+            id: "abcdef0123456789".into(),
+            name: "t".into(),
+            sandbox_id: "abcdef0123456789".into(),
+            image: "busybox".into(),
+            args: vec!["sleep".into(), "1".into()],
+            tty: false,
+            auto_remove: false,
+            status: crate::tasks::TaskStatus::Creating,
+            pid: 0,
+            exit_code: None,
+            created_at: 0,
+            started_at: 0,
+            finished_at: 0,
+            reason: String::new(),
+            bundle: "/b".into(),
+            log_path: "/l".into(),
+            stdio: crate::shim::StdioScheme::File,
+            snapshot: String::new(),
+            shim_address: String::new(),
+            shim_binary: Default::default(),
+            runtime_root: "/r".into(),
+            kind: crate::tasks::TaskKind::Native,
+            keep_log: false,
+            stdin: false,
+            cgroups_path: "/berth/abc".into(),
+            cri: None,
+        }
     }
 
     #[test]
     fn spec_has_absolute_cgroup_and_no_oom_adj() {
-        let p = ProcessSpec {
-            args: vec!["sleep".into(), "1".into()],
-            env: vec![DEFAULT_PATH.into()],
-            cwd: "/".into(),
-            uid: 0,
-            gid: 0,
-            terminal: false,
-            hostname: "abc".into(),
-        };
-        let s = build_spec(&p, "/berth/abc", &BTreeMap::new());
-        assert_eq!(s["linux"]["cgroupsPath"], "/berth/abc");
-        assert!(s["process"].get("oomScoreAdj").is_none());
-        assert_eq!(s["process"]["args"][0], "sleep");
-        assert_eq!(s["root"]["path"], "rootfs");
+        let s = task_spec(
+            &record(),
+            &ContainerConfig::default(),
+            &[],
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
+        let linux = s.linux().as_ref().unwrap();
         assert_eq!(
-            s["linux"]["namespaces"].as_array().map(|a| a.len()),
-            Some(5)
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/berth/abc"))
         );
+        let p = s.process().as_ref().unwrap();
+        assert!(p.oom_score_adj().is_none());
+        assert_eq!(p.args().as_deref().unwrap()[0], "sleep");
+        assert_eq!(s.root().as_ref().unwrap().path(), Path::new("rootfs"));
+        assert_eq!(s.hostname().as_deref(), Some("abcdef012345"));
+        assert_eq!(linux.namespaces().as_ref().map(|n| n.len()), Some(5));
     }
 }
