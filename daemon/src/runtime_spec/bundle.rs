@@ -30,16 +30,6 @@ pub enum BundleError {
     },
 }
 
-impl BundleError {
-    /// The I/O error underneath, if any (e.g. to tell a full disk).
-    pub fn io_error(&self) -> Option<&std::io::Error> {
-        match self {
-            BundleError::Create { source, .. } | BundleError::Write { source, .. } => Some(source),
-            BundleError::Encode(_) => None,
-        }
-    }
-}
-
 /// An OCI bundle directory.
 #[derive(Debug, Clone)]
 pub struct Bundle {
@@ -63,10 +53,6 @@ impl Bundle {
         Ok(Bundle {
             dir: dir.to_path_buf(),
         })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Where the container's root filesystem is mounted (`root.path` of
@@ -95,15 +81,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b = Bundle::create(&dir.path().join("c1")).unwrap();
         assert!(b.rootfs().is_dir());
-        let mode = std::fs::metadata(b.dir()).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&b.dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o711);
         // Idempotent: a retried create finds the layout in place.
-        Bundle::create(b.dir()).unwrap();
+        Bundle::create(&b.dir).unwrap();
         let spec = SpecBuilder::new().hostname(Some("h".into())).build();
         b.write_spec(&spec).unwrap();
-        let back = Spec::load(b.dir().join(CONFIG_FILE)).unwrap();
+        let back = Spec::load(b.dir.join(CONFIG_FILE)).unwrap();
         assert_eq!(back, spec);
-        let names: Vec<_> = std::fs::read_dir(b.dir())
+        let names: Vec<_> = std::fs::read_dir(&b.dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
@@ -116,7 +102,7 @@ mod tests {
         let f = dir.path().join("file");
         std::fs::write(&f, "x").unwrap();
         let e = Bundle::create(&f.join("c1")).unwrap_err();
-        assert!(e.io_error().is_some());
+        assert!(matches!(e, BundleError::Create { .. }), "{e:?}");
         assert!(e.to_string().contains("file/c1/rootfs"), "{e}");
     }
 }

@@ -19,4 +19,3 @@ pub mod user;
 pub use builder::SpecBuilder;
 pub use bundle::{Bundle, BundleError};
 pub use oci_spec::runtime::Spec;
-pub use user::{ProcessUser, UserError, UserRequest};

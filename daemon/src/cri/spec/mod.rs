@@ -39,15 +39,15 @@ pub use security::{
 };
 pub use signal::{parse_signal, stop_signal};
 
-/// Annotation keys containerd's CRI plugin sets on every container; the
-/// shim groups a pod's containers by the sandbox id.
-pub const ANNOTATION_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
-pub const ANNOTATION_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-pub const ANNOTATION_CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
-pub const ANNOTATION_IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
-pub const ANNOTATION_SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
-pub const ANNOTATION_SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
-pub const ANNOTATION_SANDBOX_UID: &str = "io.kubernetes.cri.sandbox-uid";
+/// Annotation keys containerd's CRI plugin sets on every container (the
+/// shim groups a pod's containers by the sandbox id); defined once, with
+/// the shim, in `berth-shim-protocol`.
+pub use berth_shim_protocol::annotations::{
+    CONTAINER_NAME as ANNOTATION_CONTAINER_NAME, CONTAINER_TYPE as ANNOTATION_CONTAINER_TYPE,
+    IMAGE_NAME as ANNOTATION_IMAGE_NAME, SANDBOX_ID as ANNOTATION_SANDBOX_ID,
+    SANDBOX_NAME as ANNOTATION_SANDBOX_NAME, SANDBOX_NAMESPACE as ANNOTATION_SANDBOX_NAMESPACE,
+    SANDBOX_UID as ANNOTATION_SANDBOX_UID,
+};
 
 /// How cgroups are named for runc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -15,15 +15,15 @@ fn runc_runs_the_spec() {
     .into_iter()
     .find(|p| Path::new(p).exists());
     let Some(runc) = runc else {
-        eprintln!("skipping runc_runs_the_spec: runc not found");
+        berth_sysutil::testing::precondition_missing("runc_runs_the_spec", "runc not found");
         return;
     };
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping runc_runs_the_spec: not root");
+        berth_sysutil::testing::precondition_missing("runc_runs_the_spec", "needs root");
         return;
     }
     if !Path::new("/bin/busybox").exists() {
-        eprintln!("skipping runc_runs_the_spec: /bin/busybox missing");
+        berth_sysutil::testing::precondition_missing("runc_runs_the_spec", "/bin/busybox missing");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
