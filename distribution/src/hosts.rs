@@ -437,6 +437,14 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// "`expected`, found <what `value` is>" at `value`.
+    fn mismatch(&self, value: &Value<'_>, expected: std::fmt::Arguments<'_>) -> HostsError {
+        self.err(
+            value.span(),
+            format!("{expected}, found {}", type_name(value.get_ref())),
+        )
+    }
+
     fn err(&self, span: Range<usize>, message: String) -> HostsError {
         let end = span.start.min(self.text.len());
         let line = self.text.as_bytes()[..end]
@@ -473,24 +481,12 @@ fn parse_hosts_file(
     let mut hosts = Vec::new();
     if let Some(value) = root.get("host") {
         let DeValue::Table(table) = value.get_ref() else {
-            return Err(ctx.err(
-                value.span(),
-                format!(
-                    "\"host\" must be a table, found {}",
-                    type_name(value.get_ref())
-                ),
-            ));
+            return Err(ctx.mismatch(value, format_args!("\"host\" must be a table")));
         };
         for (key, value) in sorted_entries(table) {
             let what = format!("host {:?}", key.get_ref());
             let DeValue::Table(host_table) = value.get_ref() else {
-                return Err(ctx.err(
-                    value.span(),
-                    format!(
-                        "{what} must be a table, found {}",
-                        type_name(value.get_ref())
-                    ),
-                ));
+                return Err(ctx.mismatch(value, format_args!("{what} must be a table")));
             };
             let server = (key.get_ref().as_ref(), key.span());
             hosts.push(parse_host_config(&ctx, &what, Some(server), host_table)?);
@@ -502,12 +498,7 @@ fn parse_hosts_file(
         Some(value) => match value.get_ref() {
             DeValue::String(s) if s.is_empty() => None,
             DeValue::String(s) => Some((s.as_ref(), value.span())),
-            other => {
-                return Err(ctx.err(
-                    value.span(),
-                    format!("\"server\" must be a string, found {}", type_name(other)),
-                ))
-            }
+            _ => return Err(ctx.mismatch(value, format_args!("\"server\" must be a string"))),
         },
     };
     let what = match server {
@@ -581,13 +572,10 @@ fn parse_host_config(
         let paths = match value.get_ref() {
             DeValue::String(s) => vec![(s.to_string(), value.span())],
             DeValue::Array(_) => as_string_list(ctx, what, "ca", value)?,
-            other => {
-                return Err(ctx.err(
-                    value.span(),
-                    format!(
-                        "{what}: \"ca\" must be a path or an array of paths, found {}",
-                        type_name(other)
-                    ),
+            _ => {
+                return Err(ctx.mismatch(
+                    value,
+                    format_args!("{what}: \"ca\" must be a path or an array of paths"),
                 ))
             }
         };
@@ -607,13 +595,7 @@ fn parse_host_config(
 
     if let Some(value) = table.get("header") {
         let DeValue::Table(headers) = value.get_ref() else {
-            return Err(ctx.err(
-                value.span(),
-                format!(
-                    "{what}: \"header\" must be a table, found {}",
-                    type_name(value.get_ref())
-                ),
-            ));
+            return Err(ctx.mismatch(value, format_args!("{what}: \"header\" must be a table")));
         };
         for (name, value) in sorted_entries(headers) {
             let field = format!("header {:?}", name.get_ref());
@@ -623,13 +605,10 @@ fn parse_host_config(
                     .into_iter()
                     .map(|(s, _)| s)
                     .collect(),
-                other => {
-                    return Err(ctx.err(
-                        value.span(),
-                        format!(
-                            "{what}: {field} must be a string or an array of strings, found {}",
-                            type_name(other)
-                        ),
+                _ => {
+                    return Err(ctx.mismatch(
+                        value,
+                        format_args!("{what}: {field} must be a string or an array of strings"),
                     ))
                 }
             };
@@ -677,12 +656,11 @@ fn parse_client(
                         let key = (!k.is_empty()).then(|| make_abs_path(&k, ctx.base_dir));
                         out.push((cert(&c, c_span)?, key));
                     }
-                    other => {
-                        return Err(ctx.err(
-                            item.span(),
-                            format!(
-                                "{what}: \"client\" entries must be paths or [cert, key] pairs, found {}",
-                                type_name(other)
+                    _ => {
+                        return Err(ctx.mismatch(
+                            item,
+                            format_args!(
+                                "{what}: \"client\" entries must be paths or [cert, key] pairs"
                             ),
                         ))
                     }
@@ -690,11 +668,10 @@ fn parse_client(
             }
             Ok(out)
         }
-        other => Err(ctx.err(
-            value.span(),
-            format!(
-                "{what}: \"client\" must be a path, an array of paths or of [cert, key] pairs, found {}",
-                type_name(other)
+        _ => Err(ctx.mismatch(
+            value,
+            format_args!(
+                "{what}: \"client\" must be a path, an array of paths or of [cert, key] pairs"
             ),
         )),
     }
@@ -703,12 +680,9 @@ fn parse_client(
 fn as_bool(ctx: &Ctx<'_>, what: &str, field: &str, value: &Value<'_>) -> Result<bool, HostsError> {
     match value.get_ref() {
         DeValue::Boolean(b) => Ok(*b),
-        other => Err(ctx.err(
-            value.span(),
-            format!(
-                "{what}: {field:?} must be true or false, found {}",
-                type_name(other)
-            ),
+        _ => Err(ctx.mismatch(
+            value,
+            format_args!("{what}: {field:?} must be true or false"),
         )),
     }
 }
@@ -720,24 +694,18 @@ fn as_string_list(
     value: &Value<'_>,
 ) -> Result<Vec<(String, Range<usize>)>, HostsError> {
     let DeValue::Array(items) = value.get_ref() else {
-        return Err(ctx.err(
-            value.span(),
-            format!(
-                "{what}: {field} must be an array of strings, found {}",
-                type_name(value.get_ref())
-            ),
+        return Err(ctx.mismatch(
+            value,
+            format_args!("{what}: {field} must be an array of strings"),
         ));
     };
     items
         .iter()
         .map(|item| match item.get_ref() {
             DeValue::String(s) => Ok((s.to_string(), item.span())),
-            other => Err(ctx.err(
-                item.span(),
-                format!(
-                    "{what}: {field} must contain only strings, found {}",
-                    type_name(other)
-                ),
+            _ => Err(ctx.mismatch(
+                item,
+                format_args!("{what}: {field} must contain only strings"),
             )),
         })
         .collect()
