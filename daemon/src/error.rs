@@ -161,6 +161,17 @@ impl From<&ShimError> for Kind {
     }
 }
 
+/// Runs blocking work (disk, mounts, the metadata DB) off the async workers;
+/// a panic in it is the caller's internal error.
+pub(crate) async fn blocking<T, E, F>(f: F) -> Result<T, E>
+where
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: From<tokio::task::JoinError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -120,15 +120,20 @@ impl From<&RegistryError> for Kind {
     }
 }
 
-/// Runs blocking store work off the async workers.
+/// [`crate::error::blocking`] with this module's error, so callers need
+/// not name it.
 pub async fn blocking<T, F>(f: F) -> Result<T, ImageError>
 where
     F: FnOnce() -> Result<T, ImageError> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ImageError::Internal(format!("blocking task failed: {e}")))?
+    crate::error::blocking(f).await
+}
+
+impl From<tokio::task::JoinError> for ImageError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        ImageError::Internal(format!("blocking task failed: {e}"))
+    }
 }
 
 #[cfg(test)]

@@ -88,15 +88,20 @@ impl From<TaskError> for tonic::Status {
     }
 }
 
-/// Runs blocking work (disk, mounts, the metadata DB) off the async workers.
+/// [`crate::error::blocking`] with this module's error, so callers need
+/// not name it.
 pub async fn blocking<T, F>(f: F) -> Result<T, TaskError>
 where
     F: FnOnce() -> Result<T, TaskError> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| TaskError::Internal(format!("blocking task failed: {e}")))?
+    crate::error::blocking(f).await
+}
+
+impl From<tokio::task::JoinError> for TaskError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        TaskError::Internal(format!("blocking task failed: {e}"))
+    }
 }
 
 #[cfg(test)]
