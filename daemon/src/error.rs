@@ -169,7 +169,11 @@ where
     T: Send + 'static,
     E: From<tokio::task::JoinError> + Send + 'static,
 {
-    tokio::task::spawn_blocking(f).await?
+    tokio::task::spawn_blocking(move || {
+        crate::metadata::begin_unit();
+        f()
+    })
+    .await?
 }
 
 #[cfg(test)]

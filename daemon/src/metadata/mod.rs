@@ -90,6 +90,16 @@ thread_local! {
     static UNFLUSHED: Cell<u64> = const { Cell::new(0) };
 }
 
+/// Starts a unit of work on this thread: writes an earlier unit left
+/// unflushed (its request failed before its flush, so it promised nothing)
+/// are no longer this thread's to answer for. Without it a pooled thread
+/// carried them over, and the next, unrelated request's flush reported them
+/// as its own lost writes (seen: RemovePodSandbox failing after a full disk
+/// was freed, for a create that had failed on it).
+pub(crate) fn begin_unit() {
+    UNFLUSHED.with(|u| u.set(0));
+}
+
 impl SledStore {
     pub fn open(path: &Path) -> Result<SledStore> {
         Ok(SledStore {
@@ -363,6 +373,21 @@ mod tests {
         // A second reopen of the same broken instance is a no-op.
         let (now, _) = db.current().unwrap();
         assert_eq!(db.reopen(gen).unwrap().0, now);
+    }
+
+    /// A unit of work that failed before its flush leaves nothing for the
+    /// next unit on the same (pooled) thread to answer for.
+    #[test]
+    fn a_new_unit_does_not_inherit_an_abandoned_units_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SledStore::open(&dir.path().join("meta")).unwrap();
+        db.put(IMAGES, "abandoned", b"1".to_vec()).unwrap();
+        let (gen, _) = db.current().unwrap();
+        db.reopen(gen).unwrap();
+        begin_unit();
+        db.put(IMAGES, "next", b"2".to_vec()).unwrap();
+        db.flush().unwrap();
+        assert_eq!(db.get(IMAGES, "next").unwrap(), Some(b"2".to_vec()));
     }
 
     #[test]
