@@ -1,7 +1,8 @@
 //! The independent SPDY/3.1 client the streaming tests use: node-spdy's
 //! transport (`spdy-transport` from npm) driven by `tests/spdy/client.js`,
 //! not berth's code. Needs `node`; the npm package and its dependencies are
-//! vendored in `tests/spdy/node_modules` (MIT-licensed, licences included).
+//! vendored in `tests/spdy/node_modules` as npm ships them (MIT and ISC, each
+//! package naming its licence in its package.json).
 
 use std::path::PathBuf;
 use std::time::Duration;
