@@ -8,6 +8,7 @@
 //! no lock is held across a shim, CNI or disk-heavy call.
 
 pub mod container;
+mod container_stats;
 pub mod error;
 pub mod image;
 pub mod limits;
@@ -17,6 +18,7 @@ pub mod sandbox;
 pub mod seccomp;
 pub mod spec;
 pub mod stats;
+mod stream_urls;
 
 use std::collections::HashMap;
 use std::future::Future;
