@@ -406,7 +406,18 @@ mod tests {
         assert!(db.list(LEASES).unwrap().is_empty());
         db.flush().unwrap();
         drop(db);
-        let db = SledStore::open(&dir.path().join("meta")).unwrap();
+        // sled's flusher thread may hold the file lock a moment after the
+        // drop: poll for it, with a deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            match SledStore::open(&dir.path().join("meta")) {
+                Ok(db) => break db,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopening: {e}"),
+            }
+        };
         assert_eq!(db.get(IMAGES, "b").unwrap(), Some(b"2".to_vec()));
     }
 }
