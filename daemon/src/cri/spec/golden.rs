@@ -18,12 +18,9 @@ use std::path::{Path, PathBuf};
 use berth_api::runtime::v1 as cri;
 use serde_json::Value;
 
+use super::tests::{pod, s, with_sc as sc};
 use super::*;
 use crate::tasks::spec::ContainerConfig as ImageConfig;
-
-fn s(v: &[&str]) -> Vec<String> {
-    v.iter().map(|x| x.to_string()).collect()
-}
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -101,26 +98,6 @@ fn pod_config() -> cri::PodSandboxConfig {
     }
 }
 
-const NET: &str = "/var/run/netns/test";
-const IPC: &str = "/proc/4242/ns/ipc";
-const UTS: &str = "/proc/4242/ns/uts";
-const PID: &str = "/proc/4242/ns/pid";
-
-fn pod<'a>(config: &'a cri::PodSandboxConfig) -> PodContext<'a> {
-    PodContext {
-        sandbox_id: "sb1",
-        config,
-        netns: Some(Path::new(NET)),
-        ipc_ns: Some(Path::new(IPC)),
-        uts_ns: Some(Path::new(UTS)),
-        pid_ns: Some(Path::new(PID)),
-        resolv_conf: None,
-        hostname_file: None,
-        hosts_file: None,
-        shm: None,
-    }
-}
-
 fn opts() -> SpecOptions {
     SpecOptions {
         all_capabilities: Some(s(KNOWN_CAPS)),
@@ -144,15 +121,6 @@ fn container(name: &str) -> cri::ContainerConfig {
         annotations: [("user.annotation".to_string(), "v".to_string())].into(),
         ..Default::default()
     }
-}
-
-fn sc(
-    mut c: cri::ContainerConfig,
-    f: impl FnOnce(&mut cri::LinuxContainerSecurityContext),
-) -> cri::ContainerConfig {
-    let linux = c.linux.get_or_insert_with(Default::default);
-    f(linux.security_context.get_or_insert_with(Default::default));
-    c
 }
 
 fn profile(t: cri::security_profile::ProfileType, r: &str) -> Option<cri::SecurityProfile> {

@@ -47,7 +47,7 @@ fn sorted(names: &[&str]) -> Vec<String> {
     v
 }
 
-fn s(v: &[&str]) -> Vec<String> {
+pub(super) fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
 
@@ -106,7 +106,7 @@ const IPC: &str = "/proc/4242/ns/ipc";
 const UTS: &str = "/proc/4242/ns/uts";
 const PID: &str = "/proc/4242/ns/pid";
 
-fn pod(config: &cri::PodSandboxConfig) -> PodContext<'_> {
+pub(super) fn pod(config: &cri::PodSandboxConfig) -> PodContext<'_> {
     PodContext {
         sandbox_id: "sb1",
         config,
@@ -144,7 +144,7 @@ fn container(name: &str) -> cri::ContainerConfig {
     }
 }
 
-fn with_sc(
+pub(super) fn with_sc(
     mut c: cri::ContainerConfig,
     f: impl FnOnce(&mut cri::LinuxContainerSecurityContext),
 ) -> cri::ContainerConfig {
