@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::error::TaskError;
 use crate::runtime_spec::builder::{device_rule, mount, namespace};
 pub use crate::runtime_spec::defaults::DEFAULT_CAPS;
-use crate::runtime_spec::defaults::{base_mounts, DEFAULT_READONLY_PATHS};
+use crate::runtime_spec::defaults::{base_mounts, DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS};
 use crate::runtime_spec::user::{self, UserRequest};
 use crate::runtime_spec::{Spec, SpecBuilder};
 
@@ -92,19 +92,15 @@ pub fn environment(
     env
 }
 
-/// containerd's default masked paths for a native task.
-const TASK_MASKED_PATHS: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/sys/firmware",
-    "/proc/scsi",
-];
+/// containerd's default masked paths for a native task: the CRI's list
+/// without the powercap directory (containerd's `pkg/oci` predates it).
+fn task_masked_paths() -> Vec<String> {
+    DEFAULT_MASKED_PATHS
+        .iter()
+        .filter(|p| **p != "/sys/devices/virtual/powercap")
+        .map(|p| p.to_string())
+        .collect()
+}
 
 /// containerd's default mounts of a native task: the base ones and a /run
 /// tmpfs.
@@ -182,7 +178,7 @@ pub fn task_spec(
         .resources(resources)
         .cgroups_path(&rec.cgroups_path)
         .namespaces(ns.into_iter().map(|t| namespace(t, None)).collect())
-        .masked_and_readonly_paths(strs(TASK_MASKED_PATHS), strs(DEFAULT_READONLY_PATHS))
+        .masked_and_readonly_paths(task_masked_paths(), strs(DEFAULT_READONLY_PATHS))
         .build())
 }
 
