@@ -153,6 +153,26 @@ enum Profile {
     Localhost(String),
 }
 
+/// The deprecated string fields: `unconfined`, a default name,
+/// `localhost/<path>`, or empty (`empty` says what that means per field).
+fn legacy_profile(
+    who: &Who,
+    field: &'static str,
+    value: &str,
+    empty: Profile,
+    default_names: &[&str],
+) -> Result<Profile, SpecError> {
+    Ok(match value {
+        "" => empty,
+        "unconfined" => Profile::Unconfined,
+        v if default_names.contains(&v) => Profile::RuntimeDefault,
+        v => match v.strip_prefix("localhost/") {
+            Some(rest) => Profile::Localhost(rest.to_string()),
+            None => return Err(who.invalid(field, format!("unknown profile {v:?}"))),
+        },
+    })
+}
+
 fn profile_of(sp: &cri::SecurityProfile) -> Profile {
     use cri::security_profile::ProfileType;
     match ProfileType::try_from(sp.profile_type) {
@@ -177,19 +197,14 @@ pub(super) fn seccomp_profile(
         Some(sp) => ("security_context.seccomp", profile_of(sp)),
         None => (
             "security_context.seccomp_profile_path",
-            match legacy {
-                "" | "unconfined" => Profile::Unconfined,
-                "runtime/default" | "docker/default" => Profile::RuntimeDefault,
-                p => match p.strip_prefix("localhost/") {
-                    Some(path) => Profile::Localhost(path.to_string()),
-                    None => {
-                        return Err(who.invalid(
-                            "security_context.seccomp_profile_path",
-                            format!("unknown profile {p:?}"),
-                        ))
-                    }
-                },
-            },
+            legacy_profile(
+                who,
+                "security_context.seccomp_profile_path",
+                legacy,
+                // An empty seccomp path is unconfined, as in containerd.
+                Profile::Unconfined,
+                &["runtime/default", "docker/default"],
+            )?,
         ),
     };
     match profile {
@@ -229,19 +244,14 @@ pub(super) fn apparmor_profile(
         Some(sp) => ("security_context.apparmor", profile_of(sp)),
         None => (
             "security_context.apparmor_profile",
-            match legacy {
-                "" | "runtime/default" => Profile::RuntimeDefault,
-                "unconfined" => Profile::Unconfined,
-                p => match p.strip_prefix("localhost/") {
-                    Some(name) => Profile::Localhost(name.to_string()),
-                    None => {
-                        return Err(who.invalid(
-                            "security_context.apparmor_profile",
-                            format!("unknown profile {p:?}"),
-                        ))
-                    }
-                },
-            },
+            legacy_profile(
+                who,
+                "security_context.apparmor_profile",
+                legacy,
+                // An empty AppArmor name is the runtime default.
+                Profile::RuntimeDefault,
+                &["runtime/default"],
+            )?,
         ),
     };
     match profile {

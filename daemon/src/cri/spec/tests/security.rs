@@ -217,4 +217,26 @@ fn apparmor_only_when_enabled() {
             .contains("AppArmor")
     );
     assert_eq!(run(&c(ProfileType::Unconfined, ""), &on).unwrap(), None);
+
+    // The deprecated string field: empty is the runtime default here.
+    let legacy = |v: &str| {
+        with_sc(container("a"), |sc| {
+            #[allow(deprecated)]
+            {
+                sc.apparmor_profile = v.into();
+            }
+        })
+    };
+    assert_eq!(run(&legacy(""), &on).unwrap(), Some(json!("berth-default")));
+    assert_eq!(
+        run(&legacy("runtime/default"), &on).unwrap(),
+        Some(json!("berth-default"))
+    );
+    assert_eq!(run(&legacy("unconfined"), &on).unwrap(), None);
+    assert_eq!(
+        run(&legacy("localhost/my-prof"), &on).unwrap(),
+        Some(json!("my-prof"))
+    );
+    let e = invalid(run(&legacy("bogus"), &on).map(|_| Value::Null));
+    assert!(e.contains("security_context.apparmor_profile"), "{e}");
 }
