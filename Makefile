@@ -7,9 +7,9 @@ PREFIX ?= /usr/local
 RUN_PKGS := runc containernetworking-plugins iproute2 iptables
 # Extra packages the tests and benchmarks use (all real parts, no mocks).
 TEST_PKGS := $(RUN_PKGS) crun docker-registry skopeo umoci busybox-static catatonit \
-	apache2-utils attr jq containerd python3-websocket python3-venv
+	apache2-utils attr jq containerd python3-websocket python3-venv binutils systemd
 
-.PHONY: run test build build-debug deps-run deps-test lint bench soak bench-pull bench-unpack install clean durability \
+.PHONY: run test build build-debug deps-run deps-test lint bench soak bench-pull bench-unpack install deb clean durability \
 	conformance conformance-kit deps-conformance chaos
 
 # Installs only what is missing, so repeated runs are quick and offline-safe.
@@ -117,6 +117,12 @@ bench-unpack: deps-test build
 
 install: build
 	install -m 0755 target/release/berthd target/release/berthctl target/release/berth-shim $(PREFIX)/bin/
+
+# berth_<version>_<arch>.deb in target/deb: the binaries, the systemd unit,
+# /etc/berth/config.toml and the default CNI network (conffiles), completions
+# and man pages. Install with `dpkg -i` (or `apt install ./target/deb/...`).
+deb: build
+	packaging/build-deb.sh --bin-dir target/release --out target/deb
 
 clean:
 	$(CARGO) clean

@@ -51,6 +51,10 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Write the manual pages (roff, one per command) into DIR, as the
+    /// Debian package installs them
+    #[command(hide = true)]
+    Man { dir: std::path::PathBuf },
 }
 
 #[derive(Debug, Subcommand)]

@@ -39,8 +39,10 @@ fn main() -> ExitCode {
 
 fn run(mut cli: Cli) -> Result<()> {
     // Needs no daemon, runtime or password.
-    if let Command::Completion { shell } = cli.command {
-        return completion(shell);
+    match cli.command {
+        Command::Completion { shell } => return completion(shell),
+        Command::Man { dir } => return man(&dir),
+        _ => {}
     }
     // Before the runtime starts: the prompt blocks, and Ctrl-C at it should
     // kill the process the ordinary way.
@@ -74,7 +76,13 @@ async fn dispatch(address: &str, command: Command) -> Result<()> {
         Command::Tasks(cmd) => tasks::tasks(address, cmd).await,
         Command::Version => version::run(address).await,
         Command::Completion { shell } => completion(shell),
+        Command::Man { dir } => man(&dir),
     }
+}
+
+fn man(dir: &std::path::Path) -> Result<()> {
+    clap_mangen::generate_to(Cli::command(), dir)
+        .with_context(|| format!("writing manual pages to {}", dir.display()))
 }
 
 fn completion(shell: clap_complete::Shell) -> Result<()> {

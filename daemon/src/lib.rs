@@ -12,6 +12,7 @@ pub(crate) mod failpoint;
 pub mod fuzzing;
 pub(crate) mod images;
 pub mod metadata;
+pub mod notify;
 pub(crate) mod runtime_spec;
 pub mod server;
 pub(crate) mod shim;

@@ -41,6 +41,10 @@ enum Command {
         #[command(subcommand)]
         what: ConfigCommand,
     },
+    /// Write the manual pages (roff, one per command) into DIR, as the
+    /// Debian package installs them.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
     /// Accept an event from a shim (shims exec `-publish-binary` with
     /// `publish --topic T --namespace N` and the event on stdin). berthd
     /// learns of exits through the task API, so the event is read and dropped.
@@ -116,6 +120,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if matches!(cli.command, Some(Command::Publish { .. })) {
         return publish();
     }
+    if let Some(Command::Man { dir }) = &cli.command {
+        return clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), dir)
+            .with_context(|| format!("writing manual pages to {}", dir.display()));
+    }
     let cfg = effective_config(&cli)?;
     match cli.command {
         Some(Command::Config {
@@ -148,6 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Some(Command::Publish { .. }) => return publish(),
+        Some(Command::Man { .. }) => return Ok(()),
         None => {}
     }
     init_logging(&cfg)?;
@@ -194,6 +203,8 @@ fn tune_malloc() {
 
 fn main() -> ExitCode {
     tune_malloc();
+    // While berthd is still one thread.
+    berthd::notify::take_from_env();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -235,6 +235,9 @@ impl Daemon {
         // Unreferenced content and snapshots a crash left behind go now.
         self.images.request_gc();
         info!(socket = %socket.display(), root = %self.config.root.display(), version = VERSION, "berthd serving");
+        // The socket listens: what connects now is served once the server
+        // below polls it.
+        crate::notify::notify(&format!("READY=1\nSTATUS=serving on {}", socket.display()));
         // Go's gRPC (kubelet, crictl) and grpcio send the socket path as the
         // HTTP/2 :authority, which h2 refuses: see the h2-authority crate.
         let incoming =
@@ -353,6 +356,7 @@ async fn shutdown_signal() {
         _ = term.recv() => info!("SIGTERM received"),
         _ = int.recv() => info!("SIGINT received"),
     }
+    crate::notify::notify("STOPPING=1");
 }
 
 #[cfg(test)]
