@@ -7,7 +7,7 @@ PREFIX ?= /usr/local
 RUN_PKGS := runc containernetworking-plugins iproute2 iptables
 # Extra packages the tests and benchmarks use (all real parts, no mocks).
 TEST_PKGS := $(RUN_PKGS) crun docker-registry skopeo umoci busybox-static catatonit \
-	apache2-utils attr jq containerd python3-websocket python3-venv binutils systemd
+	apache2-utils attr jq containerd python3-websocket python3-venv binutils systemd prometheus
 
 .PHONY: run test build build-debug deps-run deps-test lint bench soak bench-pull bench-unpack install deb clean durability \
 	conformance conformance-kit deps-conformance chaos

@@ -54,6 +54,27 @@ pub struct Config {
     pub cni: CniConfig,
     pub cri: CriConfig,
     pub streaming: StreamingConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus endpoint (`GET /metrics`, OpenMetrics text), off by
+/// default as containerd's.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` to serve on, e.g. "127.0.0.1:1338"; empty: no endpoint.
+    pub address: String,
+    /// Scrapes served at once; more connections wait in the backlog.
+    pub max_connections: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            address: String::new(),
+            max_connections: 16,
+        }
+    }
 }
 
 /// The streaming server (exec/attach/port-forward URLs the CRI hands out).
@@ -311,6 +332,7 @@ impl Default for Config {
             cni: CniConfig::default(),
             cri: CriConfig::default(),
             streaming: StreamingConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ pub(crate) mod failpoint;
 pub mod fuzzing;
 pub(crate) mod images;
 pub mod metadata;
+pub(crate) mod metrics;
 pub mod notify;
 pub(crate) mod runtime_spec;
 pub mod server;

@@ -96,8 +96,10 @@ fn effective_config(cli: &Cli) -> anyhow::Result<Config> {
 fn init_logging(cfg: &Config) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
         .with_context(|| format!("invalid log level {:?}", cfg.log_level))?;
+    // Colours only for a person at a terminal: not in the journal or a file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if cfg.log_format == "json" {
         builder.json().init();

@@ -228,6 +228,18 @@ impl Daemon {
             berth_streaming::StreamServer::start(&self.config.streaming, self.tasks.clone())
                 .await?;
         self.cri.set_streaming(streaming);
+        if !self.config.metrics.address.is_empty() {
+            crate::metrics::http::serve(
+                &self.config.metrics.address,
+                self.config.metrics.max_connections,
+                metrics_refresh(
+                    self.cri.clone(),
+                    self.tasks.clone(),
+                    self.config.root.join("meta"),
+                ),
+            )
+            .await?;
+        }
         let listener = bind_socket(&socket)?;
         self.images.spawn_gc_loop();
         // Partial downloads kept for a retry go once none came (at start too).
@@ -244,6 +256,7 @@ impl Daemon {
             UnixListenerStream::new(listener).map(|conn| conn.map(h2_authority::AuthorityFix::new));
         let max = 64 << 20;
         let result = tonic::transport::Server::builder()
+            .layer(crate::metrics::grpc::RpcMetricsLayer)
             .add_service(
                 ImagesServer::new(ImagesApi {
                     svc: self.images.clone(),
@@ -341,6 +354,58 @@ fn open_unpacker(config: &Config, content: ContentStore) -> Result<Arc<Unpacker>
     ));
     unpacker.sweep_interrupted();
     Ok(unpacker)
+}
+
+/// The state gauges, read at each scrape.
+fn metrics_refresh(
+    cri: Arc<CriRuntime>,
+    tasks: Arc<TaskService>,
+    meta_dir: PathBuf,
+) -> crate::metrics::http::Refresh {
+    Arc::new(move |m| {
+        use berth_api::runtime::v1 as cri_pb;
+        let pods = cri.list_pod_sandboxes(None);
+        let ready = pods
+            .iter()
+            .filter(|p| p.state == cri_pb::PodSandboxState::SandboxReady as i32)
+            .count();
+        for (state, n) in [("ready", ready), ("notready", pods.len() - ready)] {
+            m.pods.with_label_values(&[state]).set(n as i64);
+        }
+        let mut by_state = [0i64; 4];
+        for c in cri.list_containers(None) {
+            if let Some(n) = by_state.get_mut(c.state as usize) {
+                *n += 1;
+            }
+        }
+        for (state, n) in ["created", "running", "exited", "unknown"]
+            .into_iter()
+            .zip(by_state)
+        {
+            m.containers.with_label_values(&[state]).set(n);
+        }
+        m.shims.set(tasks.live_shims() as i64);
+        m.metadata_bytes.set(dir_bytes(&meta_dir) as i64);
+    })
+}
+
+/// Bytes of the files under `dir` (not following links).
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
 }
 
 async fn shutdown_signal() {

@@ -245,6 +245,12 @@ pub fn collect(
             Err(e) => warn!(digest = %info.digest, error = %e, "cannot remove blob"),
         }
     }
+    let metrics = crate::metrics::global();
+    metrics.gc_runs.inc();
+    metrics.gc_reclaimed_bytes.inc_by(report.bytes_freed);
+    metrics
+        .gc_snapshots_removed
+        .inc_by(report.snapshots_removed.len() as u64);
     if !report.removed.is_empty() || !report.snapshots_removed.is_empty() {
         info!(
             snapshots = report.snapshots_removed.len(),

@@ -149,6 +149,7 @@ impl ImageService {
         tokio::spawn(async move {
             let progress: Progress = Arc::new(Mutex::new(Vec::new()));
             let name = r.to_string();
+            let started = Instant::now();
             let work = svc.do_pull(&r, &opts, platform, &progress, &task_inflight.tx);
             tokio::pin!(work);
             let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -172,9 +173,19 @@ impl ImageService {
                     map.remove(&key);
                 }
             }
+            let metrics = crate::metrics::global();
             match &result {
-                Ok(img) => info!(image = %img.name, digest = %img.target.digest, "pulled image"),
-                Err(e) => warn!(image = %name, error = %e, "pull failed"),
+                Ok(img) => {
+                    info!(image = %img.name, digest = %img.target.digest, "pulled image");
+                    metrics.pulls.with_label_values(&["ok"]).inc();
+                    metrics
+                        .pull_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                Err(e) => {
+                    warn!(image = %name, error = %e, "pull failed");
+                    metrics.pulls.with_label_values(&["error"]).inc();
+                }
             }
             let layers = progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
             task_inflight.tx.send_modify(|s| {
@@ -237,6 +248,9 @@ impl ImageService {
             .get_manifest(r.object(), &name)
             .await
             .map_err(reg_err)?;
+        crate::metrics::global()
+            .pull_bytes
+            .inc_by(body.len() as u64);
         if !oci::is_index(&media_type) && !oci::is_manifest(&media_type) {
             return Err(ImageError::UnsupportedMediaType {
                 image: name.clone(),
@@ -523,6 +537,9 @@ impl ImageService {
                         image: name.into(),
                         source,
                     })?;
+            crate::metrics::global()
+                .pull_bytes
+                .inc_by(body.len() as u64);
             self.store_document(lease, name, &digest, body.clone())
                 .await?;
             return Ok(body);
@@ -727,6 +744,7 @@ impl ImageService {
                             break;
                         }
                         done += b.len() as u64;
+                        crate::metrics::global().pull_bytes.inc_by(b.len() as u64);
                         if chunk_tx.send(ToWriter::Chunk(b)).await.is_err() {
                             break;
                         }

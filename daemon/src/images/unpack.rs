@@ -161,6 +161,11 @@ impl Unpacker {
         };
         let _held = gate.lock().unwrap_or_else(|e| e.into_inner());
         let res = self.unpack_locked(image, layer, diff_id, chain_id, parent, cancel);
+        match res {
+            Ok(true) => crate::metrics::global().layer_cache_misses.inc(),
+            Ok(false) => crate::metrics::global().layer_cache_hits.inc(),
+            Err(_) => {}
+        }
         let mut map = self.in_progress.lock().unwrap_or_else(|e| e.into_inner());
         if Arc::strong_count(&gate) <= 2 {
             map.remove(chain_id);
@@ -261,6 +266,9 @@ impl Unpacker {
             }
         }
         self.applied.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::global()
+            .unpack_seconds
+            .observe(t0.elapsed().as_secs_f64());
         info!(
             image,
             layer = %layer.digest,

@@ -127,6 +127,11 @@ pub fn pid_alive(pid: u32) -> bool {
 }
 
 impl ShimManager {
+    /// Shims connected and not known dead.
+    pub fn live(&self) -> usize {
+        lock(&self.pods).values().filter(|p| !p.is_dead()).count()
+    }
+
     pub fn new(config: Arc<Config>) -> ShimManager {
         let timeout = Duration::from_secs(config.shim.rpc_timeout_secs.max(1));
         ShimManager {

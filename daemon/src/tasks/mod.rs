@@ -291,6 +291,11 @@ impl TaskService {
     }
 
     /// The tasks of one kind (e.g. the CRI's containers), from memory.
+    /// Shim processes berthd is connected to.
+    pub fn live_shims(&self) -> usize {
+        self.shims.live()
+    }
+
     pub fn list_kind(&self, kind: TaskKind) -> Vec<TaskRecord> {
         lock(&self.tasks)
             .values()
