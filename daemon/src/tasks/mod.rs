@@ -46,7 +46,7 @@ use crate::config::Config;
 use crate::images::ImageService;
 use crate::metadata::{MetaStore, QUARANTINE, TASKS};
 use crate::runtime_spec::{Bundle, BundleError};
-use crate::shim::{Launcher, PodRecord, PodShim, ShimManager, NAMESPACE};
+use crate::shim::{PodRecord, PodShim, ShimBinary, ShimManager, ShimProcesses, NAMESPACE};
 use berth_sysutil::now_nanos;
 use error::blocking;
 pub use error::TaskError;
@@ -231,8 +231,30 @@ impl TaskService {
         meta: Arc<dyn MetaStore>,
         images: Arc<ImageService>,
     ) -> Arc<TaskService> {
+        let shims = ShimManager::new(config.clone());
+        TaskService::with_shims(config, meta, images, shims)
+    }
+
+    /// A task service whose shims are reached through `processes` (an
+    /// in-memory fake in unit tests).
+    pub fn with_shim_processes(
+        config: Arc<Config>,
+        meta: Arc<dyn MetaStore>,
+        images: Arc<ImageService>,
+        processes: Arc<dyn ShimProcesses>,
+    ) -> Arc<TaskService> {
+        let shims = ShimManager::with_processes(&config, processes);
+        TaskService::with_shims(config, meta, images, shims)
+    }
+
+    fn with_shims(
+        config: Arc<Config>,
+        meta: Arc<dyn MetaStore>,
+        images: Arc<ImageService>,
+        shims: ShimManager,
+    ) -> Arc<TaskService> {
         Arc::new(TaskService {
-            shims: ShimManager::new(config.clone()),
+            shims,
             config,
             meta,
             images,
@@ -490,9 +512,9 @@ impl TaskService {
             }
         };
         // A missing shim binary is the caller's to fix: say so before any work.
-        let launcher = self
+        let binary = self
             .shims
-            .launcher()
+            .binary()
             .map_err(TaskError::shim(format!("cannot create {}", new.name)))?;
         let rec = TaskRecord {
             id: new.id.clone(),
@@ -511,10 +533,10 @@ impl TaskService {
             reason: String::new(),
             bundle: self.bundles_dir().join(&new.id),
             log_path: new.log_path,
-            stdio: launcher.binary.stdio,
+            stdio: binary.stdio,
             snapshot: new.id.clone(),
             shim_address: String::new(),
-            shim_binary: launcher.binary.path.clone(),
+            shim_binary: binary.path.clone(),
             runtime_root: self.config.runtime_root(),
             kind: new.kind,
             keep_log: new.keep_log,

@@ -1,0 +1,640 @@
+//! An in-memory shim for unit tests: [`FakeShims`] implements
+//! [`ShimProcesses`] (start, connect, clean-up) and each pod's [`FakeShim`]
+//! implements [`TaskShim`] with a task state machine like runc's behind a
+//! real shim: created -> running -> stopped, exits delivered to Wait, a kill
+//! of a stopped task NotFound, a delete of a running one refused. A shim can
+//! be killed (every call then fails as a lost connection), and any call can be
+//! made to fail once with an injected error.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use containerd_shim_protos::api;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::MessageField;
+use tokio::sync::watch;
+
+use super::binary::{ShimBinary, StartReply, StdioScheme};
+use super::client::{RpcCode, ShimError, TaskApi};
+use super::connection::{Connected, ShimProcesses, TaskShim};
+use berth_sysutil::lock;
+
+/// The state of a task in a fake shim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeState {
+    Created,
+    Running,
+    Stopped,
+}
+
+#[derive(Debug, Clone)]
+struct FakeTask {
+    state: FakeState,
+    pid: u32,
+    exit_status: u32,
+    exited_at: i64,
+    /// The task's process ignores SIGTERM (a stop then needs SIGKILL).
+    ignores_sigterm: bool,
+}
+
+fn rpc(method: &'static str, code: RpcCode, message: impl Into<String>) -> ShimError {
+    ShimError::Rpc {
+        method,
+        code,
+        message: message.into(),
+    }
+}
+
+fn gone(method: &'static str) -> ShimError {
+    ShimError::Transport {
+        method,
+        message: "the fake shim died".into(),
+    }
+}
+
+fn timestamp(nanos: i64) -> MessageField<Timestamp> {
+    let mut t = Timestamp::new();
+    t.seconds = nanos / 1_000_000_000;
+    t.nanos = (nanos % 1_000_000_000) as i32;
+    MessageField::some(t)
+}
+
+/// One pod's fake shim process.
+pub struct FakeShim {
+    pub sandbox_id: String,
+    pub address: String,
+    pub pid: u32,
+    tasks: Mutex<HashMap<String, FakeTask>>,
+    dead: AtomicBool,
+    /// Errors the next calls of a method return, in order.
+    failures: Mutex<HashMap<&'static str, VecDeque<ShimError>>>,
+    /// Every call, as `Method id`.
+    calls: Mutex<Vec<String>>,
+    /// Bumped on every change waiters may care about.
+    changed: watch::Sender<u64>,
+    next_pid: AtomicU32,
+    /// Tasks created from now on ignore SIGTERM.
+    ignore_sigterm: AtomicBool,
+}
+
+impl FakeShim {
+    fn new(sandbox_id: &str, address: String, pid: u32) -> FakeShim {
+        FakeShim {
+            sandbox_id: sandbox_id.to_string(),
+            address,
+            pid,
+            tasks: Mutex::new(HashMap::new()),
+            dead: AtomicBool::new(false),
+            failures: Mutex::new(HashMap::new()),
+            calls: Mutex::new(Vec::new()),
+            changed: watch::channel(0).0,
+            next_pid: AtomicU32::new(pid + 1),
+            ignore_sigterm: AtomicBool::new(false),
+        }
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Records a call; fails it when the shim is dead or an error was
+    /// injected for `method`.
+    fn enter(&self, method: &'static str, id: &str) -> Result<(), ShimError> {
+        lock(&self.calls).push(format!("{method} {id}"));
+        if self.is_dead() {
+            return Err(gone(method));
+        }
+        if let Some(e) = lock(&self.failures)
+            .get_mut(method)
+            .and_then(VecDeque::pop_front)
+        {
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The next call of `method` (ttrpc's name: `Create`, `Start`, `Kill`,
+    /// `Delete`, `Wait`, `State`, ...) fails with `err`.
+    pub fn fail_next(&self, method: &'static str, err: ShimError) {
+        lock(&self.failures)
+            .entry(method)
+            .or_default()
+            .push_back(err);
+    }
+
+    /// The shim process dies: every call and every Wait fails as a lost
+    /// connection, and a reconnect is refused.
+    pub fn die(&self) {
+        self.dead.store(true, Ordering::SeqCst);
+        self.bump();
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::SeqCst)
+    }
+
+    /// The task's process exits on its own with `code`.
+    pub fn exit(&self, id: &str, code: u32) {
+        if let Some(t) = lock(&self.tasks).get_mut(id) {
+            if t.state == FakeState::Running {
+                t.state = FakeState::Stopped;
+                t.exit_status = code;
+                t.exited_at = berth_sysutil::now_nanos();
+            }
+        }
+        self.bump();
+    }
+
+    /// Tasks created from now on ignore SIGTERM.
+    pub fn ignore_sigterm(&self) {
+        self.ignore_sigterm.store(true, Ordering::SeqCst);
+    }
+
+    pub fn state_of(&self, id: &str) -> Option<FakeState> {
+        lock(&self.tasks).get(id).map(|t| t.state)
+    }
+
+    /// The ids of the tasks the shim holds.
+    pub fn task_ids(&self) -> Vec<String> {
+        lock(&self.tasks).keys().cloned().collect()
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        lock(&self.calls).clone()
+    }
+
+    fn with_task<T>(
+        &self,
+        method: &'static str,
+        id: &str,
+        f: impl FnOnce(&mut FakeTask) -> Result<T, ShimError>,
+    ) -> Result<T, ShimError> {
+        let r = match lock(&self.tasks).get_mut(id) {
+            Some(t) => f(t),
+            None => Err(rpc(
+                method,
+                RpcCode::NotFound,
+                format!("task {id} not found"),
+            )),
+        };
+        self.bump();
+        r
+    }
+
+    fn no_exec(method: &'static str) -> ShimError {
+        rpc(
+            method,
+            RpcCode::Unimplemented,
+            "the fake shim runs no exec processes",
+        )
+    }
+}
+
+#[async_trait]
+impl TaskShim for FakeShim {
+    fn api(&self) -> TaskApi {
+        TaskApi::V3
+    }
+
+    async fn connect_info(&self, id: &str) -> Result<api::ConnectResponse, ShimError> {
+        self.enter("Connect", id)?;
+        Ok(api::ConnectResponse {
+            shim_pid: self.pid,
+            ..Default::default()
+        })
+    }
+
+    async fn create(
+        &self,
+        req: &api::CreateTaskRequest,
+    ) -> Result<api::CreateTaskResponse, ShimError> {
+        self.enter("Create", &req.id)?;
+        let mut tasks = lock(&self.tasks);
+        if tasks.contains_key(&req.id) {
+            return Err(rpc(
+                "Create",
+                RpcCode::AlreadyExists,
+                format!("task {} already exists", req.id),
+            ));
+        }
+        let pid = self.next_pid.fetch_add(1, Ordering::SeqCst);
+        tasks.insert(
+            req.id.clone(),
+            FakeTask {
+                state: FakeState::Created,
+                pid,
+                exit_status: 0,
+                exited_at: 0,
+                ignores_sigterm: self.ignore_sigterm.load(Ordering::SeqCst),
+            },
+        );
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn start(&self, id: &str) -> Result<api::StartResponse, ShimError> {
+        self.enter("Start", id)?;
+        self.with_task("Start", id, |t| match t.state {
+            FakeState::Created => {
+                t.state = FakeState::Running;
+                Ok(api::StartResponse {
+                    pid: t.pid,
+                    ..Default::default()
+                })
+            }
+            s => Err(rpc(
+                "Start",
+                RpcCode::FailedPrecondition,
+                format!("cannot start a task that is {s:?}"),
+            )),
+        })
+    }
+
+    async fn state(&self, id: &str) -> Result<api::StateResponse, ShimError> {
+        self.enter("State", id)?;
+        self.with_task("State", id, |t| {
+            let status = match t.state {
+                FakeState::Created => api::Status::CREATED,
+                FakeState::Running => api::Status::RUNNING,
+                FakeState::Stopped => api::Status::STOPPED,
+            };
+            Ok(api::StateResponse {
+                id: id.to_string(),
+                pid: t.pid,
+                status: status.into(),
+                exit_status: t.exit_status,
+                exited_at: timestamp(t.exited_at),
+                ..Default::default()
+            })
+        })
+    }
+
+    async fn kill(&self, id: &str, signal: u32, _all: bool) -> Result<(), ShimError> {
+        self.enter("Kill", id)?;
+        self.with_task("Kill", id, |t| {
+            if t.state == FakeState::Stopped {
+                return Err(rpc("Kill", RpcCode::NotFound, "process already finished"));
+            }
+            if signal == 15 && t.ignores_sigterm {
+                return Ok(());
+            }
+            if matches!(signal, 9 | 15 | 2 | 1) {
+                t.state = FakeState::Stopped;
+                t.exit_status = 128 + signal;
+                t.exited_at = berth_sysutil::now_nanos();
+            }
+            Ok(())
+        })
+    }
+
+    async fn wait(&self, id: &str) -> Result<api::WaitResponse, ShimError> {
+        self.enter("Wait", id)?;
+        let mut rx = self.changed.subscribe();
+        loop {
+            if self.is_dead() {
+                return Err(gone("Wait"));
+            }
+            match lock(&self.tasks).get(id) {
+                None => {
+                    return Err(rpc(
+                        "Wait",
+                        RpcCode::NotFound,
+                        format!("task {id} not found"),
+                    ))
+                }
+                Some(t) if t.state == FakeState::Stopped => {
+                    return Ok(api::WaitResponse {
+                        exit_status: t.exit_status,
+                        exited_at: timestamp(t.exited_at),
+                        ..Default::default()
+                    })
+                }
+                Some(_) => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(gone("Wait"));
+            }
+        }
+    }
+
+    async fn delete(&self, id: &str) -> Result<api::DeleteResponse, ShimError> {
+        self.enter("Delete", id)?;
+        let mut tasks = lock(&self.tasks);
+        let r = match tasks.get(id) {
+            None => Err(rpc(
+                "Delete",
+                RpcCode::NotFound,
+                format!("task {id} not found"),
+            )),
+            Some(t) if t.state == FakeState::Running => Err(rpc(
+                "Delete",
+                RpcCode::FailedPrecondition,
+                format!("cannot delete running task {id}"),
+            )),
+            Some(t) => {
+                let d = api::DeleteResponse {
+                    pid: t.pid,
+                    exit_status: t.exit_status,
+                    exited_at: timestamp(t.exited_at),
+                    ..Default::default()
+                };
+                tasks.remove(id);
+                Ok(d)
+            }
+        };
+        drop(tasks);
+        self.bump();
+        r
+    }
+
+    async fn exec(&self, req: &api::ExecProcessRequest) -> Result<(), ShimError> {
+        self.enter("Exec", &req.id)?;
+        Err(FakeShim::no_exec("Exec"))
+    }
+
+    async fn start_exec(&self, id: &str, _exec_id: &str) -> Result<api::StartResponse, ShimError> {
+        self.enter("Start", id)?;
+        Err(FakeShim::no_exec("Start"))
+    }
+
+    async fn wait_exec(&self, id: &str, _exec_id: &str) -> Result<api::WaitResponse, ShimError> {
+        self.enter("Wait", id)?;
+        Err(FakeShim::no_exec("Wait"))
+    }
+
+    async fn kill_exec(
+        &self,
+        id: &str,
+        _exec_id: &str,
+        _signal: u32,
+        _all: bool,
+    ) -> Result<(), ShimError> {
+        self.enter("Kill", id)?;
+        Err(FakeShim::no_exec("Kill"))
+    }
+
+    async fn delete_exec(
+        &self,
+        id: &str,
+        _exec_id: &str,
+    ) -> Result<api::DeleteResponse, ShimError> {
+        self.enter("Delete", id)?;
+        Err(FakeShim::no_exec("Delete"))
+    }
+
+    async fn resize_pty(
+        &self,
+        id: &str,
+        _exec_id: &str,
+        _width: u32,
+        _height: u32,
+    ) -> Result<(), ShimError> {
+        self.enter("ResizePty", id)?;
+        self.with_task("ResizePty", id, |_| Ok(()))
+    }
+
+    async fn close_io(&self, id: &str, _exec_id: &str, _stdin: bool) -> Result<(), ShimError> {
+        self.enter("CloseIO", id)?;
+        self.with_task("CloseIO", id, |_| Ok(()))
+    }
+
+    async fn update(
+        &self,
+        id: &str,
+        _resources: Option<Any>,
+        _annotations: HashMap<String, String>,
+    ) -> Result<(), ShimError> {
+        self.enter("Update", id)?;
+        self.with_task("Update", id, |_| Ok(()))
+    }
+
+    async fn pids(&self, id: &str) -> Result<api::PidsResponse, ShimError> {
+        self.enter("Pids", id)?;
+        self.with_task("Pids", id, |t| {
+            let mut p = api::ProcessInfo::new();
+            p.pid = t.pid;
+            Ok(api::PidsResponse {
+                processes: if t.state == FakeState::Stopped {
+                    Vec::new()
+                } else {
+                    vec![p]
+                },
+                ..Default::default()
+            })
+        })
+    }
+
+    async fn stats(&self, id: &str) -> Result<api::StatsResponse, ShimError> {
+        self.enter("Stats", id)?;
+        self.with_task("Stats", id, |_| Ok(api::StatsResponse::default()))
+    }
+
+    async fn shutdown(&self, id: &str) -> Result<(), ShimError> {
+        self.enter("Shutdown", id)?;
+        // A shim exits on Shutdown only once it holds no task.
+        if lock(&self.tasks).is_empty() {
+            self.die();
+        }
+        Ok(())
+    }
+}
+
+/// The fake shims of one test: every pod's shim by address, shared by the
+/// daemons of a test across a simulated restart.
+#[derive(Default)]
+pub struct FakeShims {
+    shims: Mutex<HashMap<String, Arc<FakeShim>>>,
+    /// Errors the next `start`s return.
+    start_failures: Mutex<VecDeque<ShimError>>,
+    /// `(task id, bundle)` of every shim-binary clean-up.
+    cleanups: Mutex<Vec<(String, PathBuf)>>,
+    starts: AtomicU32,
+}
+
+impl FakeShims {
+    pub fn new() -> Arc<FakeShims> {
+        Arc::new(FakeShims::default())
+    }
+
+    /// The live (or last) shim of a pod.
+    pub fn shim_of(&self, sandbox_id: &str) -> Option<Arc<FakeShim>> {
+        lock(&self.shims)
+            .values()
+            .filter(|s| s.sandbox_id == sandbox_id)
+            .max_by_key(|s| s.pid)
+            .cloned()
+    }
+
+    /// The next start fails with `err`.
+    pub fn fail_next_start(&self, err: ShimError) {
+        lock(&self.start_failures).push_back(err);
+    }
+
+    /// How many shims were started.
+    pub fn starts(&self) -> u32 {
+        self.starts.load(Ordering::SeqCst)
+    }
+
+    pub fn cleanups(&self) -> Vec<(String, PathBuf)> {
+        lock(&self.cleanups).clone()
+    }
+
+    /// Shims still running.
+    pub fn live(&self) -> Vec<Arc<FakeShim>> {
+        lock(&self.shims)
+            .values()
+            .filter(|s| !s.is_dead())
+            .cloned()
+            .collect()
+    }
+}
+
+#[async_trait]
+impl ShimProcesses for FakeShims {
+    fn binary(&self) -> Result<ShimBinary, ShimError> {
+        Ok(ShimBinary {
+            path: PathBuf::from("/fake/berth-shim"),
+            stdio: StdioScheme::CriLog,
+            bootstrap: false,
+        })
+    }
+
+    async fn start(
+        &self,
+        _binary: &ShimBinary,
+        sandbox_id: &str,
+        _cwd: &Path,
+    ) -> Result<StartReply, ShimError> {
+        if let Some(e) = lock(&self.start_failures).pop_front() {
+            return Err(e);
+        }
+        let n = self.starts.fetch_add(1, Ordering::SeqCst) + 1;
+        let address = format!("unix://@fake-shim-{sandbox_id}-{n}");
+        // Pids far from real ones; each shim's tasks count up from it.
+        let pid = 4_000_000 + n * 1000;
+        lock(&self.shims).insert(
+            address.clone(),
+            Arc::new(FakeShim::new(sandbox_id, address.clone(), pid)),
+        );
+        Ok(StartReply {
+            address,
+            api: TaskApi::V3,
+        })
+    }
+
+    async fn connect(
+        &self,
+        address: &str,
+        _api: TaskApi,
+        sandbox_id: &str,
+    ) -> Result<Connected, ShimError> {
+        let shim = lock(&self.shims)
+            .get(address)
+            .filter(|s| !s.is_dead())
+            .cloned();
+        let Some(shim) = shim else {
+            return Err(ShimError::Connect {
+                address: address.to_string(),
+                source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            });
+        };
+        let info = shim.connect_info(sandbox_id).await?;
+        Ok((shim, info.shim_pid))
+    }
+
+    async fn cleanup(
+        &self,
+        _binary: &ShimBinary,
+        id: &str,
+        bundle: &Path,
+    ) -> Result<api::DeleteResponse, ShimError> {
+        lock(&self.cleanups).push((id.to_string(), bundle.to_path_buf()));
+        Ok(api::DeleteResponse {
+            exit_status: 137,
+            ..Default::default()
+        })
+    }
+
+    fn follow_log(
+        &self,
+        _cwd: &Path,
+        _sandbox_id: &str,
+        _create: bool,
+    ) -> Result<Option<tokio::task::AbortHandle>, ShimError> {
+        Ok(None)
+    }
+
+    fn alive(&self, pid: u32) -> bool {
+        lock(&self.shims)
+            .values()
+            .any(|s| s.pid == pid && !s.is_dead())
+    }
+
+    fn kill_unrecorded(&self, _sandbox_id: &str) -> usize {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create_req(id: &str) -> api::CreateTaskRequest {
+        api::CreateTaskRequest {
+            id: id.to_string(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn tasks_follow_runcs_state_machine() {
+        let shims = FakeShims::new();
+        let binary = shims.binary().unwrap();
+        let reply = shims.start(&binary, "pod", Path::new("/")).await.unwrap();
+        let (client, pid) = shims
+            .connect(&reply.address, reply.api, "pod")
+            .await
+            .unwrap();
+        let shim = shims.shim_of("pod").unwrap();
+        assert_eq!(pid, shim.pid);
+
+        client.create(&create_req("t")).await.unwrap();
+        assert!(
+            client.create(&create_req("t")).await.is_err(),
+            "ids are unique"
+        );
+        client.start("t").await.unwrap();
+        assert_eq!(shim.state_of("t"), Some(FakeState::Running));
+        let e = client.delete("t").await.unwrap_err();
+        assert_eq!(e.code(), Some(RpcCode::FailedPrecondition), "{e}");
+
+        let waiter = {
+            let c = client.clone();
+            tokio::spawn(async move { c.wait("t").await })
+        };
+        client.kill("t", 15, false).await.unwrap();
+        assert_eq!(waiter.await.unwrap().unwrap().exit_status, 143);
+        assert!(client.kill("t", 9, true).await.unwrap_err().is_not_found());
+        assert_eq!(client.delete("t").await.unwrap().exit_status, 143);
+        assert!(client.state("t").await.unwrap_err().is_not_found());
+
+        shim.fail_next("Start", rpc("Start", RpcCode::Other(2), "injected"));
+        client.create(&create_req("u")).await.unwrap();
+        assert!(client.start("u").await.is_err());
+        client.start("u").await.unwrap();
+        let waiter = {
+            let c = client.clone();
+            tokio::spawn(async move { c.wait("u").await })
+        };
+        shim.die();
+        assert!(waiter.await.unwrap().unwrap_err().is_connection());
+        let reconnect = shims.connect(&reply.address, reply.api, "pod").await;
+        assert!(reconnect.is_err_and(|e| e.is_connection()));
+    }
+}
