@@ -7,6 +7,9 @@
 //! no process per pod sits idle. Containers join them by path. The pod's
 //! shim starts with its first container.
 
+#[cfg(test)]
+pub(crate) mod fake_host;
+mod host;
 mod recovery;
 mod setup;
 mod status;
@@ -28,8 +31,9 @@ use super::{
 use crate::config::CriConfig;
 use crate::error::Kind;
 use crate::metadata::cri::{SandboxRecord, SandboxState};
-use berth_network::{podns, PodNetworkOptions, PodRef, PortMapping};
+use berth_network::{PodNetworkOptions, PodRef, PortMapping};
 use berth_sysutil::now_nanos;
+pub(crate) use host::{NodeHost, SandboxHost};
 
 const NS_NODE: i32 = cri::NamespaceMode::Node as i32;
 

@@ -137,25 +137,22 @@ impl CriRuntime {
         // Pins before the shm mount: the first pin makes the sandboxes dir
         // a (shared) bind mount of itself, which would hide a mount made
         // under it before.
-        let pins = podns::pin(
-            &self.config.sandboxes_dir(),
-            &rec.id,
-            !host_ipc,
-            (!host_net).then_some(hostname.as_str()),
-        )
-        .await
-        .map_err(|e| {
-            CriError::internal(format!("{what}: pinning its namespaces"), Cause::other(e))
-        })?;
+        let pins = self
+            .host
+            .pin_namespaces(&rec.id, !host_ipc, (!host_net).then_some(hostname.as_str()))
+            .await
+            .map_err(|e| {
+                CriError::internal(format!("{what}: pinning its namespaces"), Cause::other(e))
+            })?;
         sandbox.update(|r| {
             r.ipc_ns = pins.ipc.clone();
             r.uts_ns = pins.uts.clone();
         });
         if !host_ipc {
-            let dir = rec.dir.clone();
-            let shm = tokio::task::spawn_blocking(move || podfiles::mount_shm(&dir))
+            let shm = self
+                .host
+                .mount_shm(&rec.dir)
                 .await
-                .map_err(|e| CriError::internal(&what, Cause::other(e)))?
                 .map_err(CriError::with(format!("{what}: mounting its /dev/shm")))?;
             sandbox.update(|r| r.shm = Some(shm));
         }
@@ -175,11 +172,11 @@ impl CriRuntime {
                 // the ADD finds it at start and tears it down (DEL is fine for a
                 // pod whose ADD never ran).
                 let rec = sandbox.update(|r| {
-                    r.netns = Some(self.networks.netns_dir().join(&r.id));
+                    r.netns = Some(self.host.netns_path(&r.id));
                 });
                 self.persist_sandbox(&rec).await?;
                 let pod = pod_ref(&rec);
-                let net = self.networks.setup(&pod, &opts).await.map_err(|e| {
+                let net = self.host.setup_network(&pod, &opts).await.map_err(|e| {
                     CriError::failed_precondition(
                         format!("{what}: setting up its network"),
                         Cause::other(e),
@@ -187,7 +184,7 @@ impl CriRuntime {
                 })?;
                 let ips: Vec<String> = net.ips.iter().map(|ip| ip.to_string()).collect();
                 sandbox.update(|r| {
-                    r.netns = Some(net.netns.path().to_path_buf());
+                    r.netns = Some(net.netns);
                     r.ips = ips;
                     r.network_ready = true;
                 });

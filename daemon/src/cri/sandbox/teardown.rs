@@ -38,21 +38,24 @@ impl CriRuntime {
         self.tasks.shutdown_idle_shim(&sandbox.id).await;
         clean &= self.teardown_network(sandbox).await;
         let rec = sandbox.record();
-        if let Err(e) = podns::unpin(&self.config.sandboxes_dir(), &rec.id).await {
+        if let Err(e) = self.host.unpin_namespaces(&rec.id).await {
             warn!(pod = %rec.id, error = %e, "cannot remove the pod's namespace pins");
             clean = false;
         }
+        let shm_ok = match self.host.unmount_shm(&rec.dir).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(pod = %rec.id, error = %e, "cannot unmount the pod's /dev/shm");
+                false
+            }
+        };
         let dir = rec.dir.clone();
         let id = rec.id.clone();
         let cgroup = (rec.cgroup_parent == format!("{}/{}", self.config.cri.cgroup_parent, rec.id))
             .then(|| rec.cgroup_parent.clone());
         let layout = self.cgroups.clone();
         let files_ok = tokio::task::spawn_blocking(move || {
-            let mut ok = true;
-            if let Err(e) = podfiles::unmount_shm(&dir) {
-                warn!(pod = %id, error = %e, "cannot unmount the pod's /dev/shm");
-                ok = false;
-            }
+            let mut ok = shm_ok;
             if ok && dir.exists() {
                 if let Err(e) = std::fs::remove_dir_all(&dir) {
                     warn!(pod = %id, error = %e, "cannot remove the pod's directory");
@@ -91,7 +94,7 @@ impl CriRuntime {
             return true;
         };
         let pod = pod_ref(&rec);
-        let r = self.networks.teardown(&pod, &netns).await;
+        let r = self.host.teardown_network(&pod, &netns).await;
         match r {
             Ok(()) => {
                 // Made durable by the caller's next write (or the record's
@@ -146,12 +149,7 @@ impl CriRuntime {
                 "tearing down its network failed (see berthd's log); StopPodSandbox can be retried",
             ));
         }
-        let dir = rec.dir.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || podfiles::unmount_shm(&dir))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|r| r)
-        {
+        if let Err(e) = self.host.unmount_shm(&rec.dir).await {
             warn!(pod = %rec.id, error = %e, "cannot unmount the pod's /dev/shm");
         }
         let was_ready = rec.state == SandboxState::Ready;
