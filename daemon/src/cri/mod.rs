@@ -361,6 +361,9 @@ fn labels_match(labels: &impl Labels, selector: &HashMap<String, String>) -> boo
 }
 
 #[cfg(test)]
+mod lifecycle_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

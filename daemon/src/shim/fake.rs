@@ -10,6 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use containerd_shim_protos::api;
@@ -66,7 +67,6 @@ fn timestamp(nanos: i64) -> MessageField<Timestamp> {
 /// One pod's fake shim process.
 pub struct FakeShim {
     pub sandbox_id: String,
-    pub address: String,
     pub pid: u32,
     tasks: Mutex<HashMap<String, FakeTask>>,
     dead: AtomicBool,
@@ -77,15 +77,14 @@ pub struct FakeShim {
     /// Bumped on every change waiters may care about.
     changed: watch::Sender<u64>,
     next_pid: AtomicU32,
-    /// Tasks created from now on ignore SIGTERM.
-    ignore_sigterm: AtomicBool,
+    /// How long calls of a method take.
+    delays: Mutex<HashMap<&'static str, Duration>>,
 }
 
 impl FakeShim {
-    fn new(sandbox_id: &str, address: String, pid: u32) -> FakeShim {
+    fn new(sandbox_id: &str, pid: u32) -> FakeShim {
         FakeShim {
             sandbox_id: sandbox_id.to_string(),
-            address,
             pid,
             tasks: Mutex::new(HashMap::new()),
             dead: AtomicBool::new(false),
@@ -93,7 +92,7 @@ impl FakeShim {
             calls: Mutex::new(Vec::new()),
             changed: watch::channel(0).0,
             next_pid: AtomicU32::new(pid + 1),
-            ignore_sigterm: AtomicBool::new(false),
+            delays: Mutex::new(HashMap::new()),
         }
     }
 
@@ -126,6 +125,18 @@ impl FakeShim {
             .push_back(err);
     }
 
+    /// Calls of `method` take `d` (before they act).
+    pub fn delay(&self, method: &'static str, d: Duration) {
+        lock(&self.delays).insert(method, d);
+    }
+
+    async fn take_time(&self, method: &'static str) {
+        let d = lock(&self.delays).get(method).copied();
+        if let Some(d) = d {
+            tokio::time::sleep(d).await;
+        }
+    }
+
     /// The shim process dies: every call and every Wait fails as a lost
     /// connection, and a reconnect is refused.
     pub fn die(&self) {
@@ -149,9 +160,11 @@ impl FakeShim {
         self.bump();
     }
 
-    /// Tasks created from now on ignore SIGTERM.
-    pub fn ignore_sigterm(&self) {
-        self.ignore_sigterm.store(true, Ordering::SeqCst);
+    /// The task's process ignores SIGTERM from now on.
+    pub fn ignore_sigterm(&self, id: &str) {
+        if let Some(t) = lock(&self.tasks).get_mut(id) {
+            t.ignores_sigterm = true;
+        }
     }
 
     pub fn state_of(&self, id: &str) -> Option<FakeState> {
@@ -213,6 +226,7 @@ impl TaskShim for FakeShim {
         req: &api::CreateTaskRequest,
     ) -> Result<api::CreateTaskResponse, ShimError> {
         self.enter("Create", &req.id)?;
+        self.take_time("Create").await;
         let mut tasks = lock(&self.tasks);
         if tasks.contains_key(&req.id) {
             return Err(rpc(
@@ -229,7 +243,7 @@ impl TaskShim for FakeShim {
                 pid,
                 exit_status: 0,
                 exited_at: 0,
-                ignores_sigterm: self.ignore_sigterm.load(Ordering::SeqCst),
+                ignores_sigterm: false,
             },
         );
         Ok(api::CreateTaskResponse {
@@ -240,6 +254,7 @@ impl TaskShim for FakeShim {
 
     async fn start(&self, id: &str) -> Result<api::StartResponse, ShimError> {
         self.enter("Start", id)?;
+        self.take_time("Start").await;
         self.with_task("Start", id, |t| match t.state {
             FakeState::Created => {
                 t.state = FakeState::Running;
@@ -325,6 +340,7 @@ impl TaskShim for FakeShim {
 
     async fn delete(&self, id: &str) -> Result<api::DeleteResponse, ShimError> {
         self.enter("Delete", id)?;
+        self.take_time("Delete").await;
         let mut tasks = lock(&self.tasks);
         let r = match tasks.get(id) {
             None => Err(rpc(
@@ -518,10 +534,7 @@ impl ShimProcesses for FakeShims {
         let address = format!("unix://@fake-shim-{sandbox_id}-{n}");
         // Pids far from real ones; each shim's tasks count up from it.
         let pid = 4_000_000 + n * 1000;
-        lock(&self.shims).insert(
-            address.clone(),
-            Arc::new(FakeShim::new(sandbox_id, address.clone(), pid)),
-        );
+        lock(&self.shims).insert(address.clone(), Arc::new(FakeShim::new(sandbox_id, pid)));
         Ok(StartReply {
             address,
             api: TaskApi::V3,

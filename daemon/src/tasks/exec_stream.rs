@@ -132,19 +132,16 @@ fn exit_status(code: u32) -> ExitStatus {
     }
 }
 
+/// A running task, its record and a client of its shim.
+type RunningTask = (
+    std::sync::Arc<super::Task>,
+    super::TaskRecord,
+    std::sync::Arc<dyn TaskShim>,
+);
+
 impl TaskService {
     /// A running task, its record and a client of its shim.
-    fn running_with_client(
-        &self,
-        id: &str,
-    ) -> Result<
-        (
-            std::sync::Arc<super::Task>,
-            super::TaskRecord,
-            std::sync::Arc<dyn TaskShim>,
-        ),
-        TaskError,
-    > {
+    fn running_with_client(&self, id: &str) -> Result<RunningTask, TaskError> {
         let task = self.lookup(id)?;
         let rec = task.record();
         if rec.status != TaskStatus::Running {
