@@ -2,7 +2,8 @@
 //! [`ShimProcesses`] (start, connect, clean-up) and each pod's [`FakeShim`]
 //! implements [`TaskShim`] with a task state machine like runc's behind a
 //! real shim: created -> running -> stopped, exits delivered to Wait, a kill
-//! of a stopped task NotFound, a delete of a running one refused. A shim can
+//! of a stopped task NotFound, a delete of a running one refused; exec
+//! processes follow a script ([`ExecScript`]) and die with their task. A shim can
 //! be killed (every call then fails as a lost connection), and any call can be
 //! made to fail once with an injected error.
 
@@ -64,6 +65,33 @@ fn timestamp(nanos: i64) -> MessageField<Timestamp> {
     MessageField::some(t)
 }
 
+#[derive(Debug, Clone)]
+struct FakeExec {
+    state: FakeState,
+    pid: u32,
+    exit_status: u32,
+    /// The stdout FIFO berthd gave.
+    stdout: String,
+}
+
+/// What an exec process does when started.
+#[derive(Debug, Clone)]
+pub struct ExecScript {
+    /// Written to its stdout.
+    pub stdout: Vec<u8>,
+    /// Exits at once with this status; None: runs until killed.
+    pub exit: Option<u32>,
+}
+
+impl Default for ExecScript {
+    fn default() -> Self {
+        ExecScript {
+            stdout: Vec::new(),
+            exit: Some(0),
+        }
+    }
+}
+
 /// One pod's fake shim process.
 pub struct FakeShim {
     pub sandbox_id: String,
@@ -79,6 +107,9 @@ pub struct FakeShim {
     next_pid: AtomicU32,
     /// How long calls of a method take.
     delays: Mutex<HashMap<&'static str, Duration>>,
+    /// Exec processes by (task id, exec id).
+    execs: Mutex<HashMap<(String, String), FakeExec>>,
+    exec_script: Mutex<ExecScript>,
 }
 
 impl FakeShim {
@@ -93,6 +124,8 @@ impl FakeShim {
             changed: watch::channel(0).0,
             next_pid: AtomicU32::new(pid + 1),
             delays: Mutex::new(HashMap::new()),
+            execs: Mutex::new(HashMap::new()),
+            exec_script: Mutex::new(ExecScript::default()),
         }
     }
 
@@ -157,6 +190,7 @@ impl FakeShim {
                 t.exited_at = berth_sysutil::now_nanos();
             }
         }
+        self.kill_execs_of(id);
         self.bump();
     }
 
@@ -198,12 +232,41 @@ impl FakeShim {
         r
     }
 
-    fn no_exec(method: &'static str) -> ShimError {
-        rpc(
-            method,
-            RpcCode::Unimplemented,
-            "the fake shim runs no exec processes",
-        )
+    fn with_exec<T>(
+        &self,
+        method: &'static str,
+        id: &str,
+        exec_id: &str,
+        f: impl FnOnce(&mut FakeExec) -> Result<T, ShimError>,
+    ) -> Result<T, ShimError> {
+        match lock(&self.execs).get_mut(&(id.to_string(), exec_id.to_string())) {
+            Some(e) => f(e),
+            None => Err(rpc(
+                method,
+                RpcCode::NotFound,
+                format!("exec {exec_id} not found"),
+            )),
+        }
+    }
+
+    /// What exec processes started from now on do.
+    pub fn on_exec(&self, script: ExecScript) {
+        *lock(&self.exec_script) = script;
+    }
+
+    /// The exec processes the shim holds, as `(task id, exec id)`.
+    pub fn exec_ids(&self) -> Vec<(String, String)> {
+        lock(&self.execs).keys().cloned().collect()
+    }
+
+    /// A task's init exited: its exec processes die with it.
+    fn kill_execs_of(&self, id: &str) {
+        for ((task, _), e) in lock(&self.execs).iter_mut() {
+            if task == id && e.state != FakeState::Stopped {
+                e.state = FakeState::Stopped;
+                e.exit_status = 137;
+            }
+        }
     }
 }
 
@@ -292,7 +355,7 @@ impl TaskShim for FakeShim {
 
     async fn kill(&self, id: &str, signal: u32, _all: bool) -> Result<(), ShimError> {
         self.enter("Kill", id)?;
-        self.with_task("Kill", id, |t| {
+        let r = self.with_task("Kill", id, |t| {
             if t.state == FakeState::Stopped {
                 return Err(rpc("Kill", RpcCode::NotFound, "process already finished"));
             }
@@ -305,7 +368,12 @@ impl TaskShim for FakeShim {
                 t.exited_at = berth_sysutil::now_nanos();
             }
             Ok(())
-        })
+        });
+        if self.state_of(id) == Some(FakeState::Stopped) {
+            self.kill_execs_of(id);
+            self.bump();
+        }
+        r
     }
 
     async fn wait(&self, id: &str) -> Result<api::WaitResponse, ShimError> {
@@ -371,37 +439,144 @@ impl TaskShim for FakeShim {
 
     async fn exec(&self, req: &api::ExecProcessRequest) -> Result<(), ShimError> {
         self.enter("Exec", &req.id)?;
-        Err(FakeShim::no_exec("Exec"))
+        match lock(&self.tasks).get(&req.id).map(|t| t.state) {
+            None => {
+                return Err(rpc(
+                    "Exec",
+                    RpcCode::NotFound,
+                    format!("task {} not found", req.id),
+                ))
+            }
+            Some(FakeState::Running) => {}
+            Some(_) => {
+                return Err(rpc(
+                    "Exec",
+                    RpcCode::FailedPrecondition,
+                    "cannot exec in a stopped container",
+                ))
+            }
+        }
+        let key = (req.id.clone(), req.exec_id.clone());
+        let mut execs = lock(&self.execs);
+        if execs.contains_key(&key) {
+            return Err(rpc(
+                "Exec",
+                RpcCode::AlreadyExists,
+                format!("exec {} already exists", req.exec_id),
+            ));
+        }
+        execs.insert(
+            key,
+            FakeExec {
+                state: FakeState::Created,
+                pid: self.next_pid.fetch_add(1, Ordering::SeqCst),
+                exit_status: 0,
+                stdout: req.stdout.clone(),
+            },
+        );
+        Ok(())
     }
 
-    async fn start_exec(&self, id: &str, _exec_id: &str) -> Result<api::StartResponse, ShimError> {
+    async fn start_exec(&self, id: &str, exec_id: &str) -> Result<api::StartResponse, ShimError> {
         self.enter("Start", id)?;
-        Err(FakeShim::no_exec("Start"))
+        let script = lock(&self.exec_script).clone();
+        let r = self.with_exec("Start", id, exec_id, |e| {
+            if e.state != FakeState::Created {
+                return Err(rpc(
+                    "Start",
+                    RpcCode::FailedPrecondition,
+                    "exec already started",
+                ));
+            }
+            if !script.stdout.is_empty() {
+                // berthd holds the FIFO open read-write: this open does not block.
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&e.stdout)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, &script.stdout))
+                    .map_err(|err| rpc("Start", RpcCode::Other(13), err.to_string()))?;
+            }
+            e.state = FakeState::Running;
+            if let Some(code) = script.exit {
+                e.state = FakeState::Stopped;
+                e.exit_status = code;
+            }
+            Ok(api::StartResponse {
+                pid: e.pid,
+                ..Default::default()
+            })
+        });
+        self.bump();
+        r
     }
 
-    async fn wait_exec(&self, id: &str, _exec_id: &str) -> Result<api::WaitResponse, ShimError> {
+    async fn wait_exec(&self, id: &str, exec_id: &str) -> Result<api::WaitResponse, ShimError> {
         self.enter("Wait", id)?;
-        Err(FakeShim::no_exec("Wait"))
+        let mut rx = self.changed.subscribe();
+        loop {
+            if self.is_dead() {
+                return Err(gone("Wait"));
+            }
+            let done = self.with_exec("Wait", id, exec_id, |e| {
+                Ok((e.state == FakeState::Stopped).then_some(e.exit_status))
+            })?;
+            if let Some(code) = done {
+                return Ok(api::WaitResponse {
+                    exit_status: code,
+                    ..Default::default()
+                });
+            }
+            if rx.changed().await.is_err() {
+                return Err(gone("Wait"));
+            }
+        }
     }
 
     async fn kill_exec(
         &self,
         id: &str,
-        _exec_id: &str,
-        _signal: u32,
+        exec_id: &str,
+        signal: u32,
         _all: bool,
     ) -> Result<(), ShimError> {
         self.enter("Kill", id)?;
-        Err(FakeShim::no_exec("Kill"))
+        let r = self.with_exec("Kill", id, exec_id, |e| match e.state {
+            FakeState::Stopped => Err(rpc("Kill", RpcCode::NotFound, "process already finished")),
+            _ => {
+                e.state = FakeState::Stopped;
+                e.exit_status = 128 + signal;
+                Ok(())
+            }
+        });
+        self.bump();
+        r
     }
 
-    async fn delete_exec(
-        &self,
-        id: &str,
-        _exec_id: &str,
-    ) -> Result<api::DeleteResponse, ShimError> {
+    async fn delete_exec(&self, id: &str, exec_id: &str) -> Result<api::DeleteResponse, ShimError> {
         self.enter("Delete", id)?;
-        Err(FakeShim::no_exec("Delete"))
+        let key = (id.to_string(), exec_id.to_string());
+        let mut execs = lock(&self.execs);
+        match execs.get(&key) {
+            None => Err(rpc(
+                "Delete",
+                RpcCode::NotFound,
+                format!("exec {exec_id} not found"),
+            )),
+            Some(e) if e.state == FakeState::Running => Err(rpc(
+                "Delete",
+                RpcCode::FailedPrecondition,
+                format!("cannot delete running exec {exec_id}"),
+            )),
+            Some(e) => {
+                let d = api::DeleteResponse {
+                    pid: e.pid,
+                    exit_status: e.exit_status,
+                    ..Default::default()
+                };
+                execs.remove(&key);
+                Ok(d)
+            }
+        }
     }
 
     async fn resize_pty(

@@ -7,6 +7,7 @@ use berth_api::runtime::v1 as cri;
 use super::*;
 use crate::error::Kind;
 use crate::metadata::TASKS;
+use crate::shim::fake::ExecScript;
 use crate::shim::{RpcCode, ShimError};
 
 fn injected(method: &'static str) -> ShimError {
@@ -179,4 +180,58 @@ async fn a_dead_shim_settles_its_containers() {
     assert_eq!(node.shims.starts(), 2);
     d.cri.remove_pod_sandbox(&pod).await.unwrap();
     assert!(node.shims.live().is_empty());
+}
+
+#[tokio::test]
+async fn exec_sync_reports_output_and_exit_code() {
+    let node = Node::new();
+    let d = node.start().await;
+    let (pod, c) = d.running("web", "app").await;
+    node.shim(&pod).on_exec(ExecScript {
+        stdout: b"hello\n".to_vec(),
+        exit: Some(3),
+    });
+    let out = d
+        .cri
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: c.clone(),
+            cmd: vec!["echo".into(), "hello".into()],
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!((out.stdout.as_slice(), out.exit_code), (&b"hello\n"[..], 3));
+    assert!(
+        node.shim(&pod).exec_ids().is_empty(),
+        "deleted from the shim"
+    );
+
+    // A command outliving its timeout is killed, reaped and deleted.
+    node.shim(&pod).on_exec(ExecScript {
+        stdout: Vec::new(),
+        exit: None,
+    });
+    let e = d
+        .cri
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: c.clone(),
+            cmd: vec!["sleep".into(), "1000".into()],
+            timeout: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), Kind::DeadlineExceeded, "{e}");
+    assert!(node.shim(&pod).exec_ids().is_empty());
+
+    d.cri.stop_container(&c, 0).await.unwrap();
+    let e = d
+        .cri
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: c,
+            cmd: vec!["true".into()],
+            timeout: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), Kind::FailedPrecondition, "{e}");
 }
