@@ -86,7 +86,8 @@ pub struct CriRuntime {
     meta: Arc<dyn MetaStore>,
     images: Arc<ImageService>,
     tasks: Arc<TaskService>,
-    networks: PodNetworks,
+    /// Namespaces, /dev/shm and network of pods.
+    host: Arc<dyn sandbox::SandboxHost>,
     sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
     /// Creates under way, by unique name: a retry with the same name joins.
     inflight: Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>,
@@ -110,19 +111,33 @@ impl CriRuntime {
         images: Arc<ImageService>,
         tasks: Arc<TaskService>,
     ) -> Arc<CriRuntime> {
+        let networks = PodNetworks::new(
+            config.cni.conf_dir.clone(),
+            config.cni.bin_dirs.clone(),
+            config.netns_dir(),
+            config.cni_cache_dir(),
+            config.cni.plugin_timeout(),
+        );
+        let host = Arc::new(sandbox::NodeHost::new(networks, config.sandboxes_dir()));
+        CriRuntime::with_host(config, meta, images, tasks, host)
+    }
+
+    /// A runtime whose pods are made on the host through `host` (an
+    /// in-memory fake in unit tests).
+    pub(crate) fn with_host(
+        config: Arc<Config>,
+        meta: Arc<dyn MetaStore>,
+        images: Arc<ImageService>,
+        tasks: Arc<TaskService>,
+        host: Arc<dyn sandbox::SandboxHost>,
+    ) -> Arc<CriRuntime> {
         let spec_opts = spec::SpecOptions::detect(if config.cri.cgroup_driver == "systemd" {
             spec::CgroupDriver::Systemd
         } else {
             spec::CgroupDriver::Cgroupfs
         });
         Arc::new(CriRuntime {
-            networks: PodNetworks::new(
-                config.cni.conf_dir.clone(),
-                config.cni.bin_dirs.clone(),
-                config.netns_dir(),
-                config.cni_cache_dir(),
-                config.cni.plugin_timeout(),
-            ),
+            host,
             config,
             meta,
             images,
@@ -344,6 +359,9 @@ fn labels_match(labels: &impl Labels, selector: &HashMap<String, String>) -> boo
         .iter()
         .all(|(k, v)| labels.label(k).is_some_and(|l| l == v))
 }
+
+#[cfg(test)]
+mod lifecycle_tests;
 
 #[cfg(test)]
 mod tests {

@@ -436,8 +436,8 @@ impl RuntimeService for CriRuntimeApi {
         req: Request<cri::StatusRequest>,
     ) -> Result<Response<cri::StatusResponse>, Status> {
         let verbose = req.into_inner().verbose;
-        let (net_ok, net_reason, net_msg) = match self.rt.networks.load_config().await {
-            Ok(list) => (true, String::new(), format!("CNI network {}", list.name)),
+        let (net_ok, net_reason, net_msg) = match self.rt.host.network_name().await {
+            Ok(name) => (true, String::new(), format!("CNI network {name}")),
             Err(e) => (false, "NetworkPluginNotReady".to_string(), e.to_string()),
         };
         let shim = crate::shim::binary::resolve(&self.rt.config);

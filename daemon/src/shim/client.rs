@@ -11,12 +11,15 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::{Enum, Message};
 use ttrpc::asynchronous::transport::Socket;
 use ttrpc::asynchronous::Client;
 use ttrpc::proto::KeyValue;
+
+use super::connection::TaskShim;
 
 /// The ttrpc metadata key containerd puts the namespace in.
 const NAMESPACE_HEADER: &str = "containerd-namespace-ttrpc";
@@ -245,14 +248,6 @@ impl TaskClient {
         })
     }
 
-    pub fn api(&self) -> TaskApi {
-        self.api
-    }
-
-    pub fn address(&self) -> &str {
-        &self.address
-    }
-
     /// The same connection, speaking another version of the API.
     pub fn with_api(&self, api: TaskApi) -> TaskClient {
         TaskClient {
@@ -298,8 +293,15 @@ impl TaskClient {
             message: format!("decoding the reply: {e}"),
         })
     }
+}
 
-    pub async fn connect_info(&self, id: &str) -> Result<api::ConnectResponse, ShimError> {
+#[async_trait]
+impl TaskShim for TaskClient {
+    fn api(&self) -> TaskApi {
+        self.api
+    }
+
+    async fn connect_info(&self, id: &str) -> Result<api::ConnectResponse, ShimError> {
         let req = api::ConnectRequest {
             id: id.to_string(),
             ..Default::default()
@@ -307,7 +309,7 @@ impl TaskClient {
         self.call("Connect", &req, Some(self.timeout)).await
     }
 
-    pub async fn create(
+    async fn create(
         &self,
         req: &api::CreateTaskRequest,
     ) -> Result<api::CreateTaskResponse, ShimError> {
@@ -315,7 +317,7 @@ impl TaskClient {
         self.call("Create", req, Some(self.timeout * 3)).await
     }
 
-    pub async fn start(&self, id: &str) -> Result<api::StartResponse, ShimError> {
+    async fn start(&self, id: &str) -> Result<api::StartResponse, ShimError> {
         let req = api::StartRequest {
             id: id.to_string(),
             ..Default::default()
@@ -323,7 +325,7 @@ impl TaskClient {
         self.call("Start", &req, Some(self.timeout * 3)).await
     }
 
-    pub async fn state(&self, id: &str) -> Result<api::StateResponse, ShimError> {
+    async fn state(&self, id: &str) -> Result<api::StateResponse, ShimError> {
         let req = api::StateRequest {
             id: id.to_string(),
             ..Default::default()
@@ -331,7 +333,7 @@ impl TaskClient {
         self.call("State", &req, Some(self.timeout)).await
     }
 
-    pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), ShimError> {
+    async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), ShimError> {
         let req = api::KillRequest {
             id: id.to_string(),
             signal,
@@ -344,7 +346,7 @@ impl TaskClient {
 
     /// Blocks until the task's init process has exited; returns at once for
     /// one that already has.
-    pub async fn wait(&self, id: &str) -> Result<api::WaitResponse, ShimError> {
+    async fn wait(&self, id: &str) -> Result<api::WaitResponse, ShimError> {
         let req = api::WaitRequest {
             id: id.to_string(),
             ..Default::default()
@@ -352,7 +354,7 @@ impl TaskClient {
         self.call("Wait", &req, None).await
     }
 
-    pub async fn delete(&self, id: &str) -> Result<api::DeleteResponse, ShimError> {
+    async fn delete(&self, id: &str) -> Result<api::DeleteResponse, ShimError> {
         let req = api::DeleteRequest {
             id: id.to_string(),
             ..Default::default()
@@ -361,18 +363,14 @@ impl TaskClient {
     }
 
     /// Registers an exec process in a task (not started yet).
-    pub async fn exec(&self, req: &api::ExecProcessRequest) -> Result<(), ShimError> {
+    async fn exec(&self, req: &api::ExecProcessRequest) -> Result<(), ShimError> {
         let _: api::Empty = self.call("Exec", req, Some(self.timeout)).await?;
         Ok(())
     }
 
     /// Starts a registered exec process: the OCI runtime's exec, so it gets
     /// Create's allowance. A command the runtime cannot run fails here.
-    pub async fn start_exec(
-        &self,
-        id: &str,
-        exec_id: &str,
-    ) -> Result<api::StartResponse, ShimError> {
+    async fn start_exec(&self, id: &str, exec_id: &str) -> Result<api::StartResponse, ShimError> {
         let req = api::StartRequest {
             id: id.to_string(),
             exec_id: exec_id.to_string(),
@@ -384,7 +382,7 @@ impl TaskClient {
     /// Blocks until an exec process has exited. No deadline is sent: berth-shim
     /// kills an exec whose Wait deadline passes, and how long a command may
     /// run is the caller's decision.
-    pub async fn wait_exec(&self, id: &str, exec_id: &str) -> Result<api::WaitResponse, ShimError> {
+    async fn wait_exec(&self, id: &str, exec_id: &str) -> Result<api::WaitResponse, ShimError> {
         let req = api::WaitRequest {
             id: id.to_string(),
             exec_id: exec_id.to_string(),
@@ -394,7 +392,7 @@ impl TaskClient {
     }
 
     /// Signals an exec process (`all` is meaningful for a task's init only).
-    pub async fn kill_exec(
+    async fn kill_exec(
         &self,
         id: &str,
         exec_id: &str,
@@ -414,11 +412,7 @@ impl TaskClient {
 
     /// Forgets an exited (or never started) exec process. Shims wait for its
     /// output to drain first (up to a couple of seconds), hence the allowance.
-    pub async fn delete_exec(
-        &self,
-        id: &str,
-        exec_id: &str,
-    ) -> Result<api::DeleteResponse, ShimError> {
+    async fn delete_exec(&self, id: &str, exec_id: &str) -> Result<api::DeleteResponse, ShimError> {
         let req = api::DeleteRequest {
             id: id.to_string(),
             exec_id: exec_id.to_string(),
@@ -428,7 +422,7 @@ impl TaskClient {
     }
 
     /// Sets the terminal size of a task (empty `exec_id`) or exec process.
-    pub async fn resize_pty(
+    async fn resize_pty(
         &self,
         id: &str,
         exec_id: &str,
@@ -448,7 +442,7 @@ impl TaskClient {
 
     /// Closes the stdin of a task (empty `exec_id`) or exec process, so it
     /// reads EOF.
-    pub async fn close_io(&self, id: &str, exec_id: &str, stdin: bool) -> Result<(), ShimError> {
+    async fn close_io(&self, id: &str, exec_id: &str, stdin: bool) -> Result<(), ShimError> {
         let req = api::CloseIORequest {
             id: id.to_string(),
             exec_id: exec_id.to_string(),
@@ -463,7 +457,7 @@ impl TaskClient {
     /// containerd sends it; None changes none) and passes `annotations`
     /// (berth-shim reopens the task's CRI logs for
     /// `io.berth.shim.reopen-log`). Runs the OCI runtime's update.
-    pub async fn update(
+    async fn update(
         &self,
         id: &str,
         resources: Option<Any>,
@@ -481,7 +475,7 @@ impl TaskClient {
 
     /// The processes in a task's container (the OCI runtime's `ps`), with
     /// the exec id of those that are exec processes.
-    pub async fn pids(&self, id: &str) -> Result<api::PidsResponse, ShimError> {
+    async fn pids(&self, id: &str) -> Result<api::PidsResponse, ShimError> {
         let req = api::PidsRequest {
             id: id.to_string(),
             ..Default::default()
@@ -491,7 +485,7 @@ impl TaskClient {
 
     /// A task's cgroup metrics, as an `Any` holding
     /// `io.containerd.cgroups.v1.Metrics` or `io.containerd.cgroups.v2.Metrics`.
-    pub async fn stats(&self, id: &str) -> Result<api::StatsResponse, ShimError> {
+    async fn stats(&self, id: &str) -> Result<api::StatsResponse, ShimError> {
         let req = api::StatsRequest {
             id: id.to_string(),
             ..Default::default()
@@ -499,7 +493,7 @@ impl TaskClient {
         self.call("Stats", &req, Some(self.timeout)).await
     }
 
-    pub async fn shutdown(&self, id: &str) -> Result<(), ShimError> {
+    async fn shutdown(&self, id: &str) -> Result<(), ShimError> {
         let req = api::ShutdownRequest {
             id: id.to_string(),
             ..Default::default()

@@ -5,23 +5,29 @@
 //! Any shim that speaks the protocol works: berth's own `berth-shim` or
 //! Debian's `containerd-shim-runc-v2` (task API v2, plain-address `start`
 //! reply, raw `file://` stdio), selected by `shim.binary` in the config.
+//! The manager reaches shims through the [`ShimProcesses`] and [`TaskShim`]
+//! seams ([`processes::BinaryShims`] in production, [`fake`] in tests).
 
 pub mod binary;
 pub mod client;
+pub mod connection;
+#[cfg(test)]
+pub mod fake;
+pub mod processes;
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use containerd_shim_protos::api;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncBufReadExt;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-pub use binary::{Launcher, ShimBinary, StdioScheme, NAMESPACE};
-pub use client::{RpcCode, ShimError, TaskApi, TaskClient};
+pub use binary::{ShimBinary, StdioScheme, NAMESPACE};
+pub use client::{RpcCode, ShimError, TaskApi};
+pub use connection::{ShimProcesses, TaskShim};
 
 use crate::config::Config;
 
@@ -43,10 +49,21 @@ pub struct PodRecord {
     pub started_at: i64,
 }
 
+impl PodRecord {
+    /// The binary this pod's shim was started from.
+    pub fn binary(&self) -> ShimBinary {
+        ShimBinary {
+            path: self.binary.clone(),
+            stdio: self.stdio,
+            bootstrap: self.bootstrap,
+        }
+    }
+}
+
 /// A live connection to a pod's shim.
 pub struct PodShim {
     pub record: PodRecord,
-    client: Mutex<TaskClient>,
+    client: Mutex<Arc<dyn TaskShim>>,
     /// Tasks created in this shim and not yet deleted from it.
     tasks: Mutex<HashSet<String>>,
     dead: AtomicBool,
@@ -54,7 +71,21 @@ pub struct PodShim {
 }
 
 impl PodShim {
-    pub fn client(&self) -> TaskClient {
+    fn new(
+        record: PodRecord,
+        client: Arc<dyn TaskShim>,
+        log_reader: Option<tokio::task::AbortHandle>,
+    ) -> PodShim {
+        PodShim {
+            record,
+            client: Mutex::new(client),
+            tasks: Mutex::new(HashSet::new()),
+            dead: AtomicBool::new(false),
+            log_reader: Mutex::new(log_reader),
+        }
+    }
+
+    pub fn client(&self) -> Arc<dyn TaskShim> {
         lock(&self.client).clone()
     }
 
@@ -103,12 +134,11 @@ impl Drop for PodShim {
 use berth_sysutil::{lock, write_atomic};
 
 pub struct ShimManager {
-    config: Arc<Config>,
+    processes: Arc<dyn ShimProcesses>,
     pods_dir: PathBuf,
     pods: Mutex<HashMap<String, Arc<PodShim>>>,
     /// Per-pod start locks, so two creates in one pod start one shim.
     starting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    timeout: Duration,
 }
 
 /// Whether a process exists and is not a zombie.
@@ -132,14 +162,19 @@ impl ShimManager {
         lock(&self.pods).values().filter(|p| !p.is_dead()).count()
     }
 
+    /// The manager of the configured shim binary's processes.
     pub fn new(config: Arc<Config>) -> ShimManager {
-        let timeout = Duration::from_secs(config.shim.rpc_timeout_secs.max(1));
+        let processes = Arc::new(processes::BinaryShims::new(config.clone()));
+        ShimManager::with_processes(&config, processes)
+    }
+
+    /// A manager reaching shims through `processes`.
+    pub fn with_processes(config: &Config, processes: Arc<dyn ShimProcesses>) -> ShimManager {
         ShimManager {
+            processes,
             pods_dir: config.state.join("pods"),
-            config,
             pods: Mutex::new(HashMap::new()),
             starting: Mutex::new(HashMap::new()),
-            timeout,
         }
     }
 
@@ -147,31 +182,9 @@ impl ShimManager {
         self.pods_dir.join(sandbox_id)
     }
 
-    /// The launcher for the configured shim binary.
-    pub fn launcher(&self) -> Result<Launcher, ShimError> {
-        let binary = binary::resolve(&self.config)?;
-        Ok(self.launcher_for(binary))
-    }
-
-    /// The launcher for the binary a pod was started with.
-    pub fn launcher_of(&self, rec: &PodRecord) -> Launcher {
-        self.launcher_for(ShimBinary {
-            path: rec.binary.clone(),
-            stdio: rec.stdio,
-            bootstrap: rec.bootstrap,
-        })
-    }
-
-    fn launcher_for(&self, binary: ShimBinary) -> Launcher {
-        Launcher {
-            binary,
-            daemon_address: self.config.socket_path(),
-            publish_binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("berthd")),
-            socket_dir: self.config.shim_socket_dir(),
-            timeout: Duration::from_secs(self.config.shim.start_timeout_secs.max(1)),
-            debug: self.config.log_level.contains("debug")
-                || self.config.log_level.contains("trace"),
-        }
+    /// The configured shim binary.
+    pub fn binary(&self) -> Result<ShimBinary, ShimError> {
+        self.processes.binary()
     }
 
     pub fn get(&self, sandbox_id: &str) -> Option<Arc<PodShim>> {
@@ -205,28 +218,34 @@ impl ShimManager {
     }
 
     async fn start(&self, sandbox_id: &str, cwd: &Path) -> Result<Arc<PodShim>, ShimError> {
-        let launcher = self.launcher()?;
+        let binary = self.processes.binary()?;
         let dir = self.pod_dir(sandbox_id);
         std::fs::create_dir_all(&dir)
             .map_err(|e| ShimError::Binary(format!("creating {}: {e}", dir.display())))?;
-        if let Err(e) = std::fs::create_dir_all(&launcher.socket_dir) {
-            warn!(dir = %launcher.socket_dir.display(), error = %e, "cannot create the shim socket dir");
-        }
         // The shim writes its own log to the `log` fifo in its working
         // directory and blocks until someone reads it.
-        let log_reader = open_log_fifo(cwd, sandbox_id)?;
-        let reply = match launcher.start(sandbox_id, cwd).await {
+        let log_reader = self.processes.follow_log(cwd, sandbox_id, true)?;
+        let abort_log = || {
+            if let Some(h) = &log_reader {
+                h.abort();
+            }
+        };
+        let reply = match self.processes.start(&binary, sandbox_id, cwd).await {
             Ok(r) => r,
             Err(e) => {
-                log_reader.abort();
+                abort_log();
                 return Err(e);
             }
         };
-        info!(pod = %sandbox_id, address = %reply.address, api = %reply.api, binary = %launcher.binary.path.display(), "shim started");
-        let (client, pid) = match self.connect(&reply.address, reply.api, sandbox_id).await {
+        info!(pod = %sandbox_id, address = %reply.address, api = %reply.api, binary = %binary.path.display(), "shim started");
+        let (client, pid) = match self
+            .processes
+            .connect(&reply.address, reply.api, sandbox_id)
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
-                log_reader.abort();
+                abort_log();
                 return Err(e);
             }
         };
@@ -234,9 +253,9 @@ impl ShimManager {
             sandbox_id: sandbox_id.to_string(),
             address: reply.address.clone(),
             api: client.api(),
-            binary: launcher.binary.path.clone(),
-            stdio: launcher.binary.stdio,
-            bootstrap: launcher.binary.bootstrap,
+            binary: binary.path.clone(),
+            stdio: binary.stdio,
+            bootstrap: binary.bootstrap,
             cwd: cwd.to_path_buf(),
             pid,
             started_at: berth_sysutil::now_nanos(),
@@ -248,39 +267,12 @@ impl ShimManager {
             .unwrap_or_else(|e| Err(ShimError::Binary(format!("recording the shim: {e}"))));
         if let Err(e) = saved {
             let _ = client.shutdown(sandbox_id).await;
-            log_reader.abort();
+            abort_log();
             return Err(e);
         }
-        let pod = Arc::new(PodShim {
-            record,
-            client: Mutex::new(client),
-            tasks: Mutex::new(HashSet::new()),
-            dead: AtomicBool::new(false),
-            log_reader: Mutex::new(Some(log_reader)),
-        });
+        let pod = Arc::new(PodShim::new(record, client, log_reader));
         lock(&self.pods).insert(sandbox_id.to_string(), pod.clone());
         Ok(pod)
-    }
-
-    /// Connects and asks the shim who it is (Connect), downgrading a v3
-    /// client to v2 when the shim does not serve v3 after all.
-    async fn connect(
-        &self,
-        address: &str,
-        api: TaskApi,
-        sandbox_id: &str,
-    ) -> Result<(TaskClient, u32), ShimError> {
-        let client = TaskClient::connect(address, api, NAMESPACE, self.timeout).await?;
-        match client.connect_info(sandbox_id).await {
-            Ok(r) => Ok((client, r.shim_pid)),
-            Err(e) if api == TaskApi::V3 && e.code() == Some(RpcCode::Unimplemented) => {
-                debug!(pod = %sandbox_id, "shim does not serve task v3; using v2");
-                let v2 = client.with_api(TaskApi::V2);
-                let r = v2.connect_info(sandbox_id).await?;
-                Ok((v2, r.shim_pid))
-            }
-            Err(e) => Err(e),
-        }
     }
 
     #[cfg(test)]
@@ -317,23 +309,20 @@ impl ShimManager {
         if let Some(p) = self.get(&rec.sandbox_id) {
             return Ok(p);
         }
-        let (client, pid) = self.connect(&rec.address, rec.api, &rec.sandbox_id).await?;
-        let log_reader = if rec.cwd.join("log").exists() {
-            open_log_fifo(&rec.cwd, &rec.sandbox_id).ok()
-        } else {
-            None
-        };
+        let (client, pid) = self
+            .processes
+            .connect(&rec.address, rec.api, &rec.sandbox_id)
+            .await?;
+        let log_reader = self
+            .processes
+            .follow_log(&rec.cwd, &rec.sandbox_id, false)
+            .ok()
+            .flatten();
         let mut rec = rec;
         if pid != 0 {
             rec.pid = pid;
         }
-        let pod = Arc::new(PodShim {
-            record: rec.clone(),
-            client: Mutex::new(client),
-            tasks: Mutex::new(HashSet::new()),
-            dead: AtomicBool::new(false),
-            log_reader: Mutex::new(log_reader),
-        });
+        let pod = Arc::new(PodShim::new(rec.clone(), client, log_reader));
         lock(&self.pods).insert(rec.sandbox_id.clone(), pod.clone());
         Ok(pod)
     }
@@ -344,14 +333,15 @@ impl ShimManager {
             return false;
         }
         let api = pod.client().api();
-        match TaskClient::connect(&pod.record.address, api, NAMESPACE, self.timeout).await {
-            Ok(c) => match c.connect_info(pod.id()).await {
-                Ok(_) => {
-                    *lock(&pod.client) = c;
-                    true
-                }
-                Err(_) => false,
-            },
+        match self
+            .processes
+            .connect(&pod.record.address, api, pod.id())
+            .await
+        {
+            Ok((c, _)) => {
+                *lock(&pod.client) = c;
+                true
+            }
             Err(_) => false,
         }
     }
@@ -367,7 +357,7 @@ impl ShimManager {
         // Give it a moment to go, so its socket is gone before we look. It exits
         // as soon as its reply is out (a few ms), so look often.
         let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
-        while pid_alive(pod.record.pid) && tokio::time::Instant::now() < deadline {
+        while self.processes.alive(pod.record.pid) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         self.forget(pod);
@@ -391,24 +381,28 @@ impl ShimManager {
 
     /// Kills the shims started for `sandbox_id` that have no record: berthd
     /// died between starting the shim and writing `shim.json`, so nothing
-    /// else knows the process. They are found by their command line, which
-    /// names the pod (`-id`) and this daemon's socket (`-address`), as every
-    /// shim started by the containerd convention does; their sockets go too.
-    /// Such a shim has no task yet (tasks are created after the record).
+    /// else knows the process.
     pub fn kill_unrecorded(&self, sandbox_id: &str) -> usize {
-        let address = self.config.socket_path();
-        let mut killed = 0;
-        for (pid, socket) in shim_processes(sandbox_id, &address) {
-            warn!(pod = %sandbox_id, pid, "killing a shim that was never recorded");
-            let pid = nix::unistd::Pid::from_raw(pid);
-            if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok() {
-                killed += 1;
+        self.processes.kill_unrecorded(sandbox_id)
+    }
+
+    /// The shim binary's clean-up of a task whose shim is gone (`binary`
+    /// None: the configured one). berthd itself never runs the OCI runtime.
+    pub async fn cleanup(
+        &self,
+        binary: Option<&ShimBinary>,
+        id: &str,
+        bundle: &Path,
+    ) -> Result<api::DeleteResponse, ShimError> {
+        let configured;
+        let binary = match binary {
+            Some(b) => b,
+            None => {
+                configured = self.processes.binary()?;
+                &configured
             }
-            if let Some(path) = socket {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-        killed
+        };
+        self.processes.cleanup(binary, id, bundle).await
     }
 
     /// Removes a pod's directory and (when nothing listens on it) its socket.
@@ -427,41 +421,6 @@ impl ShimManager {
     }
 }
 
-/// Live processes whose arguments carry `-id <sandbox_id>` and `-address
-/// <address>`, with their `-socket` argument if any (berth-shim's).
-fn shim_processes(sandbox_id: &str, address: &Path) -> Vec<(i32, Option<PathBuf>)> {
-    let own = std::process::id() as i32;
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let address = address.as_os_str().as_encoded_bytes();
-    let mut out = Vec::new();
-    for entry in rd.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid == own || !pid_alive(pid as u32) {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let value = |flag: &[u8]| args.windows(2).find(|w| w[0] == flag).map(|w| w[1]);
-        if value(b"-id") == Some(sandbox_id.as_bytes()) && value(b"-address") == Some(address) {
-            let socket = value(b"-socket")
-                .filter(|s| !s.is_empty())
-                .map(|s| PathBuf::from(std::ffi::OsStr::from_bytes(s)));
-            out.push((pid, socket));
-        }
-    }
-    out
-}
-
 fn save_record(pods_dir: &Path, rec: &PodRecord) -> Result<(), ShimError> {
     let dir = pods_dir.join(&rec.sandbox_id);
     let io = |e: std::io::Error| {
@@ -471,37 +430,6 @@ fn save_record(pods_dir: &Path, rec: &PodRecord) -> Result<(), ShimError> {
     let json = serde_json::to_vec_pretty(rec).map_err(|e| ShimError::Binary(e.to_string()))?;
     write_atomic(&dir.join("shim.json"), &json).map_err(io)?;
     write_atomic(&dir.join("address"), rec.address.as_bytes()).map_err(io)
-}
-
-/// Creates (if needed) the `log` fifo in `dir` and copies what the shim
-/// writes to it into berthd's log. Opened read-write, so it never reports
-/// EOF between writers; the reader ends when aborted.
-fn open_log_fifo(dir: &Path, pod: &str) -> Result<tokio::task::AbortHandle, ShimError> {
-    let path = dir.join("log");
-    if !path.exists() {
-        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o700)).map_err(
-            |e| {
-                ShimError::Binary(format!(
-                    "creating the shim log fifo {}: {e}",
-                    path.display()
-                ))
-            },
-        )?;
-    }
-    let rx = tokio::net::unix::pipe::OpenOptions::new()
-        .read_write(true)
-        .open_receiver(&path)
-        .map_err(|e| {
-            ShimError::Binary(format!("opening the shim log fifo {}: {e}", path.display()))
-        })?;
-    let pod = pod.to_string();
-    let handle = tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(rx).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            debug!(target: "berthd::shim::log", pod = %pod, "{line}");
-        }
-    });
-    Ok(handle.abort_handle())
 }
 
 #[cfg(test)]

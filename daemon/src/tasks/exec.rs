@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 use super::error::blocking;
 use super::record::TaskStatus;
 use super::{TaskError, TaskService};
-use crate::shim::{RpcCode, ShimError, TaskClient};
+use crate::shim::{RpcCode, ShimError, TaskShim};
 
 /// What an exec process wrote and how it ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -221,7 +221,7 @@ enum Ended {
 
 /// Everything one exec needs, owned, so it can run in a task of its own.
 struct ExecJob {
-    client: TaskClient,
+    client: std::sync::Arc<dyn TaskShim>,
     task_id: String,
     task_name: String,
     exec_id: String,

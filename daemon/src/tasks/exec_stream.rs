@@ -34,7 +34,7 @@ use super::exec::{
 use super::logs::LogFollower;
 use super::record::TaskStatus;
 use super::{TaskError, TaskService};
-use crate::shim::{RpcCode, TaskClient};
+use crate::shim::{RpcCode, TaskShim};
 use berth_streaming::{Backend, BoxFuture, CommandIo, ExitStatus, PortStream, TermSize};
 
 /// How often an attach looks for new log output.
@@ -89,7 +89,7 @@ async fn pump_out(
 /// Forwards the client's terminal size changes to the shim.
 async fn pump_resize(
     mut rx: mpsc::Receiver<TermSize>,
-    client: TaskClient,
+    client: std::sync::Arc<dyn TaskShim>,
     id: String,
     exec_id: String,
 ) {
@@ -132,12 +132,16 @@ fn exit_status(code: u32) -> ExitStatus {
     }
 }
 
+/// A running task, its record and a client of its shim.
+type RunningTask = (
+    std::sync::Arc<super::Task>,
+    super::TaskRecord,
+    std::sync::Arc<dyn TaskShim>,
+);
+
 impl TaskService {
     /// A running task, its record and a client of its shim.
-    fn running_with_client(
-        &self,
-        id: &str,
-    ) -> Result<(std::sync::Arc<super::Task>, super::TaskRecord, TaskClient), TaskError> {
+    fn running_with_client(&self, id: &str) -> Result<RunningTask, TaskError> {
         let task = self.lookup(id)?;
         let rec = task.record();
         if rec.status != TaskStatus::Running {
@@ -289,7 +293,7 @@ impl TaskService {
 
     async fn drive_exec(
         &self,
-        client: &TaskClient,
+        client: &std::sync::Arc<dyn TaskShim>,
         id: &str,
         exec_id: &str,
         what: &str,

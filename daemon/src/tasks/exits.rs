@@ -31,8 +31,8 @@ impl TaskService {
                 Err(e) if e.is_not_found() => {
                     warn!(task = %task.id, error = %e, "the shim does not know the task");
                     pod.remove_task(&task.id);
-                    let launcher = self.shims.launcher_of(&pod.record);
-                    self.settle_without_shim(&task, Some(&launcher), "the shim lost the task")
+                    let binary = pod.record.binary();
+                    self.settle_without_shim(&task, Some(&binary), "the shim lost the task")
                         .await;
                     if pod.tasks().is_empty() {
                         self.shims.shutdown(&pod).await;
@@ -116,10 +116,10 @@ impl TaskService {
     /// A shim died: settles every task it had and forgets it.
     pub(super) async fn shim_died(&self, pod: Arc<PodShim>, why: &str) {
         warn!(pod = %pod.id(), pid = pod.record.pid, "{why}; settling its tasks");
-        let launcher = self.shims.launcher_of(&pod.record);
+        let binary = pod.record.binary();
         for id in pod.tasks() {
             if let Some(task) = self.get(&id) {
-                self.settle_without_shim(&task, Some(&launcher), why).await;
+                self.settle_without_shim(&task, Some(&binary), why).await;
             }
             pod.remove_task(&id);
         }
@@ -140,27 +140,13 @@ impl TaskService {
     /// The shim binary's clean-up (`<shim> ... -bundle B delete`, as
     /// containerd runs it when a shim is gone): it force-deletes the
     /// container in the runtime and unmounts its rootfs. berthd itself never
-    /// runs the OCI runtime. `launcher` None = the configured shim.
+    /// runs the OCI runtime. `binary` None = the configured shim.
     pub(super) async fn shim_cleanup(
         &self,
         rec: &TaskRecord,
-        launcher: Option<&Launcher>,
+        binary: Option<&ShimBinary>,
     ) -> Option<api::DeleteResponse> {
-        let own;
-        let launcher = match launcher {
-            Some(l) => l,
-            None => match self.shims.launcher() {
-                Ok(l) => {
-                    own = l;
-                    &own
-                }
-                Err(e) => {
-                    warn!(task = %rec.name, error = %e, "no shim binary to clean the container up with");
-                    return None;
-                }
-            },
-        };
-        match launcher.delete(&rec.id, &rec.bundle).await {
+        match self.shims.cleanup(binary, &rec.id, &rec.bundle).await {
             Ok(d) => Some(d),
             Err(e) => {
                 warn!(task = %rec.name, id = %rec.id, error = %e, "the shim's delete failed: the runtime may still hold the container");
@@ -176,7 +162,7 @@ impl TaskService {
     pub(super) async fn settle_without_shim(
         &self,
         task: &Arc<Task>,
-        launcher: Option<&Launcher>,
+        binary: Option<&ShimBinary>,
         why: &str,
     ) {
         let rec = task.record();
@@ -189,7 +175,7 @@ impl TaskService {
         // Without a container in the runtime there is nothing to kill; the
         // rootfs is unmounted when the task is removed.
         let deleted = if view.exists {
-            self.shim_cleanup(&rec, launcher).await
+            self.shim_cleanup(&rec, binary).await
         } else {
             None
         };

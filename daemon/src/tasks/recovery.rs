@@ -143,12 +143,12 @@ impl TaskService {
             None => None,
         };
         let Some(pod) = pod else {
-            let launcher = match &rec {
-                Some(r) => Some(self.shims.launcher_of(r)),
-                None => self.shims.launcher().ok(),
+            let binary = match &rec {
+                Some(r) => Some(r.binary()),
+                None => self.shims.binary().ok(),
             };
             for t in &tasks {
-                self.settle_without_shim(t, launcher.as_ref(), "shim died while berthd was down")
+                self.settle_without_shim(t, binary.as_ref(), "shim died while berthd was down")
                     .await;
             }
             self.shims
@@ -226,8 +226,8 @@ impl TaskService {
                 }
                 Err(e) if e.is_not_found() => {
                     pod.remove_task(&t.id);
-                    let launcher = self.shims.launcher_of(&pod.record);
-                    self.settle_without_shim(t, Some(&launcher), "the shim lost the task")
+                    let binary = pod.record.binary();
+                    self.settle_without_shim(t, Some(&binary), "the shim lost the task")
                         .await;
                 }
                 Err(e) => {
