@@ -2,7 +2,7 @@
 //! the one writer of a reference.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
