@@ -143,7 +143,8 @@ impl Repository {
         challenges: &[Challenge],
         what: &str,
     ) -> Result<Option<String>, RegistryError> {
-        use base64_encode as b64;
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
         for c in challenges {
             match c.scheme.as_str() {
                 "basic" => {
@@ -254,31 +255,3 @@ impl Repository {
 
 /// The largest token server answer read (bytes): real ones are a few KiB.
 const MAX_TOKEN_RESPONSE: u64 = 1 << 20;
-
-/// Standard base64 (RFC 4648) for the Basic auth header; small enough not to
-/// warrant a dependency.
-pub(super) fn base64_encode(input: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        out.push(T[(n >> 18) as usize & 63] as char);
-        out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 {
-            T[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        out.push(if chunk.len() > 2 {
-            T[n as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    out
-}

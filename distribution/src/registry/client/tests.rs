@@ -1,4 +1,3 @@
-use super::send::base64_encode;
 use super::*;
 
 /// Errors from https requests to fake servers: answering the ClientHello in
@@ -30,13 +29,4 @@ async fn tls_server_evidence() {
     // TLS 1.2 record: alert, fatal, handshake_failure.
     let alert = fail_with(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]).await;
     assert!(server_speaks_tls(&alert), "{alert:?}");
-}
-
-#[test]
-fn base64_matches_rfc4648() {
-    assert_eq!(base64_encode(b""), "");
-    assert_eq!(base64_encode(b"f"), "Zg==");
-    assert_eq!(base64_encode(b"fo"), "Zm8=");
-    assert_eq!(base64_encode(b"foo"), "Zm9v");
-    assert_eq!(base64_encode(b"user:pass"), "dXNlcjpwYXNz");
 }
