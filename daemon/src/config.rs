@@ -128,6 +128,112 @@ pub struct CriConfig {
     /// (bytes): kubelet and crictl refuse replies over 16 MiB, and the stats
     /// replies carry the same labels with a little more.
     pub max_list_bytes: usize,
+    /// The RuntimeClass handler of pods that name none (an empty
+    /// `runtime_handler`). When `runtimes` has no table of that name, it is
+    /// the `[shim]` runtime and root (berth before RuntimeClass).
+    pub default_runtime: String,
+    /// RuntimeClass handlers by name (`[cri.runtimes.<name>]`), as
+    /// containerd's `[plugins."io.containerd.grpc.v1.cri".containerd.runtimes]`.
+    pub runtimes: BTreeMap<String, RuntimeHandlerConfig>,
+}
+
+/// One RuntimeClass handler: the OCI runtime its pods' containers run with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeHandlerConfig {
+    /// The OCI runtime binary (runc, crun or another runc-compatible one; a
+    /// name looked up in PATH or a path).
+    pub runtime: String,
+    /// The runtime's state root; empty means `<state>/runtimes/<name>` (the
+    /// `[shim]` root for the default handler).
+    pub root: PathBuf,
+    /// `--systemd-cgroup` (needs `cri.cgroup_driver = "systemd"`).
+    pub systemd_cgroup: bool,
+    /// `--no-pivot` on create (for rootfs on ramfs, where pivot_root fails).
+    pub no_pivot_root: bool,
+    /// Pod annotation keys passed to the OCI spec of the pod's containers
+    /// (`*` matches any run of characters but `/`, as Go's `path.Match`).
+    pub pod_annotations: Vec<String>,
+}
+
+impl Default for RuntimeHandlerConfig {
+    fn default() -> Self {
+        RuntimeHandlerConfig {
+            runtime: "runc".into(),
+            root: PathBuf::new(),
+            systemd_cgroup: false,
+            no_pivot_root: false,
+            pod_annotations: Vec::new(),
+        }
+    }
+}
+
+/// A handler as pods use it: name, binary and root resolved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuntimeHandler {
+    pub name: String,
+    pub runtime: String,
+    pub root: PathBuf,
+    pub systemd_cgroup: bool,
+    pub no_pivot_root: bool,
+    pub pod_annotations: Vec<String>,
+}
+
+impl RuntimeHandler {
+    /// The pod annotations this handler passes to container specs.
+    pub fn passthrough<'a>(
+        &self,
+        annotations: impl IntoIterator<Item = (&'a String, &'a String)>,
+    ) -> Vec<(String, String)> {
+        annotations
+            .into_iter()
+            .filter(|(k, _)| self.pod_annotations.iter().any(|p| glob_match(p, k)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// Go's `path.Match` without character classes: `*` is any run of
+/// characters but `/`, `?` one such character, `\\` escapes.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    fn go(p: &[char], n: &[char]) -> bool {
+        match p.split_first() {
+            None => n.is_empty(),
+            Some(('*', rest)) => {
+                let mut i = 0;
+                loop {
+                    if go(rest, &n[i..]) {
+                        return true;
+                    }
+                    if i == n.len() || n[i] == '/' {
+                        return false;
+                    }
+                    i += 1;
+                }
+            }
+            Some(('?', rest)) => n
+                .split_first()
+                .is_some_and(|(c, nr)| *c != '/' && go(rest, nr)),
+            Some(('\\', rest)) if !rest.is_empty() => {
+                n.first() == Some(&rest[0]) && go(&rest[1..], &n[1..])
+            }
+            Some((c, rest)) => n.first() == Some(c) && go(rest, &n[1..]),
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    go(&p, &n)
+}
+
+/// A handler name as Kubernetes allows it for a RuntimeClass (a DNS label).
+fn valid_handler_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 /// The pause image kubelet 1.29 uses (`--pod-infra-container-image`).
@@ -146,6 +252,8 @@ impl Default for CriConfig {
             max_labels_bytes: MAX_LABELS_TOTAL,
             max_annotations_bytes: MAX_ANNOTATIONS_TOTAL,
             max_list_bytes: MAX_LIST_BYTES,
+            default_runtime: "runc".into(),
+            runtimes: BTreeMap::new(),
         }
     }
 }
@@ -465,7 +573,99 @@ impl Config {
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(invalid("log_format must be \"text\" or \"json\""));
         }
+        if !valid_handler_name(&self.cri.default_runtime) {
+            return Err(invalid(
+                "cri.default_runtime must name a runtime handler (a DNS label)",
+            ));
+        }
+        for (name, h) in &self.cri.runtimes {
+            if !valid_handler_name(name) {
+                return Err(invalid(&format!(
+                    "cri.runtimes.{name:?}: a handler name must be a DNS label (a-z, 0-9, '-')"
+                )));
+            }
+            if h.runtime.trim().is_empty() {
+                return Err(invalid(&format!(
+                    "cri.runtimes.{name}.runtime must name an OCI runtime"
+                )));
+            }
+            if h.systemd_cgroup && self.cri.cgroup_driver != "systemd" {
+                return Err(invalid(&format!(
+                    "cri.runtimes.{name}.systemd_cgroup needs cri.cgroup_driver = \"systemd\""
+                )));
+            }
+        }
+        let mut roots: Vec<PathBuf> = self
+            .runtime_handlers()
+            .into_iter()
+            .map(|h| h.root)
+            .collect();
+        roots.sort();
+        if roots.windows(2).any(|w| w[0] == w[1]) {
+            return Err(invalid(
+                "two runtime handlers share one root (their containers would collide)",
+            ));
+        }
         Ok(())
+    }
+
+    /// Every RuntimeClass handler, the default first.
+    pub fn runtime_handlers(&self) -> Vec<RuntimeHandler> {
+        let default = &self.cri.default_runtime;
+        let mut out = vec![self.resolve_handler(default, self.cri.runtimes.get(default))];
+        out.extend(
+            self.cri
+                .runtimes
+                .iter()
+                .filter(|(n, _)| *n != default)
+                .map(|(n, h)| self.resolve_handler(n, Some(h))),
+        );
+        out
+    }
+
+    /// The handler a pod asked for ("" = the default); None if unknown.
+    pub fn runtime_handler(&self, name: &str) -> Option<RuntimeHandler> {
+        let name = if name.is_empty() {
+            self.cri.default_runtime.as_str()
+        } else {
+            name
+        };
+        if name == self.cri.default_runtime {
+            return Some(self.resolve_handler(name, self.cri.runtimes.get(name)));
+        }
+        self.cri
+            .runtimes
+            .get(name)
+            .map(|h| self.resolve_handler(name, Some(h)))
+    }
+
+    fn resolve_handler(&self, name: &str, h: Option<&RuntimeHandlerConfig>) -> RuntimeHandler {
+        let is_default = name == self.cri.default_runtime;
+        match h {
+            // The default handler without a table is the [shim] runtime.
+            None => RuntimeHandler {
+                name: name.to_string(),
+                runtime: self.shim.runtime.clone(),
+                root: self.runtime_root(),
+                systemd_cgroup: false,
+                no_pivot_root: false,
+                pod_annotations: Vec::new(),
+            },
+            Some(h) => RuntimeHandler {
+                name: name.to_string(),
+                runtime: h.runtime.clone(),
+                root: if !h.root.as_os_str().is_empty() {
+                    h.root.clone()
+                } else if is_default {
+                    self.runtime_root()
+                } else {
+                    self.state.join("runtimes").join(name)
+                },
+                systemd_cgroup: h.systemd_cgroup,
+                no_pivot_root: h.no_pivot_root,
+                pod_annotations: h.pod_annotations.clone(),
+            },
+        }
     }
 
     /// The socket path, defaulting to `<state>/berth.sock`.
@@ -582,6 +782,109 @@ mod tests {
         assert_eq!(cfg.shim.runtime, "runc");
         assert_eq!(cfg.runtime_root(), PathBuf::from("/s/runc"));
         assert_eq!(cfg.shim_socket_dir(), PathBuf::from("/s/s"));
+    }
+
+    #[test]
+    fn runtime_handlers_default_from_shim_and_tables() {
+        let cfg = Config::default();
+        let hs = cfg.runtime_handlers();
+        assert_eq!(hs.len(), 1);
+        assert_eq!(hs[0].name, "runc");
+        assert_eq!(hs[0].runtime, "runc");
+        assert_eq!(hs[0].root, PathBuf::from("/run/berth/runc"));
+        assert_eq!(cfg.runtime_handler("").unwrap().name, "runc");
+        assert!(cfg.runtime_handler("kata").is_none());
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "state = \"/s\"\n[cri.runtimes.runc-alt]\nroot = \"/alt\"\nno_pivot_root = true\n\
+             pod_annotations = [\"example.com/*\"]\n[cri.runtimes.crun]\nruntime = \"crun\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load(&p).unwrap();
+        let names: Vec<String> = cfg.runtime_handlers().into_iter().map(|h| h.name).collect();
+        assert_eq!(names, ["runc", "crun", "runc-alt"]);
+        let alt = cfg.runtime_handler("runc-alt").unwrap();
+        assert_eq!(alt.runtime, "runc");
+        assert_eq!(alt.root, PathBuf::from("/alt"));
+        assert!(alt.no_pivot_root);
+        let crun = cfg.runtime_handler("crun").unwrap();
+        assert_eq!(crun.root, PathBuf::from("/s/runtimes/crun"));
+        assert_eq!(
+            cfg.runtime_handler("").unwrap().root,
+            PathBuf::from("/s/runc")
+        );
+
+        // A table for the default handler replaces the [shim] runtime.
+        std::fs::write(
+            &p,
+            "state = \"/s\"\n[cri]\ndefault_runtime = \"crun\"\n[cri.runtimes.crun]\nruntime = \"/usr/bin/crun\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load(&p).unwrap();
+        let hs = cfg.runtime_handlers();
+        assert_eq!(hs.len(), 1);
+        assert_eq!(hs[0].runtime, "/usr/bin/crun");
+        assert_eq!(hs[0].root, PathBuf::from("/s/runc"));
+    }
+
+    #[test]
+    fn runtime_handlers_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        for (toml, needle) in [
+            ("[cri.runtimes.Bad_Name]\n", "Bad_Name"),
+            ("[cri]\ndefault_runtime = \"\"\n", "default_runtime"),
+            (
+                "[cri.runtimes.x]\nruntime = \" \"\n",
+                "cri.runtimes.x.runtime",
+            ),
+            (
+                "[cri.runtimes.x]\nsystemd_cgroup = true\n",
+                "systemd_cgroup",
+            ),
+            (
+                "[cri.runtimes.x]\nroot = \"/run/berth/runc\"\n",
+                "share one root",
+            ),
+            ("[cri.runtimes.x]\nbinary = \"y\"\n", "binary"),
+        ] {
+            std::fs::write(&p, toml).unwrap();
+            let err = format!("{:#}", anyhow::Error::from(Config::load(&p).unwrap_err()));
+            assert!(err.contains(needle), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn pod_annotation_patterns_match_like_go_path_match() {
+        assert!(glob_match("example.com/*", "example.com/a"));
+        assert!(!glob_match("example.com/*", "example.com/a/b"));
+        assert!(!glob_match("example.com/*", "other.com/a"));
+        assert!(glob_match("io.kata?", "io.katax"));
+        assert!(glob_match("*", "plain"));
+        assert!(!glob_match("*", "a/b"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exactly"));
+        assert!(glob_match("a\\*", "a*"));
+        assert!(!glob_match("a\\*", "ab"));
+        let h = RuntimeHandler {
+            name: "x".into(),
+            runtime: "runc".into(),
+            root: "/r".into(),
+            systemd_cgroup: false,
+            no_pivot_root: false,
+            pod_annotations: vec!["example.com/*".into()],
+        };
+        let ann: BTreeMap<String, String> = [("example.com/k", "v"), ("other", "w")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(
+            h.passthrough(&ann),
+            [("example.com/k".to_string(), "v".to_string())]
+        );
     }
 
     #[test]
