@@ -246,6 +246,10 @@ impl CriRuntime {
             stop_signal,
             resources: Vec::new(),
         };
+        let handler = self.pod_runtime(&srec)?;
+        // The pod annotations the handler takes, as containerd's
+        // `pod_annotations`: the container's own win over them.
+        let passthrough = handler.passthrough(&pod_cfg.annotations);
         let new = NewTask {
             id: id.clone(),
             name,
@@ -260,6 +264,7 @@ impl CriRuntime {
             keep_log,
             cgroups_path,
             cri: Some(meta),
+            runtime: Some(handler),
         };
         let snap = self.tasks.snapshotter();
         let opts = self.spec_opts.clone();
@@ -309,6 +314,12 @@ impl CriRuntime {
             // stats and updates read.
             if let Some(l) = doc.linux_mut().as_mut() {
                 l.set_cgroups_path(Some(PathBuf::from(&rec.cgroups_path)));
+            }
+            if !passthrough.is_empty() {
+                let a = doc.annotations_mut().get_or_insert_with(Default::default);
+                for (k, v) in passthrough {
+                    a.entry(k).or_insert(v);
+                }
             }
             bundle
                 .write_spec(&doc)

@@ -477,6 +477,8 @@ impl RuntimeService for CriRuntimeApi {
                     "cgroupParent": c.cri.cgroup_parent,
                     "shim": shim.as_ref().map(|s| s.path.display().to_string()).unwrap_or_default(),
                     "runtime": c.shim.runtime,
+                    "defaultRuntime": c.cri.default_runtime,
+                    "runtimes": c.runtime_handlers(),
                     "snapshotter": c.snapshotter.backend,
                     "cni": {"confDir": c.cni.conf_dir, "binDirs": c.cni.bin_dirs, "network": net_msg},
                 })
@@ -486,13 +488,25 @@ impl RuntimeService for CriRuntimeApi {
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),
             info,
-            runtime_handlers: vec![cri::RuntimeHandler {
-                name: String::new(),
-                features: Some(cri::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
-                    user_namespaces: false,
-                }),
-            }],
+            // Each handler by name, the default also as "" (what a pod
+            // without a RuntimeClass asks for), as containerd 2.0 lists them.
+            runtime_handlers: std::iter::once(String::new())
+                .chain(
+                    self.rt
+                        .config
+                        .runtime_handlers()
+                        .into_iter()
+                        .map(|h| h.name),
+                )
+                .map(|name| cri::RuntimeHandler {
+                    name,
+                    // Neither is implemented by berth's spec generation.
+                    features: Some(cri::RuntimeHandlerFeatures {
+                        recursive_read_only_mounts: false,
+                        user_namespaces: false,
+                    }),
+                })
+                .collect(),
             features: Some(cri::RuntimeFeatures {
                 supplemental_groups_policy: false,
                 user_namespaces_host_network: false,

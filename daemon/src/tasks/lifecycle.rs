@@ -58,6 +58,7 @@ impl TaskService {
             keep_log: false,
             cgroups_path: format!("/berth/{id}"),
             cri: None,
+            runtime: None,
         };
         let snap = self.images.unpacker.snapshotter.clone();
         let logs_dir = self.logs_dir();
@@ -123,6 +124,19 @@ impl TaskService {
             .shims
             .binary()
             .map_err(TaskError::shim(format!("cannot create {}", new.name)))?;
+        let handler = match new.runtime {
+            Some(h) => h,
+            None => self.config.runtime_handler("").ok_or_else(|| {
+                TaskError::Internal("the default runtime handler is not configured".into())
+            })?,
+        };
+        let runtime_root = handler.root.clone();
+        let runtime = TaskRuntime {
+            handler: handler.name,
+            binary: handler.runtime,
+            systemd_cgroup: handler.systemd_cgroup,
+            no_pivot_root: handler.no_pivot_root,
+        };
         let rec = TaskRecord {
             id: new.id.clone(),
             name: new.name.clone(),
@@ -144,7 +158,8 @@ impl TaskService {
             snapshot: new.id.clone(),
             shim_address: String::new(),
             shim_binary: binary.path.clone(),
-            runtime_root: self.config.runtime_root(),
+            runtime_root,
+            runtime,
             kind: new.kind,
             keep_log: new.keep_log,
             stdin: new.stdin,
@@ -206,7 +221,7 @@ impl TaskService {
             stdin,
             stdout: uri.clone(),
             stderr: if rec.tty { String::new() } else { uri },
-            options: MessageField::some(self.runc_options(&rec.runtime_root)?),
+            options: MessageField::some(self.runc_options(&rec)?),
             ..Default::default()
         };
         let created = pod

@@ -52,7 +52,7 @@ use berth_sysutil::now_nanos;
 use error::blocking;
 pub use error::TaskError;
 use logs::LogFollower;
-pub use record::{TaskKind, TaskRecord, TaskStatus};
+pub use record::{TaskKind, TaskRecord, TaskRuntime, TaskStatus};
 
 /// Label on a task's rootfs snapshot naming the task.
 pub const TASK_LABEL: &str = "berth.io/task";
@@ -75,6 +75,8 @@ pub struct NewTask {
     pub keep_log: bool,
     pub cgroups_path: String,
     pub cri: Option<crate::metadata::cri::ContainerMeta>,
+    /// The RuntimeClass handler; None: the default one.
+    pub runtime: Option<crate::config::RuntimeHandler>,
 }
 
 /// Builds a task's bundle (blocking): rootfs mounted, config.json written.
@@ -387,10 +389,17 @@ impl TaskService {
         }
     }
 
-    fn runc_options(&self, root: &Path) -> Result<Any, TaskError> {
+    fn runc_options(&self, rec: &TaskRecord) -> Result<Any, TaskError> {
+        let binary = if rec.runtime.binary.is_empty() {
+            self.config.shim.runtime.clone()
+        } else {
+            rec.runtime.binary.clone()
+        };
         let opts = RuncOptions {
-            binary_name: self.config.shim.runtime.clone(),
-            root: root.display().to_string(),
+            binary_name: binary,
+            root: rec.runtime_root.display().to_string(),
+            systemd_cgroup: rec.runtime.systemd_cgroup,
+            no_pivot_root: rec.runtime.no_pivot_root,
             ..Default::default()
         };
         let value = opts

@@ -93,6 +93,10 @@ pub struct TaskRecord {
     #[serde(default)]
     pub shim_binary: PathBuf,
     pub runtime_root: PathBuf,
+    /// The RuntimeClass handler's runtime (beside `runtime_root`); default
+    /// for records from before handlers: the `[shim]` runtime.
+    #[serde(default)]
+    pub runtime: TaskRuntime,
     #[serde(default)]
     pub kind: TaskKind,
     /// The log belongs to someone else (kubelet's pod log dir): removing the
@@ -107,6 +111,19 @@ pub struct TaskRecord {
     /// What the CRI knows about the container (None for native tasks).
     #[serde(default)]
     pub cri: Option<crate::metadata::cri::ContainerMeta>,
+}
+
+/// The OCI runtime a task's container runs with: its pod's RuntimeClass
+/// handler, as passed to the shim in the runc options of CreateTask.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TaskRuntime {
+    /// The handler's name ("" for records from before handlers).
+    pub handler: String,
+    /// The runtime binary; "" means the `[shim]` runtime.
+    pub binary: String,
+    pub systemd_cgroup: bool,
+    pub no_pivot_root: bool,
 }
 
 impl TaskRecord {
@@ -174,6 +191,12 @@ mod tests {
             shim_address: "unix:///x".into(),
             shim_binary: "/usr/bin/containerd-shim-runc-v2".into(),
             runtime_root: "/run/berth/runc".into(),
+            runtime: TaskRuntime {
+                handler: "runc-alt".into(),
+                binary: "runc".into(),
+                systemd_cgroup: false,
+                no_pivot_root: true,
+            },
             kind: TaskKind::Native,
             keep_log: false,
             stdin: false,

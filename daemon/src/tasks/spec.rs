@@ -292,6 +292,7 @@ mod tests {
             shim_address: String::new(),
             shim_binary: Default::default(),
             runtime_root: "/r".into(),
+            runtime: Default::default(),
             kind: crate::tasks::TaskKind::Native,
             keep_log: false,
             stdin: false,

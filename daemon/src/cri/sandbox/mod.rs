@@ -149,6 +149,24 @@ fn pod_ref(rec: &SandboxRecord) -> PodRef {
 }
 
 impl CriRuntime {
+    /// The RuntimeClass handler a pod's containers run with.
+    pub(crate) fn pod_runtime(&self, rec: &SandboxRecord) -> Result<crate::config::RuntimeHandler> {
+        let name = rec.runtime_handler.as_str();
+        // "berth" was accepted as the default's alias before handlers existed.
+        let name = if name == "berth" && self.config.runtime_handler(name).is_none() {
+            ""
+        } else {
+            name
+        };
+        self.config.runtime_handler(name).ok_or_else(|| {
+            CriError::new(
+                Kind::FailedPrecondition,
+                format!("pod {}", rec.id),
+                format!("its runtime handler {name:?} is no longer configured"),
+            )
+        })
+    }
+
     pub(crate) fn sandbox(&self, id: &str) -> Result<Arc<Sandbox>> {
         let id = id.trim();
         if id.is_empty() {
@@ -218,14 +236,27 @@ impl CriRuntime {
         let m = validate(&cfg, &self.config.cri)?;
         self.pod_list_budget(&cfg)?;
         let name = sandbox_name(m);
-        let handler = req.runtime_handler;
-        if !handler.is_empty() && handler != "runc" && handler != "berth" {
+        let Some(handler) = self.config.runtime_handler(&req.runtime_handler) else {
+            let known: Vec<String> = self
+                .config
+                .runtime_handlers()
+                .into_iter()
+                .map(|h| h.name)
+                .collect();
             return Err(CriError::new(
                 Kind::NotFound,
                 format!("pod {}", m.name),
-                format!("runtime handler {handler:?} is not configured (berth knows \"\", \"runc\" and \"berth\")"),
+                format!(
+                    "runtime handler {:?} is not configured (configured: {})",
+                    req.runtime_handler,
+                    known.join(", ")
+                ),
             ));
-        }
+        };
+        // Recorded as asked ("" = the default, reported back as such, as
+        // containerd does); each container records the runtime it got.
+        debug!(pod = %m.name, handler = %handler.name, "runtime handler");
+        let handler = req.runtime_handler;
         let this = self.clone();
         let key = format!("sandbox/{name}");
         let n = name.clone();

@@ -270,6 +270,7 @@ impl CriRuntime {
             keep_log: false,
             cgroups_path,
             cri: None,
+            runtime: Some(self.pod_runtime(&rec)?),
         };
         let snap = self.tasks.snapshotter();
         let opts = self.spec_opts.clone();

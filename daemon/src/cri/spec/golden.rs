@@ -447,6 +447,7 @@ fn golden_native_task() {
         shim_address: String::new(),
         shim_binary: PathBuf::new(),
         runtime_root: "/run/berth/runc".into(),
+        runtime: Default::default(),
         kind: crate::tasks::TaskKind::Native,
         keep_log: false,
         stdin: false,
