@@ -198,3 +198,35 @@ async fn create_container_racing_remove_pod_sandbox() {
     assert_eq!(created + refused, 12);
     assert!(d.records(SANDBOXES).is_empty() && d.records(TASKS).is_empty());
 }
+
+#[tokio::test]
+async fn runtime_handlers_unknown_is_not_found_and_default_is_recorded() {
+    let node = Node::new();
+    let d = node.start().await;
+    let e = d
+        .cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config("ghost")),
+            runtime_handler: "kata-nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), Kind::NotFound, "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("kata-nope") && msg.contains("runc"), "{msg}");
+    assert!(d.records(SANDBOXES).is_empty());
+    assert_eq!(node.shims.starts(), 0);
+
+    // "" is the default handler: reported as asked, and the container runs
+    // with the [shim] runtime and root.
+    let (pod, c) = d.running("web", "app").await;
+    let rec = d.cri.list_pod_sandboxes(None);
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0].runtime_handler, "");
+    let t = d.tasks.get_task(&c).unwrap().record();
+    assert_eq!(t.runtime.handler, "runc");
+    assert_eq!(t.runtime.binary, "runc");
+    assert_eq!(t.runtime_root, d.config.runtime_root());
+    assert!(!t.runtime.no_pivot_root && !t.runtime.systemd_cgroup);
+    d.cri.stop_pod_sandbox(&pod).await.unwrap();
+}
