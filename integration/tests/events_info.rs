@@ -140,7 +140,8 @@ async fn events_follow_a_pods_life_and_info_reports_the_daemon() -> Result<()> {
         "{}",
         events.seen[task_exit]
     );
-    let stop = &events.seen[events.wait("/containers/stop", &cid)?];
+    let stop_at = events.wait("/containers/stop", &cid)?;
+    let stop = &events.seen[stop_at];
     ensure!(stop["attributes"]["exit_code"] == "3", "{stop}");
     ensure!(stop["attributes"]["pod_name"] == "evented", "{stop}");
     ensure!(stop["attributes"]["name"] == "short", "{stop}");
