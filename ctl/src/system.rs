@@ -13,7 +13,7 @@ use crate::format::{human_size, rfc3339};
 use crate::output::{print, print_json};
 
 fn info_json(i: &InfoResponse) -> Value {
-    let storage = i.storage.clone().unwrap_or_default();
+    let storage = i.storage.unwrap_or_default();
     let network = i.network.clone().unwrap_or_default();
     json!({
         "version": i.version,
@@ -46,7 +46,7 @@ fn size(b: u64) -> String {
 }
 
 fn info_text(i: &InfoResponse) -> String {
-    let storage = i.storage.clone().unwrap_or_default();
+    let storage = i.storage.unwrap_or_default();
     let network = i.network.clone().unwrap_or_default();
     let mut s = format!(
         "Server:\n  Version:   {}\n  Root:      {}\n  State:     {}\n  Socket:    {}\n",
