@@ -46,6 +46,23 @@ pub enum Command {
     Tasks(TasksCommand),
     /// Show client and daemon versions
     Version,
+    /// Show the daemon's version, config, runtime handlers, CNI network,
+    /// storage and the health of each component
+    Info {
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Stream what the daemon does as it happens (images, pods, containers,
+    /// tasks, shims, garbage collection) until interrupted
+    Events {
+        /// Only topics starting with this (e.g. /pods/, /images/); repeatable
+        #[arg(long = "topic", value_name = "PREFIX")]
+        topics: Vec<String>,
+        /// Output format: a line per event, or a JSON object per line
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Print a shell completion script
     Completion {
         #[arg(value_enum)]

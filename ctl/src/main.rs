@@ -10,6 +10,7 @@ mod images;
 mod output;
 mod progress;
 mod snapshots;
+mod system;
 mod tasks;
 mod version;
 
@@ -75,6 +76,8 @@ async fn dispatch(address: &str, command: Command) -> Result<()> {
         Command::Run(args) => tasks::run(address, args).await,
         Command::Tasks(cmd) => tasks::tasks(address, cmd).await,
         Command::Version => version::run(address).await,
+        Command::Info { format } => system::info(address, format).await,
+        Command::Events { topics, format } => system::events(address, topics, format).await,
         Command::Completion { shell } => completion(shell),
         Command::Man { dir } => man(&dir),
     }

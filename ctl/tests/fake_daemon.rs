@@ -353,7 +353,10 @@ impl Content for Fake {
             ingests: vec![],
         }))
     }
-    async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+    async fn info(
+        &self,
+        _: Request<berth_api::content::v1::InfoRequest>,
+    ) -> Result<Response<berth_api::content::v1::InfoResponse>, Status> {
         Err(Status::unimplemented(""))
     }
     async fn delete(
@@ -393,6 +396,23 @@ impl System for Fake {
             root: "/var/lib/berth".into(),
             state: "/run/berth".into(),
         }))
+    }
+
+    // info and events are tested against a real berthd (integration).
+    async fn info(
+        &self,
+        _: Request<berth_api::system::v1::InfoRequest>,
+    ) -> Result<Response<berth_api::system::v1::InfoResponse>, Status> {
+        Err(Status::unimplemented("not in the fake daemon"))
+    }
+
+    type EventsStream = BoxStream<berth_api::system::v1::Event>;
+
+    async fn events(
+        &self,
+        _: Request<berth_api::system::v1::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        Err(Status::unimplemented("not in the fake daemon"))
     }
 }
 

@@ -7,6 +7,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod config;
 pub(crate) mod cri;
 pub(crate) mod error;
+pub(crate) mod events;
 pub(crate) mod failpoint;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -17,4 +18,5 @@ pub mod notify;
 pub(crate) mod runtime_spec;
 pub mod server;
 pub(crate) mod shim;
+pub(crate) mod system;
 pub(crate) mod tasks;

@@ -13,7 +13,6 @@ use berth_api::images::v1::images_server::ImagesServer;
 use berth_api::runtime::v1::image_service_server::ImageServiceServer as CriImageServiceServer;
 use berth_api::runtime::v1::runtime_service_server::RuntimeServiceServer as CriRuntimeServiceServer;
 use berth_api::snapshots::v1::snapshots_server::SnapshotsServer;
-use berth_api::system::v1 as syspb;
 use berth_api::system::v1::system_server::SystemServer;
 use berth_api::tasks::v1::tasks_server::TasksServer;
 use content_store::ContentStore;
@@ -146,26 +145,6 @@ fn tighten_socket_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("setting mode 0711 on {}", canonical.display()))
 }
 
-struct SystemApi {
-    root: PathBuf,
-    state: PathBuf,
-}
-
-#[tonic::async_trait]
-impl syspb::system_server::System for SystemApi {
-    async fn version(
-        &self,
-        _req: tonic::Request<syspb::VersionRequest>,
-    ) -> Result<tonic::Response<syspb::VersionResponse>, tonic::Status> {
-        Ok(tonic::Response::new(syspb::VersionResponse {
-            version: VERSION.into(),
-            revision: option_env!("BERTH_REVISION").unwrap_or("").into(),
-            root: self.root.display().to_string(),
-            state: self.state.display().to_string(),
-        }))
-    }
-}
-
 /// Everything berthd holds open while it runs.
 pub struct Daemon {
     pub config: Arc<Config>,
@@ -282,9 +261,12 @@ impl Daemon {
             .add_service(TasksServer::new(TasksApi {
                 svc: self.tasks.clone(),
             }))
-            .add_service(SystemServer::new(SystemApi {
-                root: self.config.root.clone(),
-                state: self.config.state.clone(),
+            .add_service(SystemServer::new(crate::system::SystemApi {
+                config: self.config.clone(),
+                socket: socket.clone(),
+                images: self.images.clone(),
+                cri: self.cri.clone(),
+                meta: self.meta.clone(),
             }))
             .serve_with_incoming_shutdown(incoming, shutdown_signal())
             .await;
@@ -385,27 +367,9 @@ fn metrics_refresh(
             m.containers.with_label_values(&[state]).set(n);
         }
         m.shims.set(tasks.live_shims() as i64);
-        m.metadata_bytes.set(dir_bytes(&meta_dir) as i64);
+        m.metadata_bytes
+            .set(crate::system::dir_bytes(&meta_dir) as i64);
     })
-}
-
-/// Bytes of the files under `dir` (not following links).
-fn dir_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(e.path()),
-                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
-                _ => {}
-            }
-        }
-    }
-    total
 }
 
 async fn shutdown_signal() {

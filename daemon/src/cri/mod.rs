@@ -233,6 +233,7 @@ impl CriRuntime {
         pod: Option<cri::PodSandboxStatus>,
         containers: Vec<cri::ContainerStatus>,
     ) {
+        publish_lifecycle(id, kind, pod.as_ref(), &containers);
         // No subscriber is fine.
         let _ = self.events.send(cri::ContainerEventResponse {
             container_id: id.to_string(),
@@ -244,6 +245,16 @@ impl CriRuntime {
     }
 
     /// Hands the runtime the streaming server (started after recovery).
+    /// Where the streaming server listens, once it runs.
+    pub fn streaming_address(&self) -> Option<std::net::SocketAddr> {
+        self.streaming.get().map(|s| s.address())
+    }
+
+    /// The CNI network pods join (an error when none is usable).
+    pub async fn network_name(&self) -> std::result::Result<String, String> {
+        self.host.network_name().await.map_err(|e| e.to_string())
+    }
+
     pub fn set_streaming(&self, server: Arc<berth_streaming::StreamServer>) {
         let _ = self.streaming.set(server);
     }
@@ -358,6 +369,57 @@ fn labels_match(labels: &impl Labels, selector: &HashMap<String, String>) -> boo
     selector
         .iter()
         .all(|(k, v)| labels.label(k).is_some_and(|l| l == v))
+}
+
+/// The CRI's lifecycle events on berthd's own bus (`berthctl events`): a
+/// pod's as `/pods/<verb>`, a container's as `/containers/<verb>`.
+fn publish_lifecycle(
+    id: &str,
+    kind: cri::ContainerEventType,
+    pod: Option<&cri::PodSandboxStatus>,
+    containers: &[cri::ContainerStatus],
+) {
+    use cri::ContainerEventType as E;
+    let container = containers.iter().find(|c| c.id == id);
+    let topic = match (container.is_some(), kind) {
+        (false, E::ContainerCreatedEvent) => "/pods/create",
+        (false, E::ContainerStartedEvent) => "/pods/start",
+        (false, E::ContainerStoppedEvent) => "/pods/stop",
+        (false, E::ContainerDeletedEvent) => "/pods/delete",
+        (true, E::ContainerCreatedEvent) => "/containers/create",
+        (true, E::ContainerStartedEvent) => "/containers/start",
+        (true, E::ContainerStoppedEvent) => "/containers/stop",
+        (true, E::ContainerDeletedEvent) => "/containers/delete",
+    };
+    let meta = pod.and_then(|p| p.metadata.as_ref());
+    let mut attrs = vec![
+        ("pod", pod.map(|p| p.id.clone()).unwrap_or_default()),
+        ("pod_name", meta.map(|m| m.name.clone()).unwrap_or_default()),
+        (
+            "namespace",
+            meta.map(|m| m.namespace.clone()).unwrap_or_default(),
+        ),
+    ];
+    if let Some(c) = container {
+        attrs.push((
+            "name",
+            c.metadata
+                .as_ref()
+                .map(|m| m.name.clone())
+                .unwrap_or_default(),
+        ));
+        attrs.push((
+            "image",
+            c.image
+                .as_ref()
+                .map(|i| i.image.clone())
+                .unwrap_or_default(),
+        ));
+        if kind == E::ContainerStoppedEvent {
+            attrs.push(("exit_code", c.exit_code.to_string()));
+        }
+    }
+    crate::events::publish(topic, id, attrs);
 }
 
 #[cfg(test)]

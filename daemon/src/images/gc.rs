@@ -251,6 +251,18 @@ pub fn collect(
     metrics
         .gc_snapshots_removed
         .inc_by(report.snapshots_removed.len() as u64);
+    crate::events::publish(
+        "/gc/run",
+        "",
+        [
+            ("blobs_removed", report.removed.len().to_string()),
+            ("bytes_freed", report.bytes_freed.to_string()),
+            (
+                "snapshots_removed",
+                report.snapshots_removed.len().to_string(),
+            ),
+        ],
+    );
     if !report.removed.is_empty() || !report.snapshots_removed.is_empty() {
         info!(
             snapshots = report.snapshots_removed.len(),

@@ -224,7 +224,9 @@ impl ImageService {
             ..src
         };
         let images = self.images.clone();
-        blocking(move || images.put(rec).map_err(ImageError::from)).await
+        let rec = blocking(move || images.put(rec).map_err(ImageError::from)).await?;
+        crate::events::publish("/images/tag", &rec.name, [("source", source.to_string())]);
+        Ok(rec)
     }
 
     /// Removes a name; content nothing references any more is collected in
@@ -237,6 +239,11 @@ impl ImageService {
         if !removed {
             return Err(ImageError::NotFound(name.to_string()));
         }
+        crate::events::publish(
+            "/images/delete",
+            &rec.name,
+            [("digest", rec.target.digest.clone())],
+        );
         if sync {
             self.collect_garbage().await?;
         } else {

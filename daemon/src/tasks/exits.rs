@@ -111,11 +111,32 @@ impl TaskService {
         }
         task.exit.send_replace(Some(rec.exit_pb()));
         let _ = self.exits.send(rec.id.clone());
+        crate::events::publish(
+            "/tasks/exit",
+            &rec.id,
+            [
+                ("name", rec.name.clone()),
+                ("pid", rec.pid.to_string()),
+                (
+                    "exit_status",
+                    rec.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                ),
+                ("reason", rec.reason.clone()),
+            ],
+        );
     }
 
     /// A shim died: settles every task it had and forgets it.
     pub(super) async fn shim_died(&self, pod: Arc<PodShim>, why: &str) {
         warn!(pod = %pod.id(), pid = pod.record.pid, "{why}; settling its tasks");
+        crate::events::publish(
+            "/shims/exit",
+            pod.id(),
+            [
+                ("pid", pod.record.pid.to_string()),
+                ("reason", why.to_string()),
+            ],
+        );
         let binary = pod.record.binary();
         for id in pod.tasks() {
             if let Some(task) = self.get(&id) {

@@ -171,7 +171,15 @@ impl TaskService {
         lock(&self.tasks).insert(new.id.clone(), task.clone());
         drop(reservation);
         match self.create_in_shim(&task, prepare).await {
-            Ok(()) => Ok(task),
+            Ok(()) => {
+                let rec = task.record();
+                crate::events::publish(
+                    "/tasks/create",
+                    &rec.id,
+                    [("name", rec.name.clone()), ("image", rec.image.clone())],
+                );
+                Ok(task)
+            }
             Err(e) => {
                 warn!(task = %new.name, error = %e, "create failed; cleaning up");
                 self.abort_run(&task).await;
@@ -272,6 +280,11 @@ impl TaskService {
         crate::failpoint::delay("tasks.start-persist").await;
         self.persist(&rec).await?;
         info!(task = %rec.name, id = %rec.id, pid = rec.pid, image = %rec.image, "task started");
+        crate::events::publish(
+            "/tasks/start",
+            &rec.id,
+            [("name", rec.name.clone()), ("pid", rec.pid.to_string())],
+        );
         Ok(rec)
     }
 
@@ -436,6 +449,7 @@ impl TaskService {
         .await?;
         lock(&self.tasks).remove(&rec.id);
         lock(&self.stdin_keepers).remove(&rec.id);
+        crate::events::publish("/tasks/delete", &rec.id, [("name", rec.name.clone())]);
         Ok(())
     }
 }

@@ -183,6 +183,11 @@ impl ImageService {
                 Ok(img) => {
                     info!(image = %img.name, digest = %img.target.digest, "pulled image");
                     metrics.pulls.with_label_values(&["ok"]).inc();
+                    crate::events::publish(
+                        "/images/pull",
+                        &img.name,
+                        [("digest", img.target.digest.clone())],
+                    );
                     metrics
                         .pull_seconds
                         .observe(started.elapsed().as_secs_f64());
