@@ -114,17 +114,16 @@ impl SystemApi {
     }
 
     fn runtime_handlers(config: &Config) -> Vec<syspb::RuntimeHandler> {
-        let root = if config.shim.runtime_root.as_os_str().is_empty() {
-            config.state.join("runc")
-        } else {
-            config.shim.runtime_root.clone()
-        };
-        vec![syspb::RuntimeHandler {
-            name: config.shim.runtime.clone(),
-            runtime: config.shim.runtime.clone(),
-            root: root.display().to_string(),
-            default: true,
-        }]
+        config
+            .runtime_handlers()
+            .into_iter()
+            .map(|h| syspb::RuntimeHandler {
+                default: h.name == config.cri.default_runtime,
+                name: h.name,
+                runtime: h.runtime,
+                root: h.root.display().to_string(),
+            })
+            .collect()
     }
 }
 
