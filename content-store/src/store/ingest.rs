@@ -1,9 +1,9 @@
 //! Ingests: opening (or resuming) a writer for a reference, listing,
 //! aborting and cleaning up in-progress writes.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -97,14 +97,7 @@ impl ContentStore {
         }
 
         let data_path = dir.join(DATA_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&data_path)
+        let mut file = super::open_private_rw(&data_path)
             .map_err(|e| Error::io("open ingest data", &data_path, e))?;
         let len = file
             .metadata()

@@ -1,10 +1,10 @@
 //! The per-ingest lock: an flock on the ingest directory's lock file, held by
 //! the one writer of a reference.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -38,15 +38,7 @@ pub(super) fn lock_ingest(
         if create {
             mkdir_all(dir, 0o700)?;
         }
-        let file = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&lock_path)
-        {
+        let file = match super::open_private_rw(&lock_path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // The directory was removed by a holder that just finished.

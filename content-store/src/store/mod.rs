@@ -390,6 +390,19 @@ fn read_small(path: &Path) -> Option<String> {
     fs::read_to_string(path).ok()
 }
 
+/// Opens (creating) a file of an ingest read-write, owner-only, never
+/// through a symlink planted in its place; existing contents are kept.
+pub(super) fn open_private_rw(path: &Path) -> io::Result<fs::File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
 /// Replaces a small metadata file atomically (write temp, rename), so a crash
 /// leaves either the old or the new contents, never a torn one. No fsync:
 /// losing it only loses a hint.

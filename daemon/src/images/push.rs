@@ -85,16 +85,7 @@ impl ImageService {
         let name = dest.to_string();
         let svc = self.clone();
         tokio::spawn(async move {
-            let mut layers: Vec<LayerState> = blobs
-                .iter()
-                .map(|b| LayerState {
-                    digest: b.digest.clone(),
-                    media_type: b.media_type.clone(),
-                    done: 0,
-                    total: b.size.max(0) as u64,
-                    stage: LayerStage::Waiting,
-                })
-                .collect();
+            let mut layers: Vec<LayerState> = blobs.iter().map(LayerState::waiting).collect();
             let send = |layers: &[LayerState], status: &str| pb::PushProgress {
                 reference: name.clone(),
                 status: status.into(),

@@ -57,6 +57,19 @@ pub struct LayerState {
     pub stage: LayerStage,
 }
 
+impl LayerState {
+    /// A blob not started yet (pull and push list them all up front).
+    pub fn waiting(desc: &Descriptor) -> LayerState {
+        LayerState {
+            digest: desc.digest.clone(),
+            media_type: desc.media_type.clone(),
+            done: 0,
+            total: desc.size.max(0) as u64,
+            stage: LayerStage::Waiting,
+        }
+    }
+}
+
 /// What subscribers of a pull see: the latest progress, then the result.
 #[derive(Debug, Clone, Default)]
 pub struct PullSnapshot {
@@ -355,17 +368,7 @@ impl ImageService {
 
         {
             let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
-            *p = manifest
-                .layers
-                .iter()
-                .map(|l| LayerState {
-                    digest: l.digest.clone(),
-                    media_type: l.media_type.clone(),
-                    done: 0,
-                    total: l.size.max(0) as u64,
-                    stage: LayerStage::Waiting,
-                })
-                .collect();
+            *p = manifest.layers.iter().map(LayerState::waiting).collect();
         }
         let diff_ids: Vec<String> = config.rootfs.map(|r| r.diff_ids).unwrap_or_default();
         let chain: Vec<ChainLayer> = manifest
