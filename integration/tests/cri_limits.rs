@@ -218,5 +218,39 @@ async fn pods_and_containers_that_would_overflow_a_listing_are_refused() -> Resu
     for (id, _) in accepted {
         env.stop_remove_pod(&mut rt, &id).await?;
     }
+
+    // Twelve such pods at once: creates under way count against the budget
+    // too, so together they cannot pass it either.
+    let mut calls = Vec::new();
+    for i in 0..12 {
+        let mut cfg = env.pod(&format!("burst-{i}"))?;
+        cfg.annotations.insert("fat".into(), "x".repeat(200 << 10));
+        let mut rt = rt.clone();
+        calls.push(tokio::spawn(async move {
+            rt.run_pod_sandbox(run_req(cfg)).await
+        }));
+    }
+    let (mut made, mut refusals) = (Vec::new(), Vec::new());
+    for c in calls {
+        match c.await? {
+            Ok(r) => made.push(r.into_inner().pod_sandbox_id),
+            Err(s) => refusals.push(s),
+        }
+    }
+    let listing = rt
+        .list_pod_sandbox(api::ListPodSandboxRequest::default())
+        .await?
+        .into_inner();
+    ensure!(
+        (1..=5).contains(&made.len()),
+        "{} of 12 concurrent pods accepted",
+        made.len()
+    );
+    for refused in &refusals {
+        refused_by_the_budget(refused, "ListPodSandbox", listing.encoded_len(), MAX_LIST)?;
+    }
+    for id in made {
+        env.stop_remove_pod(&mut rt, &id).await?;
+    }
     Ok(())
 }

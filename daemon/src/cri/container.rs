@@ -140,21 +140,11 @@ impl CriRuntime {
         let limits = &self.config.cri;
         super::limits::labels(&what, &cfg.labels, limits.max_labels_bytes)?;
         super::limits::annotations(&what, &cfg.annotations, limits.max_annotations_bytes)?;
-        let listing = prost::Message::encoded_len(&cri::ListContainersResponse {
-            containers: self.list_containers(None),
-        });
-        let adding = super::limits::list_item_bytes(
+        let listed_bytes = super::limits::list_item_bytes(
             prost::Message::encoded_len(&m),
             &cfg.labels,
             &cfg.annotations,
         ) + cfg.image.as_ref().map_or(0, |i| i.image.len());
-        super::limits::list_budget(
-            &what,
-            "ListContainers",
-            listing,
-            adding,
-            limits.max_list_bytes,
-        )?;
         let image = cfg
             .image
             .as_ref()
@@ -185,7 +175,27 @@ impl CriRuntime {
                     .pop()
                     .map(|id| format!("container name {n:?} is reserved for {id}"))
             },
-            async move { this.do_create_container(sandbox, cfg, image, name).await },
+            // Admitted only if ListContainers stays within the budget with
+            // it and every other create under way; its share is held until
+            // the create ends.
+            move |rt| {
+                rt.pending_containers.reserve(
+                    &what,
+                    "ListContainers",
+                    || {
+                        prost::Message::encoded_len(&cri::ListContainersResponse {
+                            containers: rt.list_containers(None),
+                        })
+                    },
+                    listed_bytes,
+                    rt.config.cri.max_list_bytes,
+                )
+            },
+            move |hold| async move {
+                let made = this.do_create_container(sandbox, cfg, image, name).await;
+                drop(hold);
+                made
+            },
         )
         .await
     }

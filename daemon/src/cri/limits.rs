@@ -10,6 +10,8 @@
 //! 63 bytes because kubelet itself puts the pod's name (253) in a label.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use super::error::{CriError, Result};
 
@@ -110,26 +112,78 @@ pub fn list_item_bytes(
 }
 
 /// Refuses an object that would make a list reply (`listing` bytes today,
-/// `adding` more with it) larger than `max`: kubelet could never list again.
+/// `pending` more for objects still being made, `adding` more with it)
+/// larger than `max`: kubelet could never list again.
 pub fn list_budget(
     what: &str,
     list: &str,
     listing: usize,
+    pending: usize,
     adding: usize,
     max: usize,
 ) -> Result<()> {
-    if listing + adding > max {
+    let total = listing + pending + adding;
+    if total > max {
+        let others = if pending > 0 {
+            format!(" (with {pending} bytes of objects still being made)")
+        } else {
+            String::new()
+        };
         return Err(CriError::resource_exhausted(
             what,
             format!(
-                "its labels and annotations ({adding} bytes) would make {list} {} bytes, \
+                "its labels and annotations ({adding} bytes) would make {list} {total} bytes{others}, \
                  more than {max} ([cri] max_list_bytes; kubelet refuses replies over 16 MiB): \
                  remove objects or make their labels and annotations smaller",
-                listing + adding
             ),
         ));
     }
     Ok(())
+}
+
+/// The list-reply bytes of objects whose create is under way and that may
+/// not be listed yet: each create holds its share until it ends, so creates
+/// that run at once cannot together pass the budget that each passes alone.
+#[derive(Default)]
+pub struct PendingListBytes(Arc<AtomicUsize>);
+
+/// One create's share of [`PendingListBytes`], given back on drop (by then
+/// the object is listed, or was never made).
+#[must_use]
+#[derive(Debug)]
+pub struct ListHold {
+    pending: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Drop for ListHold {
+    fn drop(&mut self) {
+        self.pending.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
+
+impl PendingListBytes {
+    /// Takes `adding` bytes, then checks `listing()` plus every create's
+    /// share against `max`. The share is taken before the listing is read:
+    /// of two creates at once, the later one always counts the earlier (a
+    /// create's object is listed before its share is given back).
+    pub fn reserve(
+        &self,
+        what: &str,
+        list: &str,
+        listing: impl FnOnce() -> usize,
+        adding: usize,
+        max: usize,
+    ) -> Result<ListHold> {
+        self.0.fetch_add(adding, Ordering::SeqCst);
+        let hold = ListHold {
+            pending: self.0.clone(),
+            bytes: adding,
+        };
+        let pending = self.0.load(Ordering::SeqCst).saturating_sub(adding);
+        list_budget(what, list, listing(), pending, adding, max)?;
+        Ok(hold)
+    }
 }
 
 #[cfg(test)]
@@ -163,9 +217,77 @@ mod tests {
         let a = HashMap::from([("a".to_string(), "x".repeat(1000))]);
         let adding = list_item_bytes(100, &HashMap::new(), &a);
         assert!(adding > 1100);
-        assert!(list_budget("pod p", "ListPodSandbox", 0, adding, 4096).is_ok());
-        let e = list_budget("pod p", "ListPodSandbox", 3500, adding, 4096).unwrap_err();
+        assert!(list_budget("pod p", "ListPodSandbox", 0, 0, adding, 4096).is_ok());
+        let e = list_budget("pod p", "ListPodSandbox", 3500, 0, adding, 4096).unwrap_err();
         assert_eq!(e.code(), tonic::Code::ResourceExhausted);
         assert!(e.to_string().contains("max_list_bytes"), "{e}");
+        let e = list_budget("pod p", "ListPodSandbox", 0, 3500, adding, 4096).unwrap_err();
+        assert!(e.to_string().contains("still being made"), "{e}");
+    }
+
+    #[test]
+    fn creates_under_way_count_against_the_budget_until_they_end() {
+        let pending = PendingListBytes::default();
+        let listed = std::cell::Cell::new(0usize);
+        let first = pending
+            .reserve("pod a", "L", || listed.get(), 600, 1000)
+            .unwrap();
+        // A second create at once: the first is not listed yet but counts.
+        let e = pending
+            .reserve("pod b", "L", || listed.get(), 600, 1000)
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        // A refused create gives its share back at once.
+        assert!(pending
+            .reserve("pod c", "L", || listed.get(), 400, 1000)
+            .is_ok());
+        // The first is listed, then ends: its bytes now count once, as listed.
+        listed.set(600);
+        drop(first);
+        assert_eq!(pending.0.load(Ordering::SeqCst), 0);
+        assert!(pending
+            .reserve("pod d", "L", || listed.get(), 600, 1000)
+            .is_err());
+        assert!(pending
+            .reserve("pod e", "L", || listed.get(), 400, 1000)
+            .is_ok());
+    }
+
+    #[test]
+    fn concurrent_creates_never_pass_the_budget_together() {
+        // 32 threads each try to make a 100-byte object against a 1000-byte
+        // budget; what they hold plus what is listed never passes it.
+        let pending = Arc::new(PendingListBytes::default());
+        let listed = Arc::new(AtomicUsize::new(0));
+        let made: Vec<bool> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..32)
+                .map(|i| {
+                    let (pending, listed) = (pending.clone(), listed.clone());
+                    s.spawn(move || {
+                        let what = format!("pod {i}");
+                        let hold = pending.reserve(
+                            &what,
+                            "L",
+                            || listed.load(Ordering::SeqCst),
+                            100,
+                            1000,
+                        );
+                        let Ok(hold) = hold else { return false };
+                        std::thread::yield_now();
+                        listed.fetch_add(100, Ordering::SeqCst);
+                        drop(hold);
+                        true
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let n = made.iter().filter(|m| **m).count();
+        assert_eq!(listed.load(Ordering::SeqCst), n * 100);
+        assert!(
+            n <= 10,
+            "{n} objects of 100 bytes passed a 1000-byte budget"
+        );
+        assert!(n >= 1);
     }
 }

@@ -94,6 +94,9 @@ pub struct CriRuntime {
     /// Creates that finished after every caller had given up (kubelet's
     /// deadline passed): the id is handed to the first retry with the name.
     unclaimed: Mutex<HashMap<String, (String, Instant)>>,
+    /// ListPodSandbox / ListContainers bytes of creates under way.
+    pending_pods: limits::PendingListBytes,
+    pending_containers: limits::PendingListBytes,
     events: broadcast::Sender<cri::ContainerEventResponse>,
     cgroups: stats::CgroupLayout,
     /// The streaming server exec/attach/port-forward URLs point at.
@@ -145,6 +148,8 @@ impl CriRuntime {
             sandboxes: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             unclaimed: Mutex::new(HashMap::new()),
+            pending_pods: Default::default(),
+            pending_containers: Default::default(),
             events: broadcast::channel(1024).0,
             cgroups: stats::CgroupLayout::detect(),
             spec_opts,
@@ -156,13 +161,16 @@ impl CriRuntime {
     /// Runs `create` once per unique `name`: a second call while the first
     /// is under way waits for it and gets its result (kubelet retries a slow
     /// create with the same name); a name already taken by a finished object
-    /// (`taken`) is `AlreadyExists`. The create runs in its own task, so a
-    /// caller that gives up (deadline, disconnect) does not abort it half-way.
-    async fn create_once<F>(
+    /// (`taken`) is `AlreadyExists`; a new create must first be admitted
+    /// (`admit`, e.g. the list budget) and gets what that returns. The create
+    /// runs in its own task, so a caller that gives up (deadline, disconnect)
+    /// does not abort it half-way.
+    async fn create_once<A, F>(
         self: &Arc<Self>,
         name: String,
         taken: impl FnOnce(&Self) -> Option<String>,
-        create: F,
+        admit: impl FnOnce(&Self) -> Result<A>,
+        create: impl FnOnce(A) -> F,
     ) -> Result<String>
     where
         F: Future<Output = Result<String>> + Send + 'static,
@@ -179,6 +187,9 @@ impl CriRuntime {
                     if let Some(msg) = taken(self) {
                         return Err(CriError::new(Kind::AlreadyExists, "", msg));
                     }
+                    // Only a new create is admitted (a retry joins the one
+                    // under way); what it admits lives as long as the create.
+                    let create = create(admit(self)?);
                     let (tx, rx) = watch::channel(None);
                     inflight.insert(name.clone(), rx.clone());
                     let this = self.clone();

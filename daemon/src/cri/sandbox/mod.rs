@@ -203,24 +203,17 @@ impl CriRuntime {
         Ok((guard, rec))
     }
 
-    /// Refuses a pod that would make ListPodSandbox too large for kubelet.
-    fn pod_list_budget(&self, cfg: &cri::PodSandboxConfig) -> Result<()> {
-        let listing = prost::Message::encoded_len(&cri::ListPodSandboxResponse {
-            items: self.list_pod_sandboxes(None),
-        });
-        let metadata = cfg.metadata.as_ref().map_or(0, prost::Message::encoded_len);
-        let adding = limits::list_item_bytes(metadata, &cfg.labels, &cfg.annotations);
-        let what = format!(
-            "pod {}",
-            cfg.metadata
-                .as_ref()
-                .map(|m| m.name.as_str())
-                .unwrap_or_default()
-        );
-        limits::list_budget(
-            &what,
+    /// Refuses a pod that would make ListPodSandbox too large for kubelet;
+    /// an admitted pod holds its share until its create ends.
+    fn pod_list_budget(&self, what: &str, adding: usize) -> Result<limits::ListHold> {
+        self.pending_pods.reserve(
+            what,
             "ListPodSandbox",
-            listing,
+            || {
+                prost::Message::encoded_len(&cri::ListPodSandboxResponse {
+                    items: self.list_pod_sandboxes(None),
+                })
+            },
             adding,
             self.config.cri.max_list_bytes,
         )
@@ -234,7 +227,12 @@ impl CriRuntime {
             .config
             .ok_or_else(|| CriError::invalid("RunPodSandbox", "no sandbox config"))?;
         let m = validate(&cfg, &self.config.cri)?;
-        self.pod_list_budget(&cfg)?;
+        let listed_bytes = limits::list_item_bytes(
+            prost::Message::encoded_len(m),
+            &cfg.labels,
+            &cfg.annotations,
+        );
+        let what = format!("pod {}", m.name);
         let name = sandbox_name(m);
         let Some(handler) = self.config.runtime_handler(&req.runtime_handler) else {
             let known: Vec<String> = self
@@ -268,7 +266,12 @@ impl CriRuntime {
                     .find(|s| lock(&s.rec).name == n)
                     .map(|s| format!("pod sandbox name {n:?} is reserved for {}", s.id))
             },
-            async move { this.create_sandbox(name, cfg, handler).await },
+            move |rt| rt.pod_list_budget(&what, listed_bytes),
+            move |hold| async move {
+                let made = this.create_sandbox(name, cfg, handler).await;
+                drop(hold);
+                made
+            },
         )
         .await
     }
