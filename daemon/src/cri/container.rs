@@ -325,12 +325,7 @@ impl CriRuntime {
             if let Some(l) = doc.linux_mut().as_mut() {
                 l.set_cgroups_path(Some(PathBuf::from(&rec.cgroups_path)));
             }
-            if !passthrough.is_empty() {
-                let a = doc.annotations_mut().get_or_insert_with(Default::default);
-                for (k, v) in passthrough {
-                    a.entry(k).or_insert(v);
-                }
-            }
+            spec::add_pod_annotations(&mut doc, passthrough);
             bundle
                 .write_spec(&doc)
                 .map_err(crate::tasks::bundle_error(format!(

@@ -102,6 +102,8 @@ pub struct Node {
     pub dir: tempfile::TempDir,
     pub shims: Arc<FakeShims>,
     pub host: Arc<FakeHost>,
+    /// Changes to the default test config, for every berthd on the node.
+    tweak: fn(&mut Config),
 }
 
 /// One berthd on a [`Node`].
@@ -114,12 +116,18 @@ pub struct Daemon {
 
 impl Node {
     pub fn new() -> Node {
+        Node::with_config(|_| {})
+    }
+
+    /// A node whose berthds run with `tweak` applied to the test config.
+    pub fn with_config(tweak: fn(&mut Config)) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let host = Arc::new(FakeHost::new(&dir.path().join("netns")));
         Node {
             dir,
             shims: FakeShims::new(),
             host,
+            tweak,
         }
     }
 
@@ -131,6 +139,7 @@ impl Node {
         };
         // Pinned namespaces only: no pause container to pull.
         c.cri.sandbox_image = String::new();
+        (self.tweak)(&mut c);
         c
     }
 

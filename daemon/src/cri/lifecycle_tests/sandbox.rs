@@ -230,3 +230,60 @@ async fn runtime_handlers_unknown_is_not_found_and_default_is_recorded() {
     assert!(!t.runtime.no_pivot_root && !t.runtime.systemd_cgroup);
     d.cri.stop_pod_sandbox(&pod).await.unwrap();
 }
+
+/// A handler's `pod_annotations` reach the pause container's spec as well as
+/// the containers' (containerd puts them in the sandbox spec too).
+#[tokio::test]
+async fn pod_annotations_reach_the_pause_container_and_the_containers() {
+    let node = Node::with_config(|c| {
+        c.cri.sandbox_mode = "pause".into();
+        c.cri.sandbox_image = IMAGE.into();
+        c.cri.runtimes.insert(
+            "runc".into(),
+            crate::config::RuntimeHandlerConfig {
+                pod_annotations: vec!["example.com/*".into()],
+                ..Default::default()
+            },
+        );
+    });
+    let d = node.start().await;
+    let mut cfg = pod_config("annotated");
+    cfg.annotations
+        .insert("example.com/gpu".into(), "passed".into());
+    cfg.annotations
+        .insert("other.com/secret".into(), "kept out".into());
+    let pod = d
+        .cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap();
+    let c = d
+        .cri
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config("app")),
+            sandbox_config: Some(cfg),
+        })
+        .await
+        .unwrap();
+    let pause = d
+        .cri
+        .sandbox(&pod)
+        .unwrap()
+        .record()
+        .pause
+        .expect("a pause container in pause mode");
+    for id in [&pause, &c] {
+        let spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.bundle(id).join("config.json")).unwrap())
+                .unwrap();
+        let a = &spec["annotations"];
+        assert_eq!(a["example.com/gpu"], "passed", "{id}: {a}");
+        assert!(a.get("other.com/secret").is_none(), "{id}: {a}");
+    }
+    d.cri.stop_pod_sandbox(&pod).await.unwrap();
+    d.cri.remove_pod_sandbox(&pod).await.unwrap();
+}

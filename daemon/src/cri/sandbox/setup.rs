@@ -272,6 +272,9 @@ impl CriRuntime {
             cri: None,
             runtime: Some(self.pod_runtime(&rec)?),
         };
+        // The pod annotations the handler takes go to the pause container
+        // too, as containerd's sandbox spec has them.
+        let passthrough = self.pod_runtime(&rec)?.passthrough(&cfg.annotations);
         let snap = self.tasks.snapshotter();
         let opts = self.spec_opts.clone();
         let pod_cfg = cfg.clone();
@@ -312,6 +315,7 @@ impl CriRuntime {
             if let Some(l) = doc.linux_mut().as_mut() {
                 l.set_cgroups_path(Some(std::path::PathBuf::from(&t.cgroups_path)));
             }
+            crate::cri::spec::add_pod_annotations(&mut doc, passthrough);
             bundle.write_spec(&doc).map_err(crate::tasks::bundle_error(
                 "writing the pause container's config.json".to_string(),
             ))

@@ -189,6 +189,21 @@ pub(crate) fn container_name<'a>(cfg: &'a cri::ContainerConfig, id: &'a str) -> 
         .unwrap_or(id)
 }
 
+/// Adds the pod annotations a RuntimeClass handler passes through
+/// (`pod_annotations`) to a spec; the spec's own annotations win.
+pub(crate) fn add_pod_annotations(
+    doc: &mut oci_spec::runtime::Spec,
+    passthrough: Vec<(String, String)>,
+) {
+    if passthrough.is_empty() {
+        return;
+    }
+    let a = doc.annotations_mut().get_or_insert_with(Default::default);
+    for (k, v) in passthrough {
+        a.entry(k).or_insert(v);
+    }
+}
+
 /// Names the container in error messages.
 pub(crate) struct Who(pub(crate) String);
 
