@@ -392,6 +392,11 @@ pub struct PullConfig {
     pub max_concurrent_downloads: usize,
     /// A transfer that makes no progress for this long fails (seconds).
     pub no_progress_timeout_secs: u64,
+    /// Past its first `no_progress_timeout_secs`, a transfer (manifest,
+    /// config, layer, token) that averages fewer bytes a second than this
+    /// fails like a stalled one: a registry sending a byte just inside each
+    /// timeout could otherwise hold a pull for days. 0: no minimum.
+    pub min_transfer_rate: u64,
     /// Connecting to a registry gives up after this long (seconds).
     pub connect_timeout_secs: u64,
     /// Manifests and indexes larger than this are refused (bytes).
@@ -459,6 +464,7 @@ impl Default for PullConfig {
         PullConfig {
             max_concurrent_downloads: 3,
             no_progress_timeout_secs: 30,
+            min_transfer_rate: 4096,
             connect_timeout_secs: 10,
             max_manifest_bytes: 4 << 20,
             max_config_bytes: 8 << 20,

@@ -32,6 +32,9 @@ enum Layer {
     Endless,
     /// Zeros at about 2.5 MiB/s, with ranges, up to the declared size.
     Trickle,
+    /// 16 bytes every 200 ms (80 B/s), with ranges: always inside the
+    /// no-progress timeout, far below any useful rate.
+    Drip,
     /// Half the declared size, then nothing until the server is dropped.
     HalfThenStall { ranges: bool },
 }
@@ -328,6 +331,21 @@ fn serve(conn: TcpStream, s: &Shared) -> std::io::Result<()> {
             )?;
             zeros(&mut w, s, size, Duration::from_millis(25), false);
         }
+        Layer::Drip => {
+            head(
+                &mut w,
+                "200 OK",
+                &[
+                    ("Content-Type", "application/octet-stream".into()),
+                    ("Content-Length", size.to_string()),
+                    ("Accept-Ranges", "bytes".into()),
+                ],
+            )?;
+            while !s.stop.load(Ordering::SeqCst) {
+                w.write_all(&[0u8; 16])?;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
         Layer::HalfThenStall { ranges } => {
             let start = if ranges { range.unwrap_or(0) } else { 0 };
             let mut headers = vec![
@@ -582,27 +600,24 @@ fn a_failed_pull_keeps_a_resumable_partial_only_for_the_keep_window() -> Result<
         "no partial kept for a retry: {:?}",
         ingests(&root)
     );
-    // ...and swept once no retry came within gc.partial_ingest_keep_secs.
+    // ...and swept once no retry came within gc.partial_ingest_keep_secs
+    // (the sweep logs each one just after removing it).
     let t0 = Instant::now();
     wait_for(
-        "the kept partial to be swept",
+        "the kept partial to be swept and the sweep logged",
         Duration::from_secs(20),
         || {
-            Ok(layer_ingest(&root, reg.layer_digest())
-                .is_none()
-                .then_some(()))
+            let gone = layer_ingest(&root, reg.layer_digest()).is_none();
+            let logged = d
+                .log()
+                .contains("removed a partial download no retry came for");
+            Ok((gone && logged).then_some(()))
         },
     )
-    .with_context(|| format!("{:?}", ingests(&root)))?;
+    .with_context(|| format!("{:?}\n{}", ingests(&root), tail(&d.log(), 20)))?;
     ensure!(
         t0.elapsed() >= Duration::from_secs(1),
         "swept before the keep window"
-    );
-    ensure!(
-        d.log()
-            .contains("removed a partial download no retry came for"),
-        "{}",
-        tail(&d.log(), 20)
     );
     drop(reg);
 
@@ -614,6 +629,30 @@ fn a_failed_pull_keeps_a_resumable_partial_only_for_the_keep_window() -> Result<
         layer_ingest(&root, reg.layer_digest()).is_none(),
         "a partial nobody can resume was kept: {:?}",
         ingests(&root)
+    );
+    Ok(())
+}
+
+#[test]
+fn a_layer_that_drips_fails_on_the_minimum_rate() -> Result<()> {
+    // Each 16 bytes come well inside the 3 s no-progress timeout; at 80 B/s
+    // the 1 MiB layer would take 3.6 hours.
+    let d = Daemon::start_with_config("[pull]\nno_progress_timeout_secs = 3\n")?;
+    let reg = Hostile::start(1 << 20, Layer::Drip, Token::None)?;
+    let t0 = Instant::now();
+    let st = pull_fails(&d, &reg, Duration::from_secs(120))?;
+    ensure!(st.code() == tonic::Code::DeadlineExceeded, "{st:?}");
+    let msg = st.message();
+    ensure!(
+        msg.contains(reg.layer_digest())
+            && msg.contains("slower than the minimum of 4096 bytes/s")
+            && msg.contains("min_transfer_rate"),
+        "the error names the blob, the rate and the key: {msg}"
+    );
+    ensure!(
+        t0.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t0.elapsed()
     );
     Ok(())
 }

@@ -103,7 +103,7 @@ impl From<&RegistryError> for Kind {
         match e {
             RegistryError::Unauthorized { .. } => Kind::Unauthenticated,
             RegistryError::NotFound { .. } => Kind::NotFound,
-            RegistryError::Timeout { .. } => Kind::DeadlineExceeded,
+            RegistryError::Timeout { .. } | RegistryError::TooSlow { .. } => Kind::DeadlineExceeded,
             RegistryError::Connect { .. } => Kind::Unavailable,
             RegistryError::Tls { .. } => Kind::FailedPrecondition,
             RegistryError::Config(_) => Kind::FailedPrecondition,

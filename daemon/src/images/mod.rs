@@ -60,6 +60,7 @@ impl ImageService {
         let registry = Arc::new(RegistryClient::new(
             config.pull.connect_timeout(),
             config.pull.no_progress_timeout(),
+            config.pull.min_transfer_rate,
             config.pull.max_manifest_bytes,
         ));
         Arc::new(ImageService {

@@ -48,6 +48,19 @@ pub enum RegistryError {
         what: String,
         secs: u64,
     },
+    /// Bytes keep coming, each just inside the no-progress window, but too
+    /// few for the transfer ever to end in a reasonable time.
+    #[error(
+        "{what}: registry {host} sent {bytes} bytes in {secs}s, slower than the minimum of \
+         {min_rate} bytes/s ([pull] min_transfer_rate)"
+    )]
+    TooSlow {
+        host: String,
+        what: String,
+        bytes: u64,
+        secs: u64,
+        min_rate: u64,
+    },
     #[error("{what}: larger than the limit of {limit} bytes")]
     TooLarge { what: String, limit: u64 },
     /// The token server's answer is bigger than any token: it is refused
@@ -93,7 +106,9 @@ impl RegistryError {
     /// server error): worth keeping a partial download for.
     pub fn is_transient(&self) -> bool {
         match self {
-            RegistryError::Timeout { .. } | RegistryError::Connect { .. } => true,
+            RegistryError::Timeout { .. }
+            | RegistryError::TooSlow { .. }
+            | RegistryError::Connect { .. } => true,
             RegistryError::Status { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
@@ -128,6 +143,9 @@ pub struct RegistryClient {
     tokens: Mutex<HashMap<(String, String), (String, Instant)>>,
     pub connect_timeout: Duration,
     pub no_progress: Duration,
+    /// Past the first `no_progress`, a transfer averaging fewer bytes a
+    /// second than this fails (0: no minimum).
+    pub min_rate: u64,
     pub max_manifest: u64,
 }
 
@@ -159,13 +177,31 @@ pub struct BlobBody {
 }
 
 impl RegistryClient {
-    pub fn new(connect_timeout: Duration, no_progress: Duration, max_manifest: u64) -> Self {
+    pub fn new(
+        connect_timeout: Duration,
+        no_progress: Duration,
+        min_rate: u64,
+        max_manifest: u64,
+    ) -> Self {
         RegistryClient {
             clients: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             connect_timeout,
             no_progress,
+            min_rate,
             max_manifest,
+        }
+    }
+
+    /// The watch over one response body's transfer.
+    fn pace(&self, host: &str, what: &str) -> Pace {
+        Pace {
+            host: host.to_string(),
+            what: what.to_string(),
+            started: Instant::now(),
+            bytes: 0,
+            no_progress: self.no_progress,
+            min_rate: self.min_rate,
         }
     }
 
@@ -309,39 +345,77 @@ async fn error_detail(resp: reqwest::Response) -> String {
     }
 }
 
+/// Keeps a response body moving: each chunk must come within `no_progress`,
+/// and past the first `no_progress` the body must average at least
+/// `min_rate` bytes a second. Without the second rule a registry sending a
+/// byte just inside each window could hold a pull for as long as it liked.
+pub(super) struct Pace {
+    host: String,
+    what: String,
+    started: Instant,
+    bytes: u64,
+    no_progress: Duration,
+    min_rate: u64,
+}
+
+impl Pace {
+    /// The body's next chunk, or `None` at its end.
+    pub(super) async fn next<S>(&mut self, body: &mut S) -> Result<Option<Bytes>, RegistryError>
+    where
+        S: Stream<Item = reqwest::Result<Bytes>> + Unpin,
+    {
+        match tokio::time::timeout(self.no_progress, body.next()).await {
+            Err(_) => Err(RegistryError::Timeout {
+                host: self.host.clone(),
+                what: self.what.clone(),
+                secs: self.no_progress.as_secs(),
+            }),
+            Ok(None) => Ok(None),
+            Ok(Some(Err(e))) => Err(connect_error(&self.host, &self.what, &e, self.no_progress)),
+            Ok(Some(Ok(chunk))) => {
+                self.bytes += chunk.len() as u64;
+                self.check(self.started.elapsed())?;
+                Ok(Some(chunk))
+            }
+        }
+    }
+
+    fn check(&self, elapsed: Duration) -> Result<(), RegistryError> {
+        if self.min_rate == 0 || elapsed <= self.no_progress {
+            return Ok(());
+        }
+        let needed = (self.min_rate as f64 * elapsed.as_secs_f64()) as u64;
+        if self.bytes < needed {
+            return Err(RegistryError::TooSlow {
+                host: self.host.clone(),
+                what: self.what.clone(),
+                bytes: self.bytes,
+                secs: elapsed.as_secs(),
+                min_rate: self.min_rate,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Reads a response body up to `limit` bytes, failing with `too_large` rather
 /// than buffering more (at once when its Content-Length says so).
 async fn read_limited(
     resp: reqwest::Response,
     limit: u64,
-    what: &str,
-    host: &str,
-    no_progress: Duration,
+    mut pace: Pace,
     too_large: impl Fn() -> RegistryError,
 ) -> Result<Bytes, RegistryError> {
     if resp.content_length().is_some_and(|l| l > limit) {
         return Err(too_large());
     }
     let mut out = Vec::new();
-    let mut stream = resp.bytes_stream();
-    loop {
-        let next = tokio::time::timeout(no_progress, stream.next())
-            .await
-            .map_err(|_| RegistryError::Timeout {
-                host: host.into(),
-                what: what.into(),
-                secs: no_progress.as_secs(),
-            })?;
-        match next {
-            None => break,
-            Some(Ok(chunk)) => {
-                if out.len() as u64 + chunk.len() as u64 > limit {
-                    return Err(too_large());
-                }
-                out.extend_from_slice(&chunk);
-            }
-            Some(Err(e)) => return Err(connect_error(host, what, &e, no_progress)),
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = pace.next(&mut body).await? {
+        if out.len() as u64 + chunk.len() as u64 > limit {
+            return Err(too_large());
         }
+        out.extend_from_slice(&chunk);
     }
     Ok(Bytes::from(out))
 }

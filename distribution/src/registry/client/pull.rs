@@ -2,13 +2,12 @@
 //! resolve-capable hosts) and blob streams, resumable by range.
 
 use bytes::Bytes;
-use futures::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE, RANGE};
 use reqwest::{Method, StatusCode};
 use sha2::{Digest as _, Sha256};
 use tracing::warn;
 
-use super::{connect_error, read_limited};
+use super::read_limited;
 use super::{BlobBody, Endpoint, RegistryError, Repository};
 
 impl Repository {
@@ -64,17 +63,12 @@ impl Repository {
             .and_then(|v| v.to_str().ok())
             .map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
         let limit = self.client.max_manifest;
-        let body = read_limited(
-            resp,
-            limit,
-            what,
-            &ep.host.host,
-            self.client.no_progress,
-            || RegistryError::TooLarge {
+        let body = read_limited(resp, limit, self.client.pace(&ep.host.host, what), || {
+            RegistryError::TooLarge {
                 what: format!("{what}: manifest"),
                 limit,
-            },
-        )
+            }
+        })
         .await?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
         if by_digest(object) && digest != object {
@@ -138,31 +132,17 @@ impl Repository {
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|v| v.split(',').any(|u| u.trim().eq_ignore_ascii_case("bytes")));
             let total = resp.content_length().map(|l| l + start);
-            let host = ep.host.host.clone();
-            let what_s = what.to_string();
-            let no_progress = self.client.no_progress;
-            let inner = resp.bytes_stream();
-            let stream = futures::stream::unfold(
-                (inner, host, what_s),
-                move |(mut inner, host, what)| async move {
-                    match tokio::time::timeout(no_progress, inner.next()).await {
-                        Err(_) => Some((
-                            Err(RegistryError::Timeout {
-                                host: host.clone(),
-                                what: what.clone(),
-                                secs: no_progress.as_secs(),
-                            }),
-                            (inner, host, what),
-                        )),
+            let pace = self.client.pace(&ep.host.host, what);
+            let stream =
+                futures::stream::unfold(Some((resp.bytes_stream(), pace)), |state| async move {
+                    let (mut body, mut pace) = state?;
+                    match pace.next(&mut body).await {
+                        Ok(Some(chunk)) => Some((Ok(chunk), Some((body, pace)))),
                         Ok(None) => None,
-                        Ok(Some(Ok(b))) => Some((Ok(b), (inner, host, what))),
-                        Ok(Some(Err(e))) => {
-                            let err = connect_error(&host, &what, &e, no_progress);
-                            Some((Err(err), (inner, host, what)))
-                        }
+                        // An error ends the body.
+                        Err(e) => Some((Err(e), None)),
                     }
-                },
-            );
+                });
             return Ok(BlobBody {
                 offset: start,
                 total,

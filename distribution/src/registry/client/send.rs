@@ -198,9 +198,7 @@ impl Repository {
                     let read = read_limited(
                         resp,
                         MAX_TOKEN_RESPONSE,
-                        &token_what,
-                        host,
-                        self.client.no_progress,
+                        self.client.pace(host, &token_what),
                         || RegistryError::TokenTooLarge {
                             what: what.into(),
                             realm: berth_sysutil::echo(realm),

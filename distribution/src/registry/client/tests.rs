@@ -30,3 +30,64 @@ async fn tls_server_evidence() {
     let alert = fail_with(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]).await;
     assert!(server_speaks_tls(&alert), "{alert:?}");
 }
+
+fn pace(no_progress: Duration, min_rate: u64) -> Pace {
+    RegistryClient::new(Duration::from_secs(1), no_progress, min_rate, 1 << 20)
+        .pace("reg.example", "blob sha256:ab")
+}
+
+#[test]
+fn the_minimum_rate_applies_after_the_first_window() {
+    let mut p = pace(Duration::from_secs(30), 4096);
+    p.bytes = 10;
+    // Inside the first window anything goes (a slow start, a proxy that
+    // buffers).
+    assert!(p.check(Duration::from_secs(29)).is_ok());
+    // Past it the average must reach the minimum.
+    let e = p.check(Duration::from_secs(31)).unwrap_err();
+    assert!(e.is_transient());
+    let msg = e.to_string();
+    assert!(
+        msg.contains("reg.example")
+            && msg.contains("10 bytes in 31s")
+            && msg.contains("min_transfer_rate"),
+        "{msg}"
+    );
+    p.bytes = 31 * 4096;
+    assert!(p.check(Duration::from_secs(31)).is_ok());
+    // 0: no minimum.
+    let mut off = pace(Duration::from_secs(30), 0);
+    off.bytes = 1;
+    assert!(off.check(Duration::from_secs(3600)).is_ok());
+}
+
+/// A body that sends a few bytes inside every window fails once its average
+/// falls below the minimum; one that stops sending fails on the window.
+#[tokio::test]
+async fn a_dripping_body_fails_and_a_stalled_one_times_out() {
+    let drip = futures::stream::unfold(0u32, |n| async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Some((
+            Ok::<_, reqwest::Error>(Bytes::from_static(&[0u8; 8])),
+            n + 1,
+        ))
+    });
+    let mut drip = Box::pin(drip);
+    let mut p = pace(Duration::from_millis(300), 1024);
+    let mut chunks = 0;
+    let err = loop {
+        match p.next(&mut drip).await {
+            Ok(Some(_)) => chunks += 1,
+            Ok(None) => panic!("the drip ended"),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, RegistryError::TooSlow { .. }), "{err}");
+    // Every chunk inside the first 300 ms passed.
+    assert!(chunks >= 3, "{chunks}");
+
+    let mut stalled = Box::pin(futures::stream::pending::<reqwest::Result<Bytes>>());
+    let mut p = pace(Duration::from_millis(300), 1024);
+    let err = p.next(&mut stalled).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Timeout { .. }), "{err}");
+}
