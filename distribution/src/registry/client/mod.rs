@@ -327,22 +327,42 @@ fn server_speaks_tls(e: &reqwest::Error) -> bool {
 }
 
 async fn error_detail(resp: reqwest::Response) -> String {
-    // Registries put the reason in a small JSON body; never read a big one.
+    // Registries put the reason in a small JSON body; never read a big one,
+    // nor wait long for one that trickles: the status is the error.
     let mut body = Vec::new();
     let mut stream = resp.bytes_stream();
-    while let Some(Ok(chunk)) = stream.next().await {
-        body.extend_from_slice(&chunk);
-        if body.len() > 4096 {
-            break;
+    let read = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            body.extend_from_slice(&chunk);
+            if body.len() > 4096 {
+                break;
+            }
         }
-    }
+    };
+    let _ = tokio::time::timeout(ERROR_BODY_WAIT, read).await;
+    detail_text(&body)
+}
+
+/// How long an error response's body is waited for.
+const ERROR_BODY_WAIT: Duration = Duration::from_secs(5);
+
+/// At most 512 bytes of an error body for a message, control characters
+/// escaped (a registry's terminal escapes must not reach a log or a reply).
+fn detail_text(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
     let text = text.trim();
     if text.is_empty() {
-        String::new()
-    } else {
-        format!(": {text}")
+        return String::new();
     }
+    let mut out = String::from(": ");
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Keeps a response body moving: each chunk must come within `no_progress`,

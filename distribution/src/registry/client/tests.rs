@@ -91,3 +91,15 @@ async fn a_dripping_body_fails_and_a_stalled_one_times_out() {
     let err = p.next(&mut stalled).await.unwrap_err();
     assert!(matches!(err, RegistryError::Timeout { .. }), "{err}");
 }
+
+#[test]
+fn an_error_body_is_bounded_and_escaped() {
+    assert_eq!(detail_text(b"  "), "");
+    assert_eq!(
+        detail_text(br#"{"errors":[{"code":"DENIED"}]}"#),
+        r#": {"errors":[{"code":"DENIED"}]}"#
+    );
+    let evil = detail_text(b"no\x1b[2J\nway");
+    assert_eq!(evil, ": no\\u{1b}[2J\\nway");
+    assert!(detail_text(&[b'x'; 10_000]).len() <= 514);
+}
