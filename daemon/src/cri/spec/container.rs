@@ -152,7 +152,8 @@ pub fn container_spec(
                 format!("container path {container_path:?} is not absolute"),
             ));
         }
-        for dev in devices_at(&who, &field, Path::new(&d.host_path), &container_path)? {
+        let host = who.host_path(&field, "device", &d.host_path)?;
+        for dev in devices_at(&who, &field, host, &container_path)? {
             if !privileged || opts.privileged_without_host_devices {
                 device_rules.push(dev.rule(perms));
             }

@@ -214,6 +214,27 @@ impl Who {
     pub(crate) fn not_found(&self, field: &str, msg: impl std::fmt::Display) -> SpecError {
         SpecError::NotFound(format!("{}: {field}: {msg}", self.0))
     }
+    /// A path on the host the caller names: absolute (relative to what?
+    /// berthd's cwd, not the caller's) and without '..' (Kubernetes refuses
+    /// it in a hostPath too).
+    pub(crate) fn host_path<'a>(
+        &self,
+        field: &str,
+        kind: &str,
+        path: &'a str,
+    ) -> Result<&'a Path, SpecError> {
+        let p = Path::new(path);
+        if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+            return Err(self.invalid(
+                field,
+                format!(
+                    "{kind} {} must be absolute, without '..'",
+                    berth_sysutil::echo(path)
+                ),
+            ));
+        }
+        Ok(p)
+    }
 }
 
 #[cfg(test)]

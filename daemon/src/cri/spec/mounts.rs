@@ -151,6 +151,7 @@ pub(super) fn mounts(
         if m.host_path.is_empty() {
             return Err(who.invalid(&field, "host path is empty"));
         }
+        who.host_path(&field, "host path", &m.host_path)?;
         let propagation = cri::MountPropagation::try_from(m.propagation).unwrap_or_else(|_| {
             warn!(
                 propagation = m.propagation,

@@ -195,6 +195,20 @@ fn cri_mounts_sorted_with_propagation_and_errors() {
         cri::MountPropagation::PropagationPrivate,
     )];
     assert!(invalid(build(&c, &busybox())).contains("not absolute"));
+    // Host paths: absolute, no '..' (a relative one would be berthd's cwd's).
+    for host in ["rel/dir", "/tmp/../etc"] {
+        c.mounts = vec![m(
+            "/x",
+            Path::new(host),
+            true,
+            cri::MountPropagation::PropagationPrivate,
+        )];
+        let e = invalid(build(&c, &busybox()));
+        assert!(
+            e.contains("must be absolute, without '..'") && e.contains(host),
+            "{e}"
+        );
+    }
 }
 
 #[test]
