@@ -12,6 +12,7 @@ pub mod conns;
 mod peer;
 pub mod server;
 pub mod spdy;
+pub mod tokens;
 pub mod ws;
 
 pub use config::StreamingConfig;

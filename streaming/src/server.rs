@@ -7,11 +7,10 @@
 //! WebSocket), and handed to the protocol layer, whose streams are wired to
 //! the container (exec/attach through its shim) or the pod's ports.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,6 +25,7 @@ use tracing::{debug, info, warn};
 use super::conns::{ConnLimits, ConnSlot, Conns};
 use super::peer::PeerKey;
 use super::{spdy, ws, Limits, PortConnector, StreamOpts};
+use crate::tokens::{Tokens, TooManyInFlight};
 use crate::{Backend, StreamingConfig};
 
 /// Why the streaming server could not start.
@@ -78,13 +78,10 @@ impl Pending {
 pub struct StreamServer {
     base: String,
     addr: SocketAddr,
-    tokens: Mutex<HashMap<String, (Pending, Instant)>>,
-    ttl: Duration,
+    tokens: Tokens,
     limits: Limits,
     backend: Arc<dyn Backend>,
 }
-
-use berth_sysutil::lock;
 
 type Reply = Response<Full<Bytes>>;
 
@@ -319,8 +316,7 @@ impl StreamServer {
         let server = Arc::new(StreamServer {
             base: format!("{scheme}://{addr}"),
             addr,
-            tokens: Mutex::new(HashMap::new()),
-            ttl: Duration::from_secs(cfg.token_ttl_secs.max(1)),
+            tokens: Tokens::new(Duration::from_secs(cfg.token_ttl_secs.max(1))),
             limits: Limits {
                 idle_timeout: Duration::from_secs(cfg.idle_timeout_secs.max(1)),
                 stream_creation_timeout: Duration::from_secs(
@@ -374,21 +370,17 @@ impl StreamServer {
         self.addr
     }
 
-    /// A URL for `p`, valid once, for the token TTL.
-    pub fn issue(&self, p: Pending) -> String {
-        let token = hex::encode(rand::random::<[u8; 16]>());
-        let url = format!("{}/{}/{token}", self.base, p.kind());
-        let mut tokens = lock(&self.tokens);
-        let ttl = self.ttl;
-        tokens.retain(|_, (_, at)| at.elapsed() < ttl);
-        tokens.insert(token, (p, Instant::now()));
-        url
+    /// A URL for `p`, valid once, for the token TTL; refused while too many
+    /// wait to be used.
+    pub fn issue(&self, p: Pending) -> Result<String, TooManyInFlight> {
+        let kind = p.kind();
+        let token = self.tokens.issue(p)?;
+        Ok(format!("{}/{kind}/{token}", self.base))
     }
 
     /// Takes a token out (single use); None if unknown or expired.
     fn take(&self, token: &str) -> Option<Pending> {
-        let (p, at) = lock(&self.tokens).remove(token)?;
-        (at.elapsed() < self.ttl).then_some(p)
+        self.tokens.take(token)
     }
 
     fn handle(self: &Arc<Self>, mut req: Request<Incoming>, slot: Arc<ConnSlot>) -> Reply {

@@ -32,11 +32,13 @@ impl CriRuntime {
             ));
         }
         let opts = stream_opts(req.stdin, req.stdout, req.stderr, req.tty, "Exec", &rec.id)?;
-        Ok(self.streaming()?.issue(Pending::Exec {
-            container_id: rec.id,
-            cmd: req.cmd,
-            opts,
-        }))
+        self.streaming()?
+            .issue(Pending::Exec {
+                container_id: rec.id,
+                cmd: req.cmd,
+                opts,
+            })
+            .map_err(|e| CriError::resource_exhausted("Exec", e.to_string()))
     }
 
     /// Attach: validates, then hands out a single-use streaming URL.
@@ -57,10 +59,12 @@ impl CriRuntime {
                 format!("container {} was not created with stdin", rec.id),
             ));
         }
-        Ok(self.streaming()?.issue(Pending::Attach {
-            container_id: rec.id,
-            opts,
-        }))
+        self.streaming()?
+            .issue(Pending::Attach {
+                container_id: rec.id,
+                opts,
+            })
+            .map_err(|e| CriError::resource_exhausted("Attach", e.to_string()))
     }
 
     /// PortForward: validates, then hands out a single-use streaming URL.
@@ -81,11 +85,13 @@ impl CriRuntime {
                 )
             })?);
         }
-        Ok(self.streaming()?.issue(Pending::PortForward {
-            sandbox_id: rec.id,
-            netns: rec.netns,
-            ports,
-        }))
+        self.streaming()?
+            .issue(Pending::PortForward {
+                sandbox_id: rec.id,
+                netns: rec.netns,
+                ports,
+            })
+            .map_err(|e| CriError::resource_exhausted("PortForward", e.to_string()))
     }
 }
 
