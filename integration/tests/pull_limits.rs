@@ -219,6 +219,19 @@ fn zeros(w: &mut TcpStream, s: &Shared, limit: u64, pause: Duration, chunked: bo
     }
 }
 
+/// A 200 for a blob of `len` bytes from a registry that serves ranges.
+fn blob_head(w: &mut TcpStream, len: u64) -> std::io::Result<()> {
+    head(
+        w,
+        "200 OK",
+        &[
+            ("Content-Type", "application/octet-stream".into()),
+            ("Content-Length", len.to_string()),
+            ("Accept-Ranges", "bytes".into()),
+        ],
+    )
+}
+
 fn stall(s: &Shared) {
     while !s.stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(50));
@@ -308,39 +321,15 @@ fn serve(conn: TcpStream, s: &Shared) -> std::io::Result<()> {
     let size = s.layer_size;
     match s.layer {
         Layer::Endless => {
-            head(
-                &mut w,
-                "200 OK",
-                &[
-                    ("Content-Type", "application/octet-stream".into()),
-                    ("Content-Length", TIB.to_string()),
-                    ("Accept-Ranges", "bytes".into()),
-                ],
-            )?;
+            blob_head(&mut w, TIB)?;
             zeros(&mut w, s, u64::MAX, Duration::ZERO, false);
         }
         Layer::Trickle => {
-            head(
-                &mut w,
-                "200 OK",
-                &[
-                    ("Content-Type", "application/octet-stream".into()),
-                    ("Content-Length", size.to_string()),
-                    ("Accept-Ranges", "bytes".into()),
-                ],
-            )?;
+            blob_head(&mut w, size)?;
             zeros(&mut w, s, size, Duration::from_millis(25), false);
         }
         Layer::Drip => {
-            head(
-                &mut w,
-                "200 OK",
-                &[
-                    ("Content-Type", "application/octet-stream".into()),
-                    ("Content-Length", size.to_string()),
-                    ("Accept-Ranges", "bytes".into()),
-                ],
-            )?;
+            blob_head(&mut w, size)?;
             while !s.stop.load(Ordering::SeqCst) {
                 w.write_all(&[0u8; 16])?;
                 std::thread::sleep(Duration::from_millis(200));
