@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use berth_api::runtime::v1 as cri;
+
 use super::error::{CriError, Result};
 
 /// metadata.name of a pod (a DNS subdomain in Kubernetes).
@@ -95,6 +97,46 @@ pub fn annotations(what: &str, annotations: &HashMap<String, String>, max: usize
         max,
         "max_annotations_bytes",
     )
+}
+
+/// Nameservers of a pod (Kubernetes' `MaxDNSNameservers`; the resolver reads
+/// no more).
+pub const MAX_DNS_SERVERS: usize = 3;
+/// Search domains (`MaxDNSSearchPaths`) and their total length
+/// (`MaxDNSSearchListChars`), as kubelet trims them.
+pub const MAX_DNS_SEARCHES: usize = 32;
+pub const MAX_DNS_SEARCH_CHARS: usize = 2048;
+/// resolv.conf options (no Kubernetes limit: room for any real use).
+pub const MAX_DNS_OPTIONS: usize = 32;
+
+/// A pod's DNS config within what kubelet itself ever sends (it trims to
+/// these limits) and what the resolver reads. (Each entry's syntax is checked
+/// where resolv.conf is written.)
+pub fn dns(what: &str, dns: &cri::DnsConfig) -> Result<()> {
+    let count = |field: &str, n: usize, max: usize| -> Result<()> {
+        if n > max {
+            return Err(CriError::invalid(
+                what,
+                format!("dns_config.{field} has {n} entries, more than {max}"),
+            ));
+        }
+        Ok(())
+    };
+    count("servers", dns.servers.len(), MAX_DNS_SERVERS)?;
+    count("searches", dns.searches.len(), MAX_DNS_SEARCHES)?;
+    count("options", dns.options.len(), MAX_DNS_OPTIONS)?;
+    // resolv.conf's search line: the domains and a space between each.
+    let chars = dns.searches.iter().map(|s| s.len() + 1).sum::<usize>();
+    if chars > MAX_DNS_SEARCH_CHARS + 1 {
+        return Err(CriError::invalid(
+            what,
+            format!(
+                "dns_config.searches take {} characters, more than {MAX_DNS_SEARCH_CHARS}",
+                chars - 1
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// What one more object adds to a list reply: its metadata, labels and
@@ -223,6 +265,44 @@ mod tests {
         assert!(e.to_string().contains("max_list_bytes"), "{e}");
         let e = list_budget("pod p", "ListPodSandbox", 0, 3500, adding, 4096).unwrap_err();
         assert!(e.to_string().contains("still being made"), "{e}");
+    }
+
+    #[test]
+    fn dns_configs_stay_within_what_kubelet_sends() {
+        let ok = cri::DnsConfig {
+            servers: vec!["10.0.0.10".into(); 3],
+            searches: vec!["svc.cluster.local".into(); 32],
+            options: vec!["ndots:5".into()],
+        };
+        assert!(dns("pod p", &ok).is_ok());
+        let mut d = ok.clone();
+        d.servers.push("10.0.0.11".into());
+        let e = dns("pod p", &d).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.to_string().contains("servers has 4 entries, more than 3"),
+            "{e}"
+        );
+        let mut d = ok.clone();
+        d.searches.push("x".into());
+        assert!(dns("pod p", &d)
+            .unwrap_err()
+            .to_string()
+            .contains("more than 32"));
+        let d = cri::DnsConfig {
+            searches: vec!["a".repeat(1000); 3],
+            ..Default::default()
+        };
+        let e = dns("pod p", &d).unwrap_err();
+        assert!(
+            e.to_string().contains("3002 characters, more than 2048"),
+            "{e}"
+        );
+        let d = cri::DnsConfig {
+            options: vec!["ndots:1".into(); 100_000],
+            ..Default::default()
+        };
+        assert!(dns("pod p", &d).is_err());
     }
 
     #[test]

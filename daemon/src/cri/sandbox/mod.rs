@@ -79,6 +79,9 @@ pub(crate) fn validate<'a>(
     let what = format!("pod {}", m.name);
     limits::labels(&what, &cfg.labels, limits.max_labels_bytes)?;
     limits::annotations(&what, &cfg.annotations, limits.max_annotations_bytes)?;
+    if let Some(d) = &cfg.dns_config {
+        limits::dns(&what, d)?;
+    }
     // A relative log directory would be taken from berthd's working directory.
     let log_dir = Path::new(&cfg.log_directory);
     if !cfg.log_directory.is_empty()
