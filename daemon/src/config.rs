@@ -392,10 +392,11 @@ pub struct PullConfig {
     pub max_concurrent_downloads: usize,
     /// A transfer that makes no progress for this long fails (seconds).
     pub no_progress_timeout_secs: u64,
-    /// Past its first `no_progress_timeout_secs`, a transfer (manifest,
-    /// config, layer, token) that averages fewer bytes a second than this
+    /// From the end of its first `no_progress_timeout_secs` on, a transfer
+    /// (manifest, config, layer) that averages fewer bytes a second than this
     /// fails like a stalled one: a registry sending a byte just inside each
-    /// timeout could otherwise hold a pull for days. 0: no minimum.
+    /// timeout could otherwise hold a pull for days. (A token response must
+    /// arrive whole within the no-progress timeout.) 0: no minimum.
     pub min_transfer_rate: u64,
     /// Connecting to a registry gives up after this long (seconds).
     pub connect_timeout_secs: u64,

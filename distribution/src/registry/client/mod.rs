@@ -366,8 +366,8 @@ fn detail_text(body: &[u8]) -> String {
 }
 
 /// Keeps a response body moving: each chunk must come within `no_progress`,
-/// and past the first `no_progress` the body must average at least
-/// `min_rate` bytes a second. Without the second rule a registry sending a
+/// and from the end of the first `no_progress` on the body must average at
+/// least `min_rate` bytes a second. Without the second rule a registry sending a
 /// byte just inside each window could hold a pull for as long as it liked.
 pub(super) struct Pace {
     host: String,
@@ -404,7 +404,10 @@ impl Pace {
         if self.min_rate == 0 || elapsed <= self.no_progress {
             return Ok(());
         }
-        let needed = (self.min_rate as f64 * elapsed.as_secs_f64()) as u64;
+        // The first window is free (a slow start, a mirror fetching from
+        // upstream before its first byte): the rate is owed for the rest.
+        let owed = elapsed - self.no_progress;
+        let needed = (self.min_rate as f64 * owed.as_secs_f64()) as u64;
         if self.bytes < needed {
             return Err(RegistryError::TooSlow {
                 host: self.host.clone(),
