@@ -106,8 +106,8 @@ pub const MAX_DNS_SERVERS: usize = 3;
 /// (`MaxDNSSearchListChars`), as kubelet trims them.
 pub const MAX_DNS_SEARCHES: usize = 32;
 pub const MAX_DNS_SEARCH_CHARS: usize = 2048;
-/// resolv.conf options (no Kubernetes limit: room for any real use).
-pub const MAX_DNS_OPTIONS: usize = 32;
+/// resolv.conf options (Kubernetes has no limit: far more than any real use).
+pub const MAX_DNS_OPTIONS: usize = 256;
 
 /// A pod's DNS config within what kubelet itself ever sends (it trims to
 /// these limits) and what the resolver reads. (Each entry's syntax is checked
@@ -336,15 +336,22 @@ mod tests {
     #[test]
     fn concurrent_creates_never_pass_the_budget_together() {
         // 32 threads each try to make a 100-byte object against a 1000-byte
-        // budget; what they hold plus what is listed never passes it.
+        // budget, all checking before any is listed (the barriers); what
+        // they hold plus what is listed never passes it.
         let pending = Arc::new(PendingListBytes::default());
         let listed = Arc::new(AtomicUsize::new(0));
+        let (checked, start) = (
+            Arc::new(std::sync::Barrier::new(32)),
+            Arc::new(std::sync::Barrier::new(32)),
+        );
         let made: Vec<bool> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..32)
                 .map(|i| {
                     let (pending, listed) = (pending.clone(), listed.clone());
+                    let (checked, start) = (checked.clone(), start.clone());
                     s.spawn(move || {
                         let what = format!("pod {i}");
+                        start.wait();
                         let hold = pending.reserve(
                             &what,
                             "L",
@@ -352,8 +359,9 @@ mod tests {
                             100,
                             1000,
                         );
+                        // Every thread has checked before any is listed.
+                        checked.wait();
                         let Ok(hold) = hold else { return false };
-                        std::thread::yield_now();
                         listed.fetch_add(100, Ordering::SeqCst);
                         drop(hold);
                         true
