@@ -346,8 +346,9 @@ async fn error_detail(resp: reqwest::Response) -> String {
 /// How long an error response's body is waited for.
 const ERROR_BODY_WAIT: Duration = Duration::from_secs(5);
 
-/// At most 512 bytes of an error body for a message, control characters
-/// escaped (a registry's terminal escapes must not reach a log or a reply).
+/// At most 512 bytes of an error body for a message, control and invisible
+/// characters escaped (a registry's terminal escapes or bidi overrides must
+/// not reach a log or a reply as they are).
 fn detail_text(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
     let text = text.trim();
@@ -356,10 +357,12 @@ fn detail_text(body: &[u8]) -> String {
     }
     let mut out = String::from(": ");
     for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
+        if c.is_ascii() && !c.is_ascii_control() {
             out.push(c);
+        } else {
+            // Controls, bidi overrides and other invisible characters
+            // escaped; printable letters (é) kept.
+            out.extend(c.escape_debug());
         }
     }
     out

@@ -108,5 +108,7 @@ fn an_error_body_is_bounded_and_escaped() {
     );
     let evil = detail_text(b"no\x1b[2J\nway");
     assert_eq!(evil, ": no\\u{1b}[2J\\nway");
+    let bidi = detail_text("caf\u{e9} \u{202e}txt.exe".as_bytes());
+    assert_eq!(bidi, ": caf\u{e9} \\u{202e}txt.exe");
     assert!(detail_text(&[b'x'; 10_000]).len() <= 514);
 }
