@@ -22,6 +22,13 @@ impl CriRuntime {
         Ok(rec)
     }
 
+    /// A single-use URL for `p`; ResourceExhausted while too many wait.
+    fn stream_url(&self, what: &str, p: Pending) -> Result<String> {
+        self.streaming()?
+            .issue(p)
+            .map_err(|e| CriError::resource_exhausted(what, e.to_string()))
+    }
+
     /// Exec: validates, then hands out a single-use streaming URL.
     pub fn exec_url(&self, req: cri::ExecRequest) -> Result<String> {
         let rec = self.running_container(&req.container_id, "Exec")?;
@@ -32,13 +39,14 @@ impl CriRuntime {
             ));
         }
         let opts = stream_opts(req.stdin, req.stdout, req.stderr, req.tty, "Exec", &rec.id)?;
-        self.streaming()?
-            .issue(Pending::Exec {
+        self.stream_url(
+            "Exec",
+            Pending::Exec {
                 container_id: rec.id,
                 cmd: req.cmd,
                 opts,
-            })
-            .map_err(|e| CriError::resource_exhausted("Exec", e.to_string()))
+            },
+        )
     }
 
     /// Attach: validates, then hands out a single-use streaming URL.
@@ -59,12 +67,13 @@ impl CriRuntime {
                 format!("container {} was not created with stdin", rec.id),
             ));
         }
-        self.streaming()?
-            .issue(Pending::Attach {
+        self.stream_url(
+            "Attach",
+            Pending::Attach {
                 container_id: rec.id,
                 opts,
-            })
-            .map_err(|e| CriError::resource_exhausted("Attach", e.to_string()))
+            },
+        )
     }
 
     /// PortForward: validates, then hands out a single-use streaming URL.
@@ -85,13 +94,14 @@ impl CriRuntime {
                 )
             })?);
         }
-        self.streaming()?
-            .issue(Pending::PortForward {
+        self.stream_url(
+            "PortForward",
+            Pending::PortForward {
                 sandbox_id: rec.id,
                 netns: rec.netns,
                 ports,
-            })
-            .map_err(|e| CriError::resource_exhausted("PortForward", e.to_string()))
+            },
+        )
     }
 }
 
