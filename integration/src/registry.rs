@@ -420,18 +420,8 @@ impl Registry {
             }
             self.push_manifest(name, tag, &img.media_type, &img.manifest_bytes()?)
         } else {
-            let m = ManifestDesc {
-                digest: img.manifest_digest.clone(),
-                size: img.manifest_size,
-                media_type: img.media_type.clone(),
-                os: String::new(),
-                architecture: String::new(),
-                config_digest: img.config_digest.clone(),
-                config_size: 0,
-                config_media_type: String::new(),
-                layers: img.layers.clone(),
-            };
-            self.push_image_manifest(img, name, &m, tag)
+            let manifests = img.manifest_descs();
+            self.push_image_manifest(img, name, &manifests[0], tag)
         }
     }
 

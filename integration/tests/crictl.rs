@@ -21,7 +21,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use integration::cri::{self, Env};
+use integration::cri::{self, is_rfc3339, Env};
 use integration::crictl::{
     crictl_bin, json_stream, lines, parse_table, table_header, unix_timestamp_now, write_json,
     Crictl,
@@ -215,18 +215,6 @@ fn key_values(out: &str) -> BTreeMap<String, String> {
         }
     }
     m
-}
-
-/// `2016-10-06T00:17:09.669794202Z` or with an offset.
-fn is_rfc3339(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() >= 20
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b[10] == b'T'
-        && b[13] == b':'
-        && b[16] == b':'
-        && (s.ends_with('Z') || s[19..].contains('+') || s[19..].contains('-'))
 }
 
 fn rows_where<'a>(

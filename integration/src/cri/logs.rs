@@ -32,7 +32,7 @@ pub fn parse_cri_log(content: &str) -> Result<Vec<LogLine>> {
             "bad stream in CRI log line {l:?}"
         );
         ensure!(tag == "F" || tag == "P", "bad tag in CRI log line {l:?}");
-        ensure!(is_rfc3339_nano(time), "bad timestamp in CRI log line {l:?}");
+        ensure!(is_rfc3339(time), "bad timestamp in CRI log line {l:?}");
         out.push(LogLine {
             time: time.to_string(),
             stream: stream.to_string(),
@@ -43,8 +43,9 @@ pub fn parse_cri_log(content: &str) -> Result<Vec<LogLine>> {
     Ok(out)
 }
 
+/// An RFC 3339 time as the CRI log and crictl write it:
 /// `2016-10-06T00:17:09.669794202Z` or with a numeric offset.
-fn is_rfc3339_nano(s: &str) -> bool {
+pub fn is_rfc3339(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() >= 20
         && b[4] == b'-'
