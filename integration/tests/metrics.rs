@@ -133,11 +133,19 @@ async fn metrics_count_real_cri_work_and_pass_promtool() -> Result<()> {
         },
     )?;
     let addr = metrics_addr(&env)?;
-    let before = scrape(addr, &promtool)?;
-    ensure!(
-        get(&before, "berth_gc_runs_total") >= 1.0,
-        "berthd collects garbage once at start"
-    );
+    // The start-up collection runs in its own task after the socket is up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        let samples = scrape(addr, &promtool)?;
+        if get(&samples, "berth_gc_runs_total") >= 1.0 {
+            break samples;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "berthd collects garbage once at start (no pass within 30 s)"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     ensure!(get(&before, "berth_metadata_size_bytes") > 0.0);
     ensure!(
         before.keys().any(|k| k.starts_with("berth_build_info{")),
