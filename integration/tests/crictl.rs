@@ -1364,8 +1364,11 @@ fn q_pods(s: &Suite, args: &[&str]) -> Result<Vec<String>> {
 fn logs_verbs(s: &Suite, pod: &str, pod_file: &str) -> Result<()> {
     let c = &s.c;
     // Five lines, then one per line written to the FIFO /tmp/go (by `exec`), then exit.
+    // The last read waits for the writer's end of file, which comes only as the writer
+    // exits (it execs the applet that holds the FIFO): were the container to exit while
+    // the exec is still running, the exec would be killed with it (exit 137).
     let cmd = "mkfifo /tmp/go; for i in 1 2 3 4 5; do echo line-$i; done; \
-               read x < /tmp/go; echo after-$x; read y < /tmp/go; echo bye-$y";
+               read x < /tmp/go; echo after-$x; y=$(cat /tmp/go); echo bye-$y";
     let f = s.ctr_file("crictl-logger", 0, None, &["sh", "-c", cmd], json!({}))?;
     let l = s.create(pod, &f, pod_file)?;
     s.start(&l)?;
@@ -1412,7 +1415,7 @@ fn logs_verbs(s: &Suite, pod: &str, pod_file: &str) -> Result<()> {
     follow.wait_stdout("logs -f to print the existing lines", T, |o| {
         o.contains("after-go")
     })?;
-    c.ok(&["exec", "-s", &l, "sh", "-c", "echo end > /tmp/go"])?;
+    c.ok(&["exec", "-s", &l, "sh", "-c", "exec echo end > /tmp/go"])?;
     follow.wait_stdout("logs -f to print a new line", T, |o| o.contains("bye-end"))?;
     let st = follow
         .wait_exit(T)
