@@ -11,7 +11,7 @@ use std::time::Duration;
 use berth_api::runtime::v1 as cri;
 use prost::Message;
 use serde_json::json;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::error::{Cause, CriError, Result};
 use super::{find_by_prefix, in_created_order, labels_match, lock, spec, CriRuntime, Sandbox};
@@ -411,27 +411,16 @@ impl CriRuntime {
     }
 
     /// Turns task exits into CONTAINER_STOPPED events, for as long as the
-    /// runtime lives.
+    /// runtime lives. Emitted on the exit path itself, so a Stop's reply (and any
+    /// Remove after it) never comes before its event.
     pub fn forward_exits(self: &Arc<Self>) {
-        let mut rx = self.tasks.subscribe_exits();
         let this = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let id = match rx.recv().await {
-                    Ok(id) => id,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        warn!(missed = n, "container exit events were dropped");
-                        continue;
-                    }
-                    Err(_) => return,
-                };
-                let Some(rt) = this.upgrade() else { return };
-                if let Some(t) = rt.tasks.get_task(&id) {
-                    let rec = t.record();
-                    if rec.kind == TaskKind::Cri {
-                        rt.emit_container(&rec, cri::ContainerEventType::ContainerStoppedEvent);
-                    }
-                }
+        self.tasks.on_exit(move |rec| {
+            if rec.kind != TaskKind::Cri {
+                return;
+            }
+            if let Some(rt) = this.upgrade() {
+                rt.emit_container(rec, cri::ContainerEventType::ContainerStoppedEvent);
             }
         });
     }

@@ -109,8 +109,15 @@ impl TaskService {
                 warn!(task = %rec.name, error = %e, "auto-remove failed");
             }
         }
+        for hook in self
+            .exit_hooks
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            hook(rec);
+        }
         task.exit.send_replace(Some(rec.exit_pb()));
-        let _ = self.exits.send(rec.id.clone());
         crate::events::publish(
             "/tasks/exit",
             &rec.id,

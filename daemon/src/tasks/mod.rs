@@ -125,6 +125,8 @@ impl Task {
     }
 }
 
+type ExitHook = Box<dyn Fn(&TaskRecord) + Send + Sync>;
+
 pub struct TaskService {
     config: Arc<Config>,
     meta: Arc<dyn MetaStore>,
@@ -133,8 +135,9 @@ pub struct TaskService {
     tasks: Mutex<HashMap<String, Arc<Task>>>,
     /// Names of Runs that have not written their record yet.
     reserved: Mutex<HashSet<String>>,
-    /// Ids of tasks as they exit (the CRI turns them into events).
-    exits: tokio::sync::broadcast::Sender<String>,
+    /// Told of each exit before waiters see it (the CRI's CONTAINER_STOPPED
+    /// events, which must come before a Stop's reply and so before a Remove).
+    exit_hooks: std::sync::RwLock<Vec<ExitHook>>,
     /// Write ends of the stdin FIFOs of tasks created with stdin, held so
     /// the task does not read EOF between attaches.
     stdin_keepers: Mutex<HashMap<String, std::fs::File>>,
@@ -263,7 +266,7 @@ impl TaskService {
             images,
             tasks: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
-            exits: tokio::sync::broadcast::channel(1024).0,
+            exit_hooks: std::sync::RwLock::new(Vec::new()),
             stdin_keepers: Mutex::new(HashMap::new()),
         })
     }
@@ -445,9 +448,14 @@ impl TaskService {
         }
     }
 
-    /// Ids of tasks as they exit.
-    pub fn subscribe_exits(&self) -> tokio::sync::broadcast::Receiver<String> {
-        self.exits.subscribe()
+    /// Calls `hook` with the record of each task that exits from now on, before
+    /// anyone waiting for the exit is woken. It runs on the exit path: keep it short
+    /// and non-blocking.
+    pub fn on_exit(&self, hook: impl Fn(&TaskRecord) + Send + Sync + 'static) {
+        self.exit_hooks
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Box::new(hook));
     }
 
     /// The snapshotter that holds task rootfs snapshots.
