@@ -170,7 +170,7 @@ async fn bridge_pod_gets_ip_ping_port_mapping_and_clean_del() {
 
     // The host reaches the pod.
     let ping = Command::new("busybox")
-        .args(["ping", "-c1", "-W2", &ip.to_string()])
+        .args(["ping", "-c3", "-W2", &ip.to_string()])
         .output()
         .unwrap();
     assert!(

@@ -24,7 +24,7 @@ use integration::util::wait_for;
 use tonic::Code;
 
 /// How long `slowbridge` sleeps before the real plugin runs.
-const PLUGIN_SLEEP: Duration = Duration::from_secs(2);
+const PLUGIN_SLEEP: Duration = Duration::from_secs(4);
 
 /// A CNI network whose first plugin is the `slowbridge` stand-in.
 struct SlowNet {
@@ -681,6 +681,8 @@ async fn container_exit_while_berthd_is_down() -> Result<()> {
     drop(rt);
     env.d_mut().kill9()?;
     wait_gone(pid, "the container to exit while berthd is down")?;
+    // Gone may mean a zombie; its shim reaps it and stamps the time just after.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let restarted_at = now_nanos();
     env.d_mut().restart()?;
     let mut rt = env.rt().await?;
@@ -865,9 +867,10 @@ async fn stop_container_after_its_shim_died_answers_once_exited() -> Result<()> 
 async fn a_quick_exit_recorded_before_the_start_survives_a_crash() -> Result<()> {
     let _net = host_network_lock().await;
     let mut env = Env::start()?;
-    // The start's write waits 500 ms: the exit is recorded meanwhile.
+    // The start's write waits 3 s: the exit (0.2 s after the start) is recorded
+    // meanwhile, even on a loaded machine.
     env.d_mut()
-        .set_env("BERTH_FAILPOINTS", Some("tasks.start-persist@500"));
+        .set_env("BERTH_FAILPOINTS", Some("tasks.start-persist@3000"));
     env.d_mut().restart()?;
     let mut rt = env.rt().await?;
     let pod = env.pod("quick-exit")?;

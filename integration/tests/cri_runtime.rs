@@ -510,8 +510,9 @@ async fn pod_and_container_lifecycle() -> Result<()> {
         ),
         Ok(r) => anyhow::bail!("ExecSync with timeout 1 of sleep 1317 returned {r:?}"),
     }
+    // Far below the command's 1317 s, with room for a loaded machine.
     ensure!(
-        took < Duration::from_secs(8),
+        took < Duration::from_secs(20),
         "ExecSync timeout took {took:?}"
     );
     // The timed-out command was killed; the container is unharmed.
@@ -783,7 +784,7 @@ async fn pods_ping_each_other_and_port_mapping() -> Result<()> {
         let r = exec(
             &mut rt,
             from,
-            &["ping", "-c", "1", "-W", "2", &to.to_string()],
+            &["ping", "-c", "3", "-W", "2", &to.to_string()],
             20,
         )
         .await?;

@@ -272,7 +272,8 @@ async fn spdy_exec_and_port_forward() -> Result<()> {
             "-c",
             "mkdir -p /www && echo hello-over-spdy > /www/index.html && \
              dd if=/dev/urandom of=/www/big bs=1048576 count=100 2>/dev/null && \
-             sha256sum /www/big > /www/big.sha && exec httpd -f -p 80 -h /www",
+             sha256sum /www/big > /www/big.tmp && mv /www/big.tmp /www/big.sha && \
+             exec httpd -f -p 80 -h /www",
         ],
     );
     let c = env.create_start(&mut rt, &pod_id, &pod, &web).await?;
@@ -304,7 +305,14 @@ async fn spdy_exec_and_port_forward() -> Result<()> {
     let url = exec_url(
         &mut rt,
         &c,
-        &["sh", "-c", "sleep 1; stty size"],
+        // The resize reaches the TTY some time after the exec starts; until then
+        // the size is 0x0 and busybox's `stty size` prints only an error (and exits 0).
+        &[
+            "sh",
+            "-c",
+            "i=0; until [ -n \"$(stty size 2>/dev/null)\" ] || [ $i -ge 300 ]; do \
+             sleep 0.1; i=$((i+1)); done; stty size",
+        ],
         false,
         true,
     )
@@ -328,22 +336,22 @@ async fn spdy_exec_and_port_forward() -> Result<()> {
 
     // Port-forward to busybox httpd: a page over 20 concurrent connections,
     // then 100 MiB with its checksum intact.
+    // The checksum file appears whole (renamed into place) just before httpd starts.
     let deadline = std::time::Instant::now() + cri::TIMEOUT;
-    let sha = loop {
+    let want = loop {
         if let Ok(s) = cri::exec_ok(&mut rt, &c, &["cat", "/www/big.sha"]).await {
-            break s;
+            let sum = s.split_whitespace().next().unwrap_or_default().to_string();
+            let page = ["wget", "-q", "-O-", "http://127.0.0.1/index.html"];
+            if sum.len() == 64 && cri::exec_ok(&mut rt, &c, &page).await.is_ok() {
+                break sum;
+            }
         }
         ensure!(
             std::time::Instant::now() < deadline,
-            "the 100 MiB file was not made"
+            "the 100 MiB file was not made, or httpd is not serving"
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
-    let want = sha
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string();
     for (file, conns) in [("/index.html", 20), ("/big", 1)] {
         let url = rt
             .port_forward(api::PortForwardRequest {

@@ -54,7 +54,11 @@ impl Events {
 
     /// Waits until an event with `topic` about `id` arrived; returns its index.
     fn wait(&mut self, topic: &str, id: &str) -> Result<usize> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        self.wait_within(topic, id, Duration::from_secs(30))
+    }
+
+    fn wait_within(&mut self, topic: &str, id: &str, within: Duration) -> Result<usize> {
+        let deadline = Instant::now() + within;
         loop {
             if let Some(i) = self
                 .seen
@@ -67,7 +71,7 @@ impl Events {
             match self.rx.recv_timeout(left) {
                 Ok(v) => self.seen.push(v),
                 Err(_) => bail!(
-                    "no {topic} event for {id:?} within 30 s; seen: {}",
+                    "no {topic} event for {id:?} within {within:?}; seen: {}",
                     self.topics()
                 ),
             }
@@ -106,12 +110,16 @@ async fn events_follow_a_pods_life_and_info_reports_the_daemon() -> Result<()> {
     let env = Env::start()?;
     let mut events = Events::start(&env)?;
     let mut rt = env.rt().await?;
-    // The stream is subscribed once the RPC is answered: a tag proves it.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // The stream is subscribed once the daemon took berthctl's call, which may come
+    // after a tag: tag again until one is seen.
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         env.d()
             .ctl_ok(["images", "tag", &env.image, "example.com/probe:1"])?;
-        if events.wait("/images/tag", "example.com/probe:1").is_ok() {
+        if events
+            .wait_within("/images/tag", "example.com/probe:1", Duration::from_secs(1))
+            .is_ok()
+        {
             break;
         }
         ensure!(Instant::now() < deadline, "berthctl events never started");

@@ -380,9 +380,12 @@ fn interrupted_pull_resumes_after_restart() -> Result<()> {
 
 #[test]
 fn concurrent_pulls_share_one_transfer() -> Result<()> {
-    let d = fast_timeout_daemon()?;
     // The first transfer of the layer stalls halfway (then resumes after the
-    // no-progress timeout), which keeps the pull open while a second joins.
+    // no-progress timeout), which keeps the pull open while a second joins: the
+    // timeout is long enough for the second berthctl to start on a loaded machine.
+    let d = Daemon::start_with_config(
+        "[pull]\nno_progress_timeout_secs = 10\nconnect_timeout_secs = 2\n",
+    )?;
     let fake = FakeRegistry::start(Behavior::HangMidBlobOnce)?;
     let layer = fixtures::busybox()?.layers[0].digest.clone();
     let reference = fake.reference("busybox");
@@ -475,11 +478,11 @@ fn images_survive_kill9_and_daemon_guards_its_root() -> Result<()> {
     let mut holder = std::process::Command::new("flock")
         .arg("-x")
         .arg(d.root().join("berthd.lock"))
-        .args(["sleep", "1.5"])
+        .args(["sleep", "5"])
         .spawn()
         .context("flock (util-linux)")?;
     let lock = d.root().join("berthd.lock");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::process::Command::new("flock")
         .args(["-n", "-x"])
         .arg(&lock)

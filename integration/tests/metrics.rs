@@ -88,6 +88,24 @@ fn scrape(addr: SocketAddr, promtool: &str) -> Result<Samples> {
     Ok(samples)
 }
 
+/// Scrapes until `ready` holds for the samples (30 s at most).
+fn scrape_until(
+    addr: SocketAddr,
+    promtool: &str,
+    what: &str,
+    ready: impl Fn(&Samples) -> bool,
+) -> Result<Samples> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let samples = scrape(addr, promtool)?;
+        if ready(&samples) {
+            return Ok(samples);
+        }
+        ensure!(Instant::now() < deadline, "waited 30 s for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The address berthd logged for its endpoint (it binds port 0).
 fn metrics_addr(env: &Env) -> Result<SocketAddr> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -134,18 +152,9 @@ async fn metrics_count_real_cri_work_and_pass_promtool() -> Result<()> {
     )?;
     let addr = metrics_addr(&env)?;
     // The start-up collection runs in its own task after the socket is up.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let before = loop {
-        let samples = scrape(addr, &promtool)?;
-        if get(&samples, "berth_gc_runs_total") >= 1.0 {
-            break samples;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "berthd collects garbage once at start (no pass within 30 s)"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let before = scrape_until(addr, &promtool, "a garbage collection at start", |s| {
+        get(s, "berth_gc_runs_total") >= 1.0
+    })?;
     ensure!(get(&before, "berth_metadata_size_bytes") > 0.0);
     ensure!(
         before.keys().any(|k| k.starts_with("berth_build_info{")),
@@ -179,7 +188,11 @@ async fn metrics_count_real_cri_work_and_pass_promtool() -> Result<()> {
     let c = env.container("sleeper", &["sleep", "600"]);
     let cid = env.create_start(&mut rt, &pod_id, &pod, &c).await?;
 
-    let during = scrape(addr, &promtool)?;
+    // An RPC is counted as its reply's last frame goes out, which the client may
+    // see first.
+    let during = scrape_until(addr, &promtool, "StartContainer to be counted", |s| {
+        get(s, &rpc("StartContainer", "OK")) > get(&before, &rpc("StartContainer", "OK"))
+    })?;
     let moved = |s: &Samples, key: &str, by: f64| get(s, key) - get(&before, key) >= by;
     for (method, code) in [
         ("PullImage", "OK"),
@@ -257,17 +270,9 @@ async fn metrics_count_real_cri_work_and_pass_promtool() -> Result<()> {
     .map_err(|s| env.status_err("RemoveImage", s))?;
 
     // A removal asks for a GC pass, which runs in the background.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let after = loop {
-        let s = scrape(addr, &promtool)?;
-        if get(&s, "berth_gc_runs_total") > get(&during, "berth_gc_runs_total") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            bail!("no GC pass counted after RemoveImage");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let after = scrape_until(addr, &promtool, "a GC pass after RemoveImage", |s| {
+        get(s, "berth_gc_runs_total") > get(&during, "berth_gc_runs_total")
+    })?;
     ensure!(get(&after, &series("berth_pods", &[("state", "ready")])) == 0.0);
     ensure!(get(&after, &series("berth_pods", &[("state", "notready")])) == 0.0);
     ensure!(get(&after, &rpc("RemovePodSandbox", "OK")) >= 1.0);

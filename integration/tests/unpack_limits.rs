@@ -218,7 +218,7 @@ async fn cancelled_pull_stops_the_unpack_and_removes_its_snapshot() -> Result<()
         tokio::task::spawn_blocking(move || {
             wait_for(
                 "the cancelled unpack to remove its snapshot",
-                Duration::from_secs(5),
+                Duration::from_secs(30),
                 || {
                     let snaps = snapshot_names(&d)?;
                     Ok((!snaps.iter().any(|n| n.starts_with("extract-"))).then_some(snaps))

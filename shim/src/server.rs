@@ -347,12 +347,24 @@ mod tests {
     use std::os::fd::IntoRawFd;
 
     static CANCELLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static FAST_DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
     struct Fake;
     impl Task for Fake {
         fn state(&self, ctx: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
             if req.id == "slow" {
-                std::thread::sleep(Duration::from_millis(500));
+                // Answers only once the fast call came back: a server that ran the
+                // calls of one connection in turn would time out here.
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while !FAST_DONE.load(std::sync::atomic::Ordering::SeqCst) {
+                    if std::time::Instant::now() > deadline {
+                        return Ok(StateResponse {
+                            id: "slow-timed-out".into(),
+                            ..Default::default()
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
             }
             if req.id == "until-closed" {
                 // Never sent on: disconnected when the connection ends.
@@ -394,14 +406,13 @@ mod tests {
             tc2.state(ttrpc::context::with_timeout(0), &req).unwrap().id
         });
         std::thread::sleep(Duration::from_millis(100));
-        let t0 = std::time::Instant::now();
         let req = StateRequest {
             id: "fast".into(),
             ..Default::default()
         };
         let r = tc.state(ttrpc::context::with_timeout(0), &req).unwrap();
         assert_eq!(r.id, "fast");
-        assert!(t0.elapsed() < Duration::from_millis(300));
+        FAST_DONE.store(true, std::sync::atomic::Ordering::SeqCst);
         assert_eq!(slow.join().unwrap(), "slow");
         // Not implemented by the service: its error status comes back.
         let e = tc

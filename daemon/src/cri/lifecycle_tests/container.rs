@@ -133,12 +133,12 @@ async fn exits_are_reported_with_their_codes_and_events() {
             kinds.push(cri::ContainerEventType::try_from(e.container_event_type).unwrap());
         }
     }
-    for _ in 0..100 {
-        if kinds.contains(&cri::ContainerEventType::ContainerStoppedEvent) {
-            break;
-        }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !kinds.contains(&cri::ContainerEventType::ContainerStoppedEvent)
+        && tokio::time::Instant::now() < deadline
+    {
         if let Ok(Ok(e)) =
-            tokio::time::timeout(std::time::Duration::from_millis(20), events.recv()).await
+            tokio::time::timeout(std::time::Duration::from_millis(100), events.recv()).await
         {
             if e.container_id == c {
                 kinds.push(cri::ContainerEventType::try_from(e.container_event_type).unwrap());
