@@ -100,7 +100,9 @@ fn sparse_entries_are_applied_in_time_proportional_to_their_data() {
         (r, start.elapsed())
     });
     let report = report.unwrap();
-    assert!(elapsed.as_secs_f64() < 2.0, "{elapsed:?}");
+    // Writing the holes instead of seeking over them takes minutes (124 GiB); the
+    // bound leaves room for a loaded machine.
+    assert!(elapsed.as_secs_f64() < 10.0, "{elapsed:?}");
     assert_eq!(report.diff_id, sha256(&tar));
     assert_eq!(report.entries, 5);
 
