@@ -15,6 +15,7 @@ use integration::bench::which;
 use integration::cri::{self, api, host_network_lock, CriOpts, Env, TestNet};
 use integration::fixtures;
 use integration::registry::{Registry, RegistryOpts};
+use integration::util::wait_for;
 
 type Samples = HashMap<String, f64>;
 
@@ -95,15 +96,10 @@ fn scrape_until(
     what: &str,
     ready: impl Fn(&Samples) -> bool,
 ) -> Result<Samples> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_for(what, Duration::from_secs(30), || {
         let samples = scrape(addr, promtool)?;
-        if ready(&samples) {
-            return Ok(samples);
-        }
-        ensure!(Instant::now() < deadline, "waited 30 s for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        Ok(ready(&samples).then_some(samples))
+    })
 }
 
 /// The address berthd logged for its endpoint (it binds port 0).
